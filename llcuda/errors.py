@@ -1,0 +1,109 @@
+"""The llcuda error hierarchy.
+
+Every error derives from :class:`LlcudaError` and, where one fits, from the
+built-in exception it resembles, so callers can catch either
+(``except FileNotFoundError`` still catches a missing binary).
+Every message says what went wrong and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class LlcudaError(Exception):
+    """Base class of every error llcuda raises on purpose."""
+
+
+class ConfigError(LlcudaError, ValueError):
+    """An argument or environment variable has an invalid value."""
+
+
+class BinaryNotFoundError(LlcudaError, FileNotFoundError):
+    """llama.cpp executables or libraries could not be found or are damaged."""
+
+
+class GPUCompatibilityError(LlcudaError, RuntimeError):
+    """The GPU or driver cannot run the installed binaries."""
+
+
+class ServerStartError(LlcudaError, RuntimeError):
+    """llama-server exited or failed before it became ready."""
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        if log_tail:
+            message = f"{message}\n--- last lines of the server log ---\n{log_tail}"
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class ServerTimeoutError(ServerStartError, TimeoutError):
+    """llama-server did not become ready before its deadline."""
+
+
+class ModelNotFoundError(LlcudaError, FileNotFoundError):
+    """A model name, path or repository file does not exist."""
+
+    def __init__(self, message: str, *, suggestions: tuple[str, ...] = ()) -> None:
+        if suggestions:
+            message = f"{message} Did you mean: {', '.join(suggestions)}?"
+        super().__init__(message)
+        self.suggestions = suggestions
+
+
+class InvalidModelError(LlcudaError, ValueError):
+    """A file exists but is not a usable GGUF model (bad magic, truncated, unsupported)."""
+
+
+class DownloadError(LlcudaError, OSError):
+    """A download failed after its retries."""
+
+
+class ChecksumError(DownloadError):
+    """Downloaded bytes do not match the expected size or sha256."""
+
+
+class OfflineModeError(LlcudaError, ConnectionError):
+    """A download was needed while offline mode is on."""
+
+
+class InferenceError(LlcudaError, RuntimeError):
+    """A request to llama-server failed.
+
+    ``status_code`` is the HTTP status (``None`` when no response came back) and
+    ``server_message`` the server's own error text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        server_message: str = "",
+        log_tail: str = "",
+    ) -> None:
+        if log_tail:
+            message = f"{message}\n--- last lines of the server log ---\n{log_tail}"
+        super().__init__(message)
+        self.status_code = status_code
+        self.server_message = server_message
+        self.log_tail = log_tail
+
+
+class RequestTimeoutError(InferenceError, TimeoutError):
+    """llama-server did not answer a request in time."""
+
+
+__all__ = [
+    "BinaryNotFoundError",
+    "ChecksumError",
+    "ConfigError",
+    "DownloadError",
+    "GPUCompatibilityError",
+    "InferenceError",
+    "InvalidModelError",
+    "LlcudaError",
+    "ModelNotFoundError",
+    "OfflineModeError",
+    "RequestTimeoutError",
+    "ServerStartError",
+    "ServerTimeoutError",
+]

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Build llama.cpp's tools and shared libraries into $PREFIX.
+#
+# The one build script of llcuda: the conda recipe (recipe/recipe.yaml) runs it
+# unchanged, and so does scripts/build_binaries.py for local and CI builds.
+#
+# Inputs (environment):
+#   SRC_DIR              llama.cpp source tree (the folder holding CMakeLists.txt),
+#                        or a folder whose llama.cpp/ subfolder is that tree (the PyPI sdist layout)
+#   PREFIX               install prefix; binaries go to $PREFIX/bin, libraries to $PREFIX/lib
+#   LLAMA_BUILD_NUMBER   llama.cpp build number (the pin, e.g. 11434)
+#   LLCUDA_CUDA          ON to build the CUDA backend, OFF (default) for CPU only
+#   LLCUDA_CUDA_ARCHS    CMAKE_CUDA_ARCHITECTURES (default: T4 through H100)
+#   LLCUDA_CPU_ISA       x86-64 CPU baseline: "avx2" (default, Haswell and newer) or "baseline"
+#   LLCUDA_BUILD_DIR     CMake build folder (default: $SRC_DIR/build-llcuda)
+#   CPU_COUNT            parallel jobs (default: nproc)
+#   LLCUDA_EXTRA_CMAKE_ARGS  extra CMake arguments, space separated
+# Uses ccache when it is on PATH (CCACHE_BASEDIR is set so moved trees still hit).
+set -euo pipefail
+
+: "${PREFIX:?PREFIX must name the install prefix}"
+: "${SRC_DIR:?SRC_DIR must name the llama.cpp source tree}"
+: "${LLAMA_BUILD_NUMBER:?LLAMA_BUILD_NUMBER must be set (the pinned llama.cpp build)}"
+
+if [[ -f "$SRC_DIR/llama.cpp/CMakeLists.txt" ]]; then
+    SRC_DIR="$SRC_DIR/llama.cpp"
+fi
+if [[ ! -f "$SRC_DIR/CMakeLists.txt" ]]; then
+    echo "build-binaries.sh: no CMakeLists.txt in $SRC_DIR; point SRC_DIR at the llama.cpp tree" >&2
+    exit 2
+fi
+
+LLCUDA_CUDA="${LLCUDA_CUDA:-OFF}"
+LLCUDA_CUDA_ARCHS="${LLCUDA_CUDA_ARCHS:-75-real;80-real;86-real;89-real;90-real;90-virtual}"
+LLCUDA_CPU_ISA="${LLCUDA_CPU_ISA:-avx2}"
+BUILD_DIR="${LLCUDA_BUILD_DIR:-$SRC_DIR/build-llcuda}"
+JOBS="${CPU_COUNT:-$(nproc)}"
+
+# CMake target names; the installed names are the same, except ggml-rpc-server,
+# which is installed as rpc-server (its name in llama.cpp's docs) with a ggml-rpc-server link.
+TOOLS=(llama-server llama-cli llama-bench llama-batched-bench llama-quantize llama-embedding ggml-rpc-server)
+
+cmake_args=(
+    -S "$SRC_DIR" -B "$BUILD_DIR" -G Ninja
+    -DCMAKE_BUILD_TYPE=Release
+    -DCMAKE_INSTALL_PREFIX="$PREFIX"
+    -DCMAKE_INSTALL_LIBDIR=lib
+    -DCMAKE_INSTALL_RPATH='$ORIGIN/../lib'
+    -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
+    -DBUILD_SHARED_LIBS=ON
+    -DGGML_NATIVE=OFF
+    -DGGML_RPC=ON
+    -DLLAMA_BUILD_NUMBER="$LLAMA_BUILD_NUMBER"
+    -DLLAMA_BUILD_TESTS=OFF
+    -DLLAMA_BUILD_EXAMPLES=ON
+    -DLLAMA_BUILD_TOOLS=ON
+    -DLLAMA_BUILD_SERVER=ON
+    -DLLAMA_BUILD_UI=OFF
+    -DLLAMA_USE_PREBUILT_UI=OFF
+    -DLLAMA_OPENSSL=OFF
+    -DLLAMA_LLGUIDANCE=OFF
+)
+
+case "$(uname -m)" in
+    x86_64)
+        if [[ "$LLCUDA_CPU_ISA" == "avx2" ]]; then
+            cmake_args+=(-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+        else
+            cmake_args+=(-DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF)
+        fi
+        ;;
+esac
+
+cuda_version=""
+if [[ "$LLCUDA_CUDA" == "ON" ]]; then
+    cmake_args+=(
+        -DGGML_CUDA=ON
+        -DCMAKE_CUDA_ARCHITECTURES="$LLCUDA_CUDA_ARCHS"
+        -DGGML_CUDA_FA=ON
+    )
+    nvcc_bin="${CUDACXX:-$(command -v nvcc || true)}"
+    if [[ -n "$nvcc_bin" ]]; then
+        cmake_args+=(-DCMAKE_CUDA_COMPILER="$nvcc_bin")
+        cuda_version="$("$nvcc_bin" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+    fi
+else
+    cmake_args+=(-DGGML_CUDA=OFF)
+fi
+
+if command -v ccache >/dev/null 2>&1; then
+    export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$SRC_DIR}"
+    export CCACHE_NOHASHDIR=1
+    cmake_args+=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+    [[ "$LLCUDA_CUDA" == "ON" ]] && cmake_args+=(-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+fi
+
+if [[ -n "${LLCUDA_EXTRA_CMAKE_ARGS:-}" ]]; then
+    read -r -a extra <<<"$LLCUDA_EXTRA_CMAKE_ARGS"
+    cmake_args+=("${extra[@]}")
+fi
+
+# A conda-build/rattler-build environment passes its own toolchain flags in CMAKE_ARGS.
+if [[ -n "${CMAKE_ARGS:-}" ]]; then
+    read -r -a conda_args <<<"$CMAKE_ARGS"
+    cmake_args+=("${conda_args[@]}")
+fi
+
+started=$(date +%s)
+cmake "${cmake_args[@]}"
+cmake --build "$BUILD_DIR" --parallel "$JOBS" --target "${TOOLS[@]}"
+built_seconds=$(( $(date +%s) - started ))
+
+mkdir -p "$PREFIX/bin" "$PREFIX/lib" "$PREFIX/share/llcuda" "$PREFIX/share/licenses/llama.cpp"
+for tool in "${TOOLS[@]}"; do
+    installed_name="${tool/#ggml-rpc-server/rpc-server}"
+    install -m 0755 "$BUILD_DIR/bin/$tool" "$PREFIX/bin/$installed_name"
+done
+ln -sf rpc-server "$PREFIX/bin/ggml-rpc-server"
+# Shared libraries (libggml*, libllama*, libmtmd*): copy files and keep symlinks as symlinks.
+shopt -s nullglob
+for lib in "$BUILD_DIR"/bin/lib*.so*; do
+    cp -P "$lib" "$PREFIX/lib/"
+done
+shopt -u nullglob
+install -m 0644 "$SRC_DIR/LICENSE" "$PREFIX/share/licenses/llama.cpp/LICENSE"
+
+archs_json="[]"
+if [[ "$LLCUDA_CUDA" == "ON" ]]; then
+    archs_json="[$(tr ';' '\n' <<<"$LLCUDA_CUDA_ARCHS" | sed 's/.*/"&"/' | paste -sd, -)]"
+fi
+backend=$([[ "$LLCUDA_CUDA" == "ON" ]] && echo cuda || echo cpu)
+flags_json="[$(printf '%s\n' "${cmake_args[@]:5}" | grep '^-D' | sed 's/\\/\\\\/g; s/"/\\"/g; s/.*/"&"/' | paste -sd, -)]"
+cat >"$PREFIX/share/llcuda/build-info.json" <<JSON
+{
+  "llama_cpp_build": $LLAMA_BUILD_NUMBER,
+  "backend": "$backend",
+  "cuda_version": "${cuda_version}",
+  "cuda_archs": $archs_json,
+  "cpu_isa": "$LLCUDA_CPU_ISA",
+  "machine": "$(uname -m)",
+  "tools": [$(printf '"%s",' "${TOOLS[@]/#ggml-rpc-server/rpc-server}" | sed 's/,$//')],
+  "cmake_flags": $flags_json,
+  "build_seconds": $built_seconds
+}
+JSON
+echo "build-binaries.sh: installed ${#TOOLS[@]} tools into $PREFIX (backend=$backend, ${built_seconds}s)"
