@@ -1,0 +1,71 @@
+"""``llcuda doctor``: what is installed, what GPUs exist, and whether they fit together."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+from . import bootstrap, gpu
+from .errors import BinaryNotFoundError, GPUCompatibilityError
+
+
+def collect() -> dict[str, Any]:
+    """A JSON-ready report. ``ok`` is False when inference cannot work as installed."""
+    import llcuda
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    binaries_report: dict[str, Any]
+    build_info: dict[str, Any] = {}
+    try:
+        binaries = bootstrap.find_binaries()
+        build_info = dict(binaries.build_info)
+        tools = {}
+        for name in bootstrap.KNOWN_TOOLS:
+            path = binaries.executable(name)
+            tools[name] = str(path) if path.is_file() else None
+        binaries_report = {
+            "found": True,
+            "bin_dir": str(binaries.bin_dir),
+            "lib_dir": str(binaries.lib_dir) if binaries.lib_dir else None,
+            "source": binaries.source,
+            "build_info": build_info,
+            "tools": tools,
+        }
+        if not build_info:
+            warnings.append(f"no build-info.json next to {binaries.bin_dir}: backend and CUDA archs unknown")
+    except BinaryNotFoundError as exc:
+        binaries_report = {"found": False, "error": str(exc),
+                           "searched": [f"{label}: {path}" for label, path in bootstrap.candidate_dirs()]}
+        problems.append("llama-server not found (see binaries.error for where llcuda looked and how to fix it)")
+
+    report = gpu.detect()
+    try:
+        warnings.extend(gpu.check_compatibility(build_info, report))
+    except GPUCompatibilityError as exc:
+        problems.append(str(exc))
+    if build_info.get("backend") == "cpu" and report.gpus:
+        warnings.append("a GPU is present but these binaries are a CPU build; install the CUDA build for speed")
+
+    try:
+        from .models.cli import cache_summary
+
+        cache: dict[str, Any] = dict(cache_summary())
+    except Exception as exc:  # noqa: BLE001 - the cache is informative only
+        cache = {"error": str(exc)}
+
+    return {
+        "ok": not problems,
+        "version": str(llcuda.__version__),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "binaries": binaries_report,
+        "gpu": {
+            "gpus": [g.as_dict() for g in report.gpus],
+            "driver_cuda_version": report.driver_cuda_version,
+            "error": report.error,
+        },
+        "cache": cache,
+        "problems": problems,
+        "warnings": warnings,
+    }

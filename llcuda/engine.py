@@ -1,0 +1,493 @@
+"""InferenceEngine: the Python API, composed of bootstrap, models, server and client.
+
+    engine = InferenceEngine()
+    engine.load_model("gemma-3-1b-Q4_K_M")
+    print(engine.infer("Hello!", max_tokens=50).text)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Literal, overload
+
+from . import bootstrap, config, gpu, validation
+from .client import LlamaClient
+from .errors import ConfigError, InferenceError, LlcudaError
+from .metrics import MetricsRecorder
+from .server import LlamaServer
+from .types import Binaries, InferResult, MetricsSnapshot, ServerSettings
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": "stop"}
+
+
+class TokenStream(Iterator[str]):
+    """Yields text pieces as the server generates them; ``.result`` holds the InferResult at the end."""
+
+    def __init__(self, pieces: Iterator[str], finish: Callable[[], InferResult]) -> None:
+        self._pieces = pieces
+        self._finish = finish
+        self.result: InferResult | None = None
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            if self.result is None:
+                self.result = self._finish()
+            raise
+
+    def text(self) -> str:
+        """Consume the rest of the stream and return the whole generated text."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result.text
+
+
+class InferenceEngine:
+    """Runs a GGUF model in a llama-server child process and talks to it over loopback HTTP.
+
+    Args:
+        server_url: use an already-running llama-server instead of starting one
+            (default: ``LLCUDA_SERVER_URL``, else none).
+        api_key: key for that server, or for servers this engine starts
+            (default: ``LLCUDA_API_KEY``).
+        request_timeout: seconds to wait for one request (default: ``LLCUDA_REQUEST_TIMEOUT`` or 600).
+        start_timeout: seconds to wait for a started server to become ready
+            (default: ``LLCUDA_SERVER_START_TIMEOUT`` or 120).
+    """
+
+    def __init__(
+        self,
+        server_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        request_timeout: float | None = None,
+        start_timeout: float | None = None,
+        binaries: Binaries | None = None,
+    ) -> None:
+        self._api_key = config.api_key(api_key)
+        self._request_timeout = config.request_timeout(request_timeout)
+        self._start_timeout = config.server_start_timeout(start_timeout)
+        self._binaries = binaries
+        self._lock = threading.RLock()
+        self._server: LlamaServer | None = None
+        self._embed_server: LlamaServer | None = None
+        self._embed_client: LlamaClient | None = None
+        self._client: LlamaClient | None = None
+        self._external_url = server_url or config.server_url()
+        self._metrics = MetricsRecorder()
+        self.model_name: str | None = None
+        self.model_path: Path | None = None
+        self.load_seconds: float | None = None
+        if self._external_url:
+            self._client = LlamaClient(self._external_url, api_key=self._api_key, timeout=self._request_timeout)
+            self.model_name = self._external_url
+
+    # -- loading -----------------------------------------------------------------------------
+    def load_model(
+        self,
+        model: str | Path | None = None,
+        *,
+        gpu_layers: int = 99,
+        ctx_size: int = 4096,
+        n_parallel: int = 4,
+        flash_attn: str = "auto",
+        embeddings: bool = False,
+        pooling: str | None = None,
+        threads: int | None = None,
+        batch_size: int | None = None,
+        ubatch_size: int | None = None,
+        split_mode: str | None = None,
+        tensor_split: Sequence[float] | None = None,
+        main_gpu: int | None = None,
+        rpc: Sequence[str] | None = None,
+        backend_sampling: bool = False,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        offline: bool | None = None,
+    ) -> InferenceEngine:
+        """Resolve ``model`` (registry name, path, ``hf://repo/file.gguf``, URL; default
+        ``LLCUDA_DEFAULT_MODEL`` or Gemma-3-270M), validate it, and start llama-server.
+
+        Replaces a model loaded before. Returns the engine, so calls can be chained.
+        """
+        if self._external_url:
+            raise ConfigError(
+                f"this engine uses the running server at {self._external_url}; create "
+                "InferenceEngine() without server_url to load a model of your own."
+            )
+        from .models import resolve_model
+
+        validation.integer(gpu_layers, "gpu_layers", -1, 100_000)
+        resolved = resolve_model(model if model is not None else config.default_model(), offline=offline)
+        binaries = self._binaries or bootstrap.find_binaries()
+        for warning in gpu.check_compatibility(binaries.build_info):
+            log.warning("%s", warning)
+        if binaries.build_info.get("backend") == "cpu" and gpu_layers:
+            log.info("CPU build of llama.cpp: layers run on the CPU (gpu_layers ignored)")
+        settings = ServerSettings(
+            model_path=resolved.path,
+            host=host,
+            port=port,
+            ctx_size=ctx_size,
+            gpu_layers=gpu_layers,
+            n_parallel=n_parallel,
+            flash_attn=flash_attn,
+            embeddings=embeddings,
+            pooling=pooling,
+            threads=threads,
+            batch_size=batch_size,
+            ubatch_size=ubatch_size,
+            api_key=self._api_key,
+            alias=resolved.name,
+            split_mode=split_mode,
+            tensor_split=tuple(tensor_split or ()),
+            main_gpu=main_gpu,
+            rpc=tuple(rpc or ()),
+            backend_sampling=backend_sampling,
+            extra_args=tuple(extra_args),
+        )
+        with self._lock:
+            self.unload()
+            started = time.monotonic()
+            server = LlamaServer(settings, binaries=binaries)
+            server.start(self._start_timeout)
+            self.load_seconds = time.monotonic() - started
+            self._server = server
+            self._client = LlamaClient(server.url, api_key=self._api_key, timeout=self._request_timeout)
+            self.model_name = resolved.name
+            self.model_path = resolved.path
+            self._metrics.reset()
+        log.info("loaded %s in %.2f s at %s", resolved.name, self.load_seconds, server.url)
+        return self
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._client is not None
+
+    @property
+    def url(self) -> str:
+        return self._require_client()[0].base_url
+
+    @property
+    def server(self) -> LlamaServer | None:
+        return self._server
+
+    def unload(self) -> None:
+        """Stop the servers this engine started. The engine can load another model afterwards."""
+        with self._lock:
+            for server in (self._server, self._embed_server):
+                if server is not None:
+                    server.stop()
+            for client in (self._client, self._embed_client):
+                if client is not None:
+                    client.close()
+            self._server = self._embed_server = None
+            self._client = self._embed_client = None
+            if self._external_url:
+                self._client = LlamaClient(self._external_url, api_key=self._api_key, timeout=self._request_timeout)
+
+    close = unload
+
+    def __enter__(self) -> InferenceEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unload()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _require_client(self) -> tuple[LlamaClient, LlamaServer | None]:
+        with self._lock:
+            if self._client is None:
+                raise LlcudaError("no model is loaded; call engine.load_model(...) first.")
+            server = self._server
+            if server is not None and not server.is_running():
+                log.warning(
+                    "llama-server exited (code %s); restarting it. Log tail:\n%s",
+                    server.returncode(), server.log_tail(10),
+                )
+                server.start(self._start_timeout)
+                self._client.close()
+                self._client = LlamaClient(server.url, api_key=self._api_key, timeout=self._request_timeout)
+            return self._client, server
+
+    def _call(self, func: Callable[[LlamaClient], Any]) -> Any:
+        client, server = self._require_client()
+        try:
+            return func(client)
+        except InferenceError as exc:
+            if server is not None and exc.status_code is None and not server.is_running():
+                raise InferenceError(
+                    f"llama-server died during the request (exit code {server.returncode()}); the next call "
+                    f"restarts it. Cause: {exc}",
+                    log_tail=server.log_tail(),
+                ) from exc
+            raise
+
+    # -- generation --------------------------------------------------------------------------
+    @staticmethod
+    def _sampling(
+        max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None,
+        stop: str | Sequence[str] | None, ignore_eos: bool,
+    ) -> dict[str, Any]:
+        return {
+            "n_predict": validation.max_tokens(max_tokens),
+            "temperature": validation.number(temperature, "temperature", 0.0, 100.0),
+            "top_p": validation.number(top_p, "top_p", 0.0, 1.0),
+            "top_k": validation.integer(top_k, "top_k", 0, 1_000_000),
+            "seed": -1 if seed is None else validation.integer(seed, "seed", -1, 2**32 - 1),
+            "stop": validation.stop(stop),
+            "ignore_eos": bool(ignore_eos),
+        }
+
+    def _completion_result(self, data: dict[str, Any], started: float, first_token: float | None,
+                           text: str | None = None) -> InferResult:
+        finished = time.monotonic()
+        timings = dict(data.get("timings") or {})
+        tokens = int(data.get("tokens_predicted", timings.get("predicted_n", 0)) or 0)
+        tps = float(timings.get("predicted_per_second") or 0.0)
+        result = InferResult(
+            text=data.get("content", "") if text is None else text,
+            tokens_generated=tokens,
+            prompt_tokens=int(data.get("tokens_evaluated", timings.get("prompt_n", 0)) or 0),
+            latency_ms=(finished - started) * 1000.0,
+            tokens_per_sec=tps,
+            finish_reason=_FINISH.get(str(data.get("stop_type", "")), str(data.get("stop_type") or "stop")),
+            time_to_first_token_ms=None if first_token is None else (first_token - started) * 1000.0,
+            stop_word=data.get("stopping_word") or None,
+            model=self.model_name or "",
+            timings=timings,
+        )
+        self._metrics.record(started, finished, tokens, tps)
+        return result
+
+    def infer(
+        self,
+        prompt: str,
+        max_tokens: int = 128,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        ignore_eos: bool = False,
+    ) -> InferResult:
+        """Continue ``prompt`` (raw text, no chat template). ``temperature=0`` is greedy."""
+        body = {"prompt": validation.prompt(prompt), "cache_prompt": True,
+                **self._sampling(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)}
+        started = time.monotonic()
+        try:
+            data = self._call(lambda c: c.completion(body))
+        except LlcudaError:
+            self._metrics.record_failure()
+            raise
+        return self._completion_result(data, started, None)
+
+    def infer_stream(
+        self,
+        prompt: str,
+        max_tokens: int = 128,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        ignore_eos: bool = False,
+    ) -> TokenStream:
+        """Like :meth:`infer`, but yields text pieces as they are generated (server-sent events)."""
+        body = {"prompt": validation.prompt(prompt), "cache_prompt": True,
+                **self._sampling(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)}
+        started = time.monotonic()
+        state: dict[str, Any] = {"final": {}, "first": None, "parts": []}
+
+        def pieces() -> Iterator[str]:
+            try:
+                for event in self._call(lambda c: c.completion_stream(body)):
+                    piece = event.get("content", "")
+                    if event.get("stop"):
+                        state["final"] = event
+                    if piece:
+                        if state["first"] is None:
+                            state["first"] = time.monotonic()
+                        state["parts"].append(piece)
+                        yield piece
+            except LlcudaError:
+                self._metrics.record_failure()
+                raise
+
+        return TokenStream(
+            pieces(),
+            lambda: self._completion_result(state["final"], started, state["first"], "".join(state["parts"])),
+        )
+
+    # -- chat --------------------------------------------------------------------------------
+    @overload
+    def chat(self, messages: Sequence[dict[str, Any]], max_tokens: int = ..., temperature: float = ...,
+             top_p: float = ..., top_k: int = ..., seed: int | None = ..., stop: str | Sequence[str] | None = ...,
+             *, stream: Literal[False] = ...) -> InferResult: ...
+
+    @overload
+    def chat(self, messages: Sequence[dict[str, Any]], max_tokens: int = ..., temperature: float = ...,
+             top_p: float = ..., top_k: int = ..., seed: int | None = ..., stop: str | Sequence[str] | None = ...,
+             *, stream: Literal[True]) -> TokenStream: ...
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stream: bool = False,
+    ) -> InferResult | TokenStream:
+        """One assistant turn for ``messages``, formatted with the model's own chat template."""
+        sampling = self._sampling(max_tokens, temperature, top_p, top_k, seed, stop, False)
+        body: dict[str, Any] = {
+            "messages": validation.messages(messages),
+            "max_tokens": sampling.pop("n_predict"),
+            **{k: v for k, v in sampling.items() if k != "ignore_eos"},
+        }
+        started = time.monotonic()
+        if not stream:
+            try:
+                data = self._call(lambda c: c.chat(body))
+            except LlcudaError:
+                self._metrics.record_failure()
+                raise
+            choice = data["choices"][0]
+            return self._chat_result(data, choice["message"].get("content") or "", choice.get("finish_reason"),
+                                     started, None)
+        body["stream_options"] = {"include_usage": True}
+        state: dict[str, Any] = {"last": {}, "finish": None, "first": None, "parts": []}
+
+        def pieces() -> Iterator[str]:
+            try:
+                for event in self._call(lambda c: c.chat_stream(body)):
+                    state["last"] = {**state["last"], **{k: v for k, v in event.items() if k in ("usage", "timings")}}
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content") or ""
+                        if choice.get("finish_reason"):
+                            state["finish"] = choice["finish_reason"]
+                        if piece:
+                            if state["first"] is None:
+                                state["first"] = time.monotonic()
+                            state["parts"].append(piece)
+                            yield piece
+            except LlcudaError:
+                self._metrics.record_failure()
+                raise
+
+        return TokenStream(
+            pieces(),
+            lambda: self._chat_result(state["last"], "".join(state["parts"]), state["finish"], started,
+                                      state["first"]),
+        )
+
+    def _chat_result(self, data: dict[str, Any], text: str, finish: str | None, started: float,
+                     first: float | None) -> InferResult:
+        finished = time.monotonic()
+        usage = data.get("usage") or {}
+        timings = dict(data.get("timings") or {})
+        tokens = int(usage.get("completion_tokens", timings.get("predicted_n", 0)) or 0)
+        tps = float(timings.get("predicted_per_second") or 0.0)
+        self._metrics.record(started, finished, tokens, tps)
+        return InferResult(
+            text=text,
+            tokens_generated=tokens,
+            prompt_tokens=int(usage.get("prompt_tokens", timings.get("prompt_n", 0)) or 0),
+            latency_ms=(finished - started) * 1000.0,
+            tokens_per_sec=tps,
+            finish_reason=finish or "stop",
+            time_to_first_token_ms=None if first is None else (first - started) * 1000.0,
+            model=self.model_name or "",
+            timings=timings,
+        )
+
+    # -- batches, embeddings, tokens, metrics ------------------------------------------------
+    def batch_infer(self, prompts: Iterable[str], max_workers: int | None = None, **kwargs: Any) -> list[InferResult]:
+        """Run ``infer`` on every prompt concurrently; the server decodes up to ``n_parallel`` together.
+
+        Results come back in the order of ``prompts``. Requests beyond the slots queue in the server.
+        """
+        items = [validation.prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+        if not items:
+            return []
+        slots = self._server.settings.n_parallel if self._server else 4
+        workers = max_workers or min(len(items), max(slots, 1) * 2)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llcuda-batch") as pool:
+            return list(pool.map(lambda p: self.infer(p, **kwargs), items))
+
+    def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
+        """Embedding vectors for ``texts``.
+
+        Uses the main server if it was loaded with ``embeddings=True``; otherwise starts a second,
+        embeddings-only llama-server for the same model on first use.
+        """
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        for i, text in enumerate(batch):
+            validation.prompt(text, f"texts[{i}]")
+        if not batch:
+            return []
+        client = self._embedding_client()
+        return list(client.embeddings(batch))
+
+    def _embedding_client(self) -> LlamaClient:
+        client, server = self._require_client()
+        if server is None or server.settings.embeddings:
+            return client
+        with self._lock:
+            if self._embed_server is None or not self._embed_server.is_running():
+                # A generative model has no pooling of its own; mean pooling gives one vector per text.
+                settings = replace(server.settings, embeddings=True, port=None, n_parallel=1,
+                                   pooling=server.settings.pooling or "mean",
+                                   ctx_size=min(server.settings.ctx_size, 8192), backend_sampling=False)
+                self._embed_server = LlamaServer(settings, binaries=server.binaries)
+                self._embed_server.start(self._start_timeout)
+                self._embed_client = LlamaClient(self._embed_server.url, api_key=self._api_key,
+                                                 timeout=self._request_timeout)
+            assert self._embed_client is not None
+            return self._embed_client
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._call(lambda c: c.tokenize(validation.prompt(text, "text"))))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return str(self._call(lambda c: c.detokenize(list(tokens))))
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._call(lambda c: c.health()))
+
+    def get_metrics(self) -> MetricsSnapshot:
+        """Latency percentiles and throughput of this engine's requests, plus the server's own counters."""
+        server_metrics: dict[str, float] = {}
+        if self._client is not None:
+            try:
+                server_metrics = self._call(lambda c: c.metrics())
+            except LlcudaError as exc:
+                log.debug("server metrics unavailable: %s", exc)
+        return self._metrics.snapshot(server_metrics)
+
+    def reset_metrics(self) -> None:
+        self._metrics.reset()
+
+    def __repr__(self) -> str:
+        where = self.url if self._client else "not loaded"
+        return f"<InferenceEngine model={self.model_name!r} {where}>"

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Build llama.cpp with recipe/build-binaries.sh into a cached prefix, optionally copied elsewhere.
+
+The cache key is the pinned source + the build script + the flags, so a rerun with nothing
+changed is instant. ``--prefix DIR`` then copies bin/, lib/ and share/ into DIR (e.g. a venv,
+where llcuda's bootstrap finds them under ``sys.prefix``). Prints the cached prefix path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_source import REPO_ROOT, cache_root, fetch_source, read_pin, source_identity  # noqa: E402
+
+BUILD_SCRIPT = REPO_ROOT / "recipe" / "build-binaries.sh"
+log = logging.getLogger("build_binaries")
+
+
+def build_key(source_id: str, flags: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    digest.update(source_id.encode())
+    digest.update(BUILD_SCRIPT.read_bytes())
+    digest.update(json.dumps(flags, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def build(flags: dict[str, str], jobs: int | None = None) -> Path:
+    """Return a prefix holding the build for ``flags``, building it if not cached."""
+    source = fetch_source()
+    key = build_key(source_identity(source), flags)
+    root = cache_root() / "builds" / key
+    prefix = root / "prefix"
+    if (prefix / "share" / "llcuda" / "build-info.json").exists():
+        log.info("cached build %s at %s", key, prefix)
+        return prefix
+    staging = root / "prefix.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    env = dict(os.environ)
+    env.update(flags)
+    env.update(
+        SRC_DIR=str(source),
+        PREFIX=str(staging),
+        LLAMA_BUILD_NUMBER=str(read_pin().build),
+        LLCUDA_BUILD_DIR=str(root / "build"),
+        CPU_COUNT=str(jobs or os.cpu_count() or 2),
+    )
+    log.info("building llama.cpp (%s) into %s; this takes minutes on first run", key, prefix)
+    started = time.monotonic()
+    subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, env=env)
+    staging.rename(prefix)
+    log.info("built in %.0f s", time.monotonic() - started)
+    return prefix
+
+
+def copy_prefix(src: Path, dest: Path) -> None:
+    """Copy bin/, lib/ and share/ of a built prefix into dest, keeping symlinks."""
+    for sub in ("bin", "lib", "share"):
+        shutil.copytree(src / sub, dest / sub, symlinks=True, dirs_exist_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prefix", type=Path, help="copy the build into this prefix (e.g. .venv)")
+    parser.add_argument("--cuda", action="store_true", help="build the CUDA backend")
+    parser.add_argument("--archs", default=None, help="CUDA architectures (CMake list)")
+    parser.add_argument("--cpu-isa", choices=["avx2", "baseline"], default="avx2")
+    parser.add_argument("--jobs", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    flags = {"LLCUDA_CUDA": "ON" if args.cuda else "OFF", "LLCUDA_CPU_ISA": args.cpu_isa}
+    if args.cuda and args.archs:
+        flags["LLCUDA_CUDA_ARCHS"] = args.archs
+    prefix = build(flags, args.jobs)
+    if args.prefix:
+        copy_prefix(prefix, args.prefix)
+        log.info("copied binaries into %s", args.prefix)
+    print(prefix)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Shared fixtures: the real llama.cpp binaries, a tiny random-weight GGUF, a running engine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests where no NVIDIA GPU is visible (CI); they run on the lent GPU machine."""
+    from llcuda import gpu
+
+    if gpu.detect().gpus:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (run `pytest -m gpu` on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def binaries():
+    """The llama.cpp binaries llcuda's bootstrap finds. Missing binaries fail the run, never skip it."""
+    from llcuda import bootstrap
+    from llcuda.errors import BinaryNotFoundError
+
+    try:
+        return bootstrap.find_binaries()
+    except BinaryNotFoundError as exc:
+        pytest.fail(f"run ./scripts/setup.sh first (or scripts/test.sh): {exc}")
+
+
+@pytest.fixture(scope="session")
+def llama_src() -> Path:
+    """The pinned llama.cpp source tree (fetched into the user cache on first use)."""
+    from llama_source import fetch_source
+
+    return fetch_source()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, llama_src: Path) -> Path:
+    """A 2-layer Llama with random weights and the llama-spm tokenizer (~9 MB)."""
+    from random_gguf import PRESETS, write_model
+
+    return write_model(tmp_path_factory.mktemp("models") / "tiny-llama.gguf", llama_src / "models", PRESETS["tiny"])
+
+
+@pytest.fixture(scope="session")
+def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """LLCUDA_HOME in a temporary folder for the whole session (logs, cache)."""
+    home = tmp_path_factory.mktemp("llcuda-home")
+    old = os.environ.get("LLCUDA_HOME")
+    os.environ["LLCUDA_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("LLCUDA_HOME", None)
+    else:
+        os.environ["LLCUDA_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(binaries, tiny_model: Path, isolated_home: Path):
+    """One engine serving the tiny model with 4 slots, shared by the integration tests."""
+    from llcuda import InferenceEngine
+
+    engine = InferenceEngine(binaries=binaries)
+    engine.load_model(tiny_model, ctx_size=2048, n_parallel=4, threads=1)
+    yield engine
+    engine.unload()

@@ -1,0 +1,97 @@
+"""The llcuda command line, run as a real subprocess against the real binaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, env_extra: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "llcuda", *args], capture_output=True, text=True,
+                          input=stdin, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def cli_env(isolated_home):
+    return {"LLCUDA_HOME": str(isolated_home)}
+
+
+def test_version():
+    done = run_cli("--version")
+    assert done.returncode == 0 and done.stdout.startswith("llcuda ")
+
+
+def test_infer_streams_text(tiny_model, cli_env):
+    done = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "8", env_extra=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+
+
+def test_infer_json_matches_the_engine(tiny_model, tiny_engine, cli_env):
+    done = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12", "--json", env_extra=cli_env)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    expected = tiny_engine.infer("Hello", max_tokens=12, temperature=0.0)
+    assert data["text"] == expected.text
+    assert data["tokens_generated"] == expected.tokens_generated
+
+
+def test_infer_against_a_running_server(tiny_engine, cli_env):
+    done = run_cli("infer", "Hi", "--server-url", tiny_engine.url, "-n", "4", "--json", env_extra=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tokens_generated"] <= 4
+
+
+def test_chat_one_shot_and_interactive(tiny_model, cli_env):
+    one = run_cli("chat", "Hello", "-m", str(tiny_model), "-n", "6", "-t", "0", env_extra=cli_env)
+    assert one.returncode == 0, one.stderr
+    session = run_cli("chat", "-m", str(tiny_model), "-n", "6", "-t", "0", stdin="Hi\n/reset\nAgain\n/exit\n",
+                      env_extra=cli_env)
+    assert session.returncode == 0, session.stderr
+    assert len([line for line in session.stdout.splitlines()]) >= 2
+
+
+def test_missing_model_is_a_clear_error(tmp_path, cli_env):
+    done = run_cli("infer", "x", "-m", str(tmp_path / "nope.gguf"), env_extra=cli_env)
+    assert done.returncode == 1
+    assert "llcuda: error:" in done.stderr and "nope.gguf" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_public_bind_without_a_key(tiny_model, cli_env):
+    done = run_cli("serve", "-m", str(tiny_model), "--host", "0.0.0.0", env_extra=cli_env)
+    assert done.returncode == 1
+    assert "--api-key" in done.stderr
+
+
+def test_doctor_json_finds_the_binaries(binaries, cli_env):
+    done = run_cli("doctor", "--json", env_extra=cli_env)
+    report = json.loads(done.stdout)
+    assert report["binaries"]["found"] is True
+    assert report["binaries"]["bin_dir"] == str(binaries.bin_dir)
+    assert report["binaries"]["build_info"]["llama_cpp_build"] == 11434
+    assert all(report["binaries"]["tools"].values())
+    assert done.returncode == (0 if report["ok"] else 1)
+
+
+def test_doctor_reports_a_damaged_install(tmp_path, cli_env):
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "llama-server").write_text("not a program")  # present but not executable
+    env = dict(cli_env, LLCUDA_BIN_DIR=str(broken))
+    done = run_cli("doctor", env_extra=env)
+    assert done.returncode == 1
+    assert "binaries: NOT FOUND" in done.stdout and "not executable" in done.stdout
+    assert "NOT OK" in done.stdout
+    report = json.loads(run_cli("doctor", "--json", env_extra=env).stdout)
+    assert report["ok"] is False and report["binaries"]["found"] is False
+
+
+def test_no_command_prints_help():
+    done = run_cli()
+    assert done.returncode == 2 and "infer" in done.stdout
