@@ -107,11 +107,25 @@ def _check_bundled(binaries: Binaries) -> None:
     missing = [t for t in KNOWN_TOOLS if not _is_executable(binaries.executable(t))]
     if binaries.lib_dir is None or not any(binaries.lib_dir.glob("libllama*.so*")):
         missing.append("lib/libllama.so")
+    missing += [str(p.relative_to(BUNDLED_PREFIX)) for p in _recorded_bundle_files()
+                if not p.is_file() and p.name not in missing]
     if missing:
         raise BinaryNotFoundError(
             f"The binaries bundled in {BUNDLED_PREFIX} are incomplete (missing or not executable: "
             f"{', '.join(missing)}). Reinstall with: pip install --force-reinstall --no-cache-dir llcuda"
         )
+
+
+def _recorded_bundle_files() -> list[Path]:
+    """Every file the installed wheel put under BUNDLED_PREFIX, from its RECORD ([] in a checkout)."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("llcuda").files or []
+    except metadata.PackageNotFoundError:
+        return []
+    located = (Path(str(f.locate())).resolve() for f in files if f.parts[:2] == ("llcuda", "binaries"))
+    return [p for p in located if BUNDLED_PREFIX in p.parents]
 
 
 def tool(name: str, binaries: Binaries | None = None) -> Path:
