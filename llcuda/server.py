@@ -40,20 +40,25 @@ _BIND_FAILURE_MARKERS = ("couldn't bind", "address already in use", "failed to b
 _live_servers: weakref.WeakSet[LlamaServer] = weakref.WeakSet()
 
 
-def _parent_death_hook() -> Callable[[], None] | None:
+def _parent_death_hook(ignore_sigpipe: bool = False) -> Callable[[], None] | None:
     """A preexec function that asks Linux to SIGKILL the child when its parent dies.
 
     prctl is looked up here, in the parent: the child, between fork and exec, only calls it.
+    With ``ignore_sigpipe`` the child also starts with SIGPIPE ignored (inherited across exec),
+    so a write to a socket whose peer vanished fails with EPIPE instead of killing it.
     """
     if not sys.platform.startswith("linux"):
         return None
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl, set_signal = libc.prctl, libc.signal
     except (OSError, AttributeError):
         return None
 
     def hook() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if ignore_sigpipe:
+            set_signal(signal.SIGPIPE, ctypes.c_void_p(1))  # SIG_IGN
 
     return hook
 
@@ -93,6 +98,70 @@ class _Spawner:
 
 
 _spawner = _Spawner()
+
+
+def spawn_process(
+    cmd: list[str], *, log_path: Path, env: dict[str, str], ignore_sigpipe: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` (an argument list) with its output appended to ``log_path``.
+
+    The child is forked from the long-lived spawner thread and gets the parent-death signal,
+    so it cannot outlive this process. Raises OSError if ``cmd[0]`` cannot be executed.
+    """
+    preexec = _parent_death_hook(ignore_sigpipe)
+    log_file = log_path.open("ab")
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=preexec,  # noqa: PLW1509 - only prctl/signal, async-signal-safe
+            close_fds=True,
+        )
+
+    try:
+        return _spawner.run(spawn)  # type: ignore[no-any-return]
+    finally:
+        log_file.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float, name: str) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; returns once the process is gone."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        log.warning("%s %d ignored SIGTERM for %.0f s; killing it", name, process.pid, grace)
+        process.kill()
+        process.wait()
+
+
+def read_log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file (reads at most its last 64 KiB); "" if unreadable."""
+    if path is None:
+        return ""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def new_log_path(prefix: str) -> Path:
+    """A fresh, empty log file ``<home>/logs/<prefix>-<pid>-XXXX.log``."""
+    logs = config.home_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{prefix}-{os.getpid()}-", suffix=".log", dir=logs)
+    os.close(fd)
+    return Path(name)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -209,16 +278,7 @@ class LlamaServer:
         return None if self._process is None else self._process.poll()
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        if self._log_path is None:
-            return ""
-        try:
-            with self._log_path.open("rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 64 * 1024))
-                text = fh.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return read_log_tail(self._log_path, lines)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float | None = None) -> str:
@@ -250,37 +310,17 @@ class LlamaServer:
 
     def _spawn(self, port: int) -> None:
         if self._log_path is None:
-            logs = config.home_dir() / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f"llama-server-{os.getpid()}-", suffix=".log", dir=logs)
-            os.close(fd)
-            self._log_path = Path(name)
+            self._log_path = new_log_path("llama-server")
         cmd = build_command(self.binaries.executable(bootstrap.SERVER), self.settings, port)
         env = bootstrap.subprocess_env(self.binaries)
         log.info("starting llama-server on %s:%d (log: %s)", self.settings.host, port, self._log_path)
         log.debug("command: %s", [a if a != self.settings.api_key else "***" for a in cmd])
         if self.settings.api_key:
             cmd += ["--api-key", self.settings.api_key]
-        log_file = self._log_path.open("ab")
-        preexec = _parent_death_hook()
-
-        def spawn() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=preexec,  # noqa: PLW1509 - only prctl, async-signal-safe
-                close_fds=True,
-            )
-
         try:
-            self._process = _spawner.run(spawn)
+            self._process = spawn_process(cmd, log_path=self._log_path, env=env)
         except OSError as exc:
             raise ServerStartError(f"could not execute {cmd[0]}: {exc}") from exc
-        finally:
-            log_file.close()
         self._port = port
         _live_servers.add(self)
 
@@ -320,14 +360,7 @@ class LlamaServer:
             process = self._process
             if process is None:
                 return
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    log.warning("llama-server %d ignored SIGTERM for %.0f s; killing it", process.pid, grace)
-                    process.kill()
-                    process.wait()
+            stop_process(process, grace, "llama-server")
             self._process = None
             _live_servers.discard(self)
 
