@@ -160,10 +160,10 @@ class InferenceEngine:
             backend_sampling=backend_sampling,
             extra_args=tuple(extra_args),
         )
+        server = LlamaServer(settings, binaries=binaries)  # validates: a bad argument leaves the old model running
         with self._lock:
             self.unload()
             started = time.monotonic()
-            server = LlamaServer(settings, binaries=binaries)
             server.start(self._start_timeout)
             self.load_seconds = time.monotonic() - started
             self._server = server

@@ -227,6 +227,10 @@ def _validate(settings: ServerSettings) -> None:
         raise ConfigError(f"flash_attn={settings.flash_attn!r} must be 'on', 'off' or 'auto'.")
     if settings.port is not None and not 0 < settings.port < 65536:
         raise ConfigError(f"port={settings.port} must be between 1 and 65535.")
+    for name in ("threads", "batch_size", "ubatch_size"):
+        value = getattr(settings, name)
+        if value is not None and not 1 <= value <= 1 << 20:
+            raise ConfigError(f"{name}={value} must be a positive number (or None for llama-server's default).")
 
 
 class LlamaServer:
