@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, overload
 
 from . import bootstrap, config, gpu, validation
 from .client import LlamaClient
-from .errors import ConfigError, InferenceError, LlcudaError
+from .errors import ConfigError, InferenceError, LlcudaError, RequestTimeoutError
 from .metrics import MetricsRecorder
 from .server import LlamaServer
 from .types import Binaries, InferResult, MetricsSnapshot, ServerSettings
@@ -26,6 +26,7 @@ from .types import Binaries, InferResult, MetricsSnapshot, ServerSettings
 log = logging.getLogger(__name__)
 
 _FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": "stop"}
+DEATH_GRACE_S = 2.0  # a killed server closes its sockets a moment before it can be reaped
 
 
 class TokenStream(Iterator[str]):
@@ -229,13 +230,33 @@ class InferenceEngine:
         try:
             return func(client)
         except InferenceError as exc:
-            if server is not None and exc.status_code is None and not server.is_running():
-                raise InferenceError(
-                    f"llama-server died during the request (exit code {server.returncode()}); the next call "
-                    f"restarts it. Cause: {exc}",
-                    log_tail=server.log_tail(),
-                ) from exc
+            died = self._death(exc, server)
+            if died is not None:
+                raise died from exc
             raise
+
+    def _stream(self, func: Callable[[LlamaClient], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        """:meth:`_call` for server-sent events: a server that dies mid-stream is reported as such."""
+        client, server = self._require_client()
+        try:
+            yield from func(client)
+        except InferenceError as exc:
+            died = self._death(exc, server)
+            if died is not None:
+                raise died from exc
+            raise
+
+    def _death(self, exc: InferenceError, server: LlamaServer | None) -> InferenceError | None:
+        """The error to raise instead of ``exc`` when our llama-server process died; None if it runs."""
+        if server is None or exc.status_code is not None or isinstance(exc, RequestTimeoutError):
+            return None
+        code = server.wait_exit(DEATH_GRACE_S if _connection_broke(exc) else 0.0)
+        if code is None:
+            return None
+        return InferenceError(
+            f"llama-server died during the request (exit code {code}); the next call restarts it. Cause: {exc}",
+            log_tail=server.log_tail(),
+        )
 
     # -- generation --------------------------------------------------------------------------
     @staticmethod
@@ -317,7 +338,7 @@ class InferenceEngine:
 
         def pieces() -> Iterator[str]:
             try:
-                for event in self._call(lambda c: c.completion_stream(body)):
+                for event in self._stream(lambda c: c.completion_stream(body)):
                     piece = event.get("content", "")
                     if event.get("stop"):
                         state["final"] = event
@@ -380,7 +401,7 @@ class InferenceEngine:
 
         def pieces() -> Iterator[str]:
             try:
-                for event in self._call(lambda c: c.chat_stream(body)):
+                for event in self._stream(lambda c: c.chat_stream(body)):
                     state["last"] = {**state["last"], **{k: v for k, v in event.items() if k in ("usage", "timings")}}
                     for choice in event.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content") or ""
@@ -491,3 +512,11 @@ class InferenceEngine:
     def __repr__(self) -> str:
         where = self.url if self._client else "not loaded"
         return f"<InferenceEngine model={self.model_name!r} {where}>"
+
+
+def _connection_broke(exc: InferenceError) -> bool:
+    """Whether ``exc`` is a connection that failed or broke off (not an HTTP error or a timeout)."""
+    import requests
+
+    cause = exc.__cause__
+    return isinstance(cause, requests.RequestException) and not isinstance(cause, requests.Timeout)

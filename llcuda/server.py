@@ -281,6 +281,16 @@ class LlamaServer:
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code once the process has ended, waiting up to ``timeout`` s; None if it still runs."""
+        process = self._process
+        if process is None:
+            return None
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return read_log_tail(self._log_path, lines)
 
