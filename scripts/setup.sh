@@ -13,7 +13,7 @@ PYTHON="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,conda,wheel]"
 
 build_args=(--prefix .venv)
 if [[ "${LLCUDA_CUDA:-0}" == "1" ]]; then
