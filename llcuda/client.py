@@ -119,6 +119,12 @@ class LlamaClient:
         except ValueError as exc:
             raise InferenceError(f"llama-server sent a non-JSON answer to {path}: {raw[:200]!r}") from exc
 
+    def _object(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> dict[str, Any]:
+        data = self._json(method, path, body, timeout)
+        if not isinstance(data, dict):
+            raise _unexpected(path, data, "a JSON object")
+        return data
+
     def _sse(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
         """POST and yield each server-sent event's JSON as it arrives."""
         response = self._request("POST", path, json_body=body, stream=True)
@@ -139,6 +145,8 @@ class LlamaClient:
                     event = json.loads(data)
                 except ValueError as exc:
                     raise InferenceError(f"llama-server streamed a malformed event on {path}: {data[:200]!r}") from exc
+                if not isinstance(event, dict):
+                    raise _unexpected(path, event, "a JSON object per event")
                 if isinstance(event, dict) and "error" in event:
                     message = _server_message_from(event)
                     raise InferenceError(f"llama-server failed mid-stream on {path}: {message}",
@@ -157,41 +165,62 @@ class LlamaClient:
 
     # -- endpoints ---------------------------------------------------------------------------
     def health(self, timeout: float = 5.0) -> dict[str, Any]:
-        return dict(self._json("GET", "/health", timeout=timeout))
+        return self._object("GET", "/health", timeout=timeout)
 
     def props(self) -> dict[str, Any]:
-        return dict(self._json("GET", "/props"))
+        return self._object("GET", "/props")
 
     def slots(self) -> list[dict[str, Any]]:
         return list(self._json("GET", "/slots"))
 
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._json("POST", "/completion", dict(body, stream=False)))
+        return self._object("POST", "/completion", dict(body, stream=False))
 
     def completion_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return self._sse("/completion", dict(body, stream=True))
 
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._json("POST", "/v1/chat/completions", dict(body, stream=False)))
+        data = self._object("POST", "/v1/chat/completions", dict(body, stream=False))
+        choices = data.get("choices")
+        if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)
+                and isinstance(choices[0].get("message"), dict)):
+            raise _unexpected("/v1/chat/completions", data, "choices[0].message")
+        return data
 
     def chat_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return self._sse("/v1/chat/completions", dict(body, stream=True))
 
     def embeddings(self, texts: list[str]) -> list[list[float]]:
-        body = self._json("POST", "/v1/embeddings", {"input": texts})
-        data = sorted(body["data"], key=lambda item: item["index"])
-        return [list(item["embedding"]) for item in data]
+        body = self._object("POST", "/v1/embeddings", {"input": texts})
+        try:
+            data = sorted(body["data"], key=lambda item: item["index"])
+            return [list(item["embedding"]) for item in data]
+        except (KeyError, TypeError) as exc:
+            raise _unexpected("/v1/embeddings", body, "data[] with index and embedding") from exc
 
     def tokenize(self, text: str) -> list[int]:
-        return list(self._json("POST", "/tokenize", {"content": text})["tokens"])
+        body = self._object("POST", "/tokenize", {"content": text})
+        if not isinstance(body.get("tokens"), list):
+            raise _unexpected("/tokenize", body, "tokens")
+        return list(body["tokens"])
 
     def detokenize(self, tokens: list[int]) -> str:
-        return str(self._json("POST", "/detokenize", {"tokens": tokens})["content"])
+        body = self._object("POST", "/detokenize", {"tokens": tokens})
+        if not isinstance(body.get("content"), str):
+            raise _unexpected("/detokenize", body, "content")
+        return str(body["content"])
 
     def metrics(self) -> dict[str, float]:
         """llama-server's Prometheus metrics as {name: value} (``llamacpp:`` prefix dropped)."""
         response = self._request("GET", "/metrics", timeout=10.0)
         return parse_prometheus(response.text)
+
+
+def _unexpected(path: str, data: Any, expected: str) -> InferenceError:
+    return InferenceError(
+        f"llama-server sent an answer to {path} without {expected}: {str(data)[:200]!r}. Is the URL a "
+        "llama-server of the build llcuda expects?"
+    )
 
 
 def _server_message_from(event: dict[str, Any]) -> str:
