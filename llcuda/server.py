@@ -186,6 +186,7 @@ def build_command(server_bin: Path, settings: ServerSettings, port: int) -> list
         "--flash-attn", s.flash_attn,
         "--metrics",
         "--no-webui",
+        "--cors-origins", "localhost",  # llama-server's default lets any web page read the answers
     ]  # fmt: skip
     if s.threads is not None:
         cmd += ["--threads", str(s.threads)]
@@ -329,8 +330,8 @@ class LlamaServer:
         env = bootstrap.subprocess_env(self.binaries)
         log.info("starting llama-server on %s:%d (log: %s)", self.settings.host, port, self._log_path)
         log.debug("command: %s", [a if a != self.settings.api_key else "***" for a in cmd])
-        if self.settings.api_key:
-            cmd += ["--api-key", self.settings.api_key]
+        if self.settings.api_key:  # the environment (owner-only), never argv (/proc/PID/cmdline is world-readable)
+            env["LLAMA_API_KEY"] = self.settings.api_key
         try:
             self._process = spawn_process(cmd, log_path=self._log_path, env=env)
         except OSError as exc:
