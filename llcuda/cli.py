@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = InferenceEngine(api_key=api_key)
     engine.load_model(args.model, gpu_layers=args.gpu_layers, ctx_size=args.ctx_size, n_parallel=args.n_parallel,
                       flash_attn=args.flash_attn, host=args.host, port=args.port, offline=args.offline,
-                      embeddings=args.embeddings)
+                      embeddings=args.embeddings, allow_unauthenticated=args.allow_unauthenticated)
     server = engine.server
     assert server is not None
     print(f"llcuda: serving {engine.model_name} at http://{args.host}:{server.port} "

@@ -117,6 +117,7 @@ class InferenceEngine:
         backend_sampling: bool = False,
         host: str = "127.0.0.1",
         port: int | None = None,
+        allow_unauthenticated: bool = False,
         extra_args: Sequence[str] = (),
         offline: bool | None = None,
     ) -> InferenceEngine:
@@ -124,6 +125,9 @@ class InferenceEngine:
         ``LLCUDA_DEFAULT_MODEL`` or Gemma-3-270M), validate it, and start llama-server.
 
         Replaces a model loaded before. Returns the engine, so calls can be chained.
+
+        ``host`` other than a loopback address needs an API key (``api_key`` / ``LLCUDA_API_KEY``) or
+        ``allow_unauthenticated=True``: anyone who can reach the port could use the model.
         """
         if self._external_url:
             raise ConfigError(
@@ -143,6 +147,7 @@ class InferenceEngine:
             model_path=resolved.path,
             host=host,
             port=port,
+            allow_unauthenticated=allow_unauthenticated,
             ctx_size=ctx_size,
             gpu_layers=gpu_layers,
             n_parallel=n_parallel,

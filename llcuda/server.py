@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import ipaddress
 import logging
 import os
 import queue
@@ -214,7 +215,23 @@ def build_command(server_bin: Path, settings: ServerSettings, port: int) -> list
     return cmd
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _validate(settings: ServerSettings) -> None:
+    if not is_loopback(settings.host) and not settings.api_key and not settings.allow_unauthenticated:
+        raise ConfigError(
+            f"refusing to listen on {settings.host or 'every address'!r} without an API key: anyone who can reach "
+            "it could use the model. Pass api_key= (or set LLCUDA_API_KEY), keep the default host 127.0.0.1, "
+            "or pass allow_unauthenticated=True if you really mean it."
+        )
     if settings.n_parallel < 1 or settings.n_parallel > 512:
         raise ConfigError(f"n_parallel={settings.n_parallel} must be between 1 and 512.")
     if settings.ctx_size < 16 or settings.ctx_size > 1 << 22:

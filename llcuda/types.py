@@ -52,6 +52,7 @@ class ServerSettings:
     embeddings: bool = False
     pooling: str | None = None
     api_key: str | None = None
+    allow_unauthenticated: bool = False  # allow a non-loopback host without an api_key
     alias: str | None = None
     split_mode: str | None = None  # none | layer | row
     tensor_split: tuple[float, ...] = ()
