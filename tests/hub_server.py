@@ -71,7 +71,7 @@ class FakeHub:
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> FakeHub:
+    def __enter__(self):  # -> Self (typing.Self needs Python 3.11)
         self._thread.start()
         return self
 
@@ -286,13 +286,14 @@ def build_wheel(project: str, version: str, members: dict[str, bytes],
 
 def make_gguf(path: Path, *, arch: str = "llama", tensor_bytes: int = 3 << 20, chat_template: str | None = None,
               general_type: str | None = None, extra_kv: dict[str, Any] | None = None, n_tensors: int = 2,
-              seed: int = 0) -> Path:
+              seed: int = 0, split: bool = False) -> Path:
     """Write a small but complete GGUF with the reference writer (gguf-py): F32 tensors of
-    ~``tensor_bytes`` in all, whose bytes depend on ``seed``."""
+    ~``tensor_bytes`` in all, whose bytes depend on ``seed``. ``split``: one file per tensor,
+    named like llama.cpp's gguf-split does; returns the first part."""
     import gguf
     import numpy as np
 
-    writer = gguf.GGUFWriter(str(path), arch)
+    writer = gguf.GGUFWriter(str(path), arch, split_max_tensors=1 if split else 0)
     writer.add_name(f"test-{arch}")
     writer.add_context_length(2048)
     writer.add_embedding_length(64)
@@ -313,7 +314,7 @@ def make_gguf(path: Path, *, arch: str = "llama", tensor_bytes: int = 3 << 20, c
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
+    return path.with_name(f"{path.stem}-00001-of-{n_tensors:05d}.gguf") if split else path
 
 
 def iter_chunks(data: bytes, n: int) -> Iterator[bytes]:

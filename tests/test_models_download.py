@@ -280,3 +280,22 @@ def test_two_processes_never_download_the_same_file_twice(hub: FakeHub, home: Pa
     assert sorted(line[2] for line in lines) == ["False", "False", "True"]
     assert len(hub.requests_for(f"/cdn/{sha}", "GET")) == 1
     assert Path(lines[0][0]).read_bytes() == model_bytes
+
+
+def test_split_model_from_the_hub(hub: FakeHub, home: Path, tmp_path: Path) -> None:
+    (tmp_path / "split").mkdir()
+    first = make_gguf(tmp_path / "split" / "big.gguf", split=True, n_tensors=3, tensor_bytes=1 << 20)
+    for part in sorted(first.parent.iterdir()):
+        hub.add_file(REPO, f"q4/{part.name}", part.read_bytes())
+    with pytest.raises(ModelNotFoundError, match="one part of a split model; ask for the first part"):
+        resolve_model(f"hf://{REPO}/q4/big-00002-of-00003.gguf")
+    model = resolve_model(f"hf://{REPO}/q4/{first.name}")
+    folder = home / "models" / "hf" / "owner" / "model-GGUF" / "q4"
+    assert model.path == folder / first.name
+    assert sorted(p.name for p in folder.glob("*.gguf")) == sorted(p.name for p in first.parent.iterdir())
+    for part in first.parent.iterdir():
+        assert (folder / part.name).read_bytes() == part.read_bytes()
+    [listed] = cache.cached_models()
+    assert listed.path == model.path and listed.size == sum(p.stat().st_size for p in first.parent.iterdir())
+    cache.remove(model.path)
+    assert not folder.exists()

@@ -250,3 +250,21 @@ def test_fuzz_mutated_valid_file(flips: list[tuple[int, int]], cut: int) -> None
         except InvalidModelError:
             continue
         assert info.tensor_count >= 1 and info.data_offset + info.data_size <= len(candidate)
+
+
+def test_split_models(tmp_path: Path) -> None:
+    first = make_gguf(tmp_path / "big.gguf", split=True, n_tensors=3, tensor_bytes=64 << 10)
+    assert first.name == "big-00001-of-00003.gguf"
+    assert validate_gguf(first).metadata["split.count"] == 3
+    with pytest.raises(InvalidModelError, match="part 2 of 3 of a split model; pass the first part"):
+        validate_gguf(tmp_path / "big-00002-of-00003.gguf")
+    last = tmp_path / "big-00003-of-00003.gguf"
+    last.write_bytes(last.read_bytes()[:-10])
+    with pytest.raises(InvalidModelError, match="big-00003-of-00003.gguf is truncated"):
+        validate_gguf(first)
+    last.unlink()
+    with pytest.raises(InvalidModelError, match="big-00003-of-00003.gguf is missing"):
+        validate_gguf(first)
+    renamed = first.rename(tmp_path / "renamed.gguf")
+    with pytest.raises(InvalidModelError, match="cannot find the other parts"):
+        validate_gguf(renamed)

@@ -168,8 +168,11 @@ def _is_model_file(path: Path, base: Path) -> bool:
 def cached_models() -> list[CachedModel]:
     base = root()
     found = []
+    from .gguf import split_paths
+
     for path in sorted(base.rglob("*.gguf")):
-        if not _is_model_file(path, base):
+        parts = split_paths(path)
+        if not _is_model_file(path, base) or (parts and parts[0] != path):  # list a split model once
             continue
         meta = read_meta(path)
         rel = path.relative_to(base)
@@ -177,7 +180,8 @@ def cached_models() -> list[CachedModel]:
             name = path.stem
         else:  # hub files, URLs, wheels: by the spec that fetched them
             name = meta.get("origin") or rel.as_posix()
-        found.append(CachedModel(name, path, path.stat().st_size, meta.get("source", ""), meta.get("sha256")))
+        size = sum(p.stat().st_size for p in (parts or [path]) if p.is_file())
+        found.append(CachedModel(name, path, size, meta.get("source", ""), meta.get("sha256")))
     return found
 
 
@@ -188,8 +192,12 @@ def incomplete_files() -> list[Path]:
 
 def remove(model: Path) -> None:
     """Delete a cached model, its sidecar and any partial download of it, under its lock."""
+    from .gguf import split_paths
+
     with file_lock(model):
-        for path in [model, meta_path(model), *model.parent.glob(f"{model.name}.*.incomplete")]:
+        parts = split_paths(model) or []
+        others = parts[1:] if parts and parts[0] == model else []
+        for path in [model, meta_path(model), *model.parent.glob(f"{model.name}.*.incomplete"), *others]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     with contextlib.suppress(OSError):  # tidy empty hf/url/pypi folders

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -379,15 +380,53 @@ def _check_model(info: GGUFInfo, label: str) -> GGUFInfo:
     return info
 
 
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf")
+
+
+def split_paths(path: Path) -> list[Path] | None:
+    """All parts of a split model named like llama.cpp's ``<name>-00001-of-00003.gguf`` (else None)."""
+    m = _SPLIT_NAME.match(path.name)
+    if not m or int(m["count"]) < 1:
+        return None
+    count = int(m["count"])
+    return [path.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def _check_splits(info: GGUFInfo, label: str) -> None:
+    count = info.metadata.get("split.count")
+    if not isinstance(count, int) or count <= 1 or info.path is None:
+        return
+    parts = split_paths(info.path)
+    if parts is None or len(parts) != count:
+        raise InvalidModelError(
+            f"{label} is the first of {count} parts of a split model, but its name does not end in "
+            f"-00001-of-{count:05d}.gguf, so llama.cpp cannot find the other parts. Keep the original file names."
+        )
+    for part in parts[1:]:
+        if not part.is_file():
+            raise InvalidModelError(f"{label} is part 1 of {count} of a split model, and {part} is missing. "
+                                    "Put every part in the same folder.")
+        read_gguf_info(part)  # truncated or damaged parts are reported by name
+
+
 def validate_gguf(path: StrPath) -> GGUFInfo:
     """Check that ``path`` is a GGUF model llama-server can load; return its header info.
 
     Checks the magic, version, metadata and tensor table (bounded, as llama.cpp does), that the
-    file is not truncated, that it holds tensors, and that its architecture is supported by the
-    pinned llama.cpp. Raises :class:`InvalidModelError` naming the file and the problem.
+    file is not truncated, that it holds tensors, that its architecture is supported by the
+    pinned llama.cpp, and for the first part of a split model that the other parts are there
+    and whole. Raises :class:`InvalidModelError` naming the file and the problem.
     """
     info = read_gguf_info(path)
-    return _check_model(info, str(info.path))
+    number, count = info.metadata.get("split.no", 0), info.metadata.get("split.count", 1)
+    if isinstance(number, int) and isinstance(count, int) and number > 0:
+        raise InvalidModelError(
+            f"{info.path} is part {number + 1} of {count} of a split model; pass the first part "
+            f"(the file ending in -00001-of-{count:05d}.gguf)."
+        )
+    _check_model(info, str(info.path))
+    _check_splits(info, str(info.path))
+    return info
 
 
 def validate_gguf_bytes(data: bytes, *, label: str = "<bytes>", require_model: bool = True) -> GGUFInfo:

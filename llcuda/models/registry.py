@@ -97,6 +97,8 @@ def check_entry(entry: ModelEntry) -> None:
     for src in entry.sources:
         if src.kind == "hf" and not (re.fullmatch(r"[\w.-]+/[\w.-]+", src.repo) and src.file.endswith(".gguf")):
             raise ValueError(f"{entry.name}: hf source needs repo 'owner/name' and a .gguf file")
+        if src.kind == "hf" and re.search(r"-\d{5}-of-\d{5}\.gguf$", src.file):
+            raise ValueError(f"{entry.name}: split models are not supported in the registry; use hf:// specs")
         if src.kind == "pypi" and not src.parts:
             raise ValueError(f"{entry.name}: pypi source needs parts")
         if src.kind == "pypi" and entry.sha256 is None:

