@@ -206,6 +206,15 @@ def test_no_network_at_all_fails_clearly(home: Path, monkeypatch: pytest.MonkeyP
         resolve_model(SPEC)
 
 
+def test_unresolvable_host_fails_at_once(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")  # .invalid never resolves (RFC 2606)
+    with pytest.raises(DownloadError, match="Could not reach hub.invalid .*cannot resolve the host name"):
+        resolve_model(SPEC)
+    monkeypatch.setenv("LLCUDA_OFFLINE", "1")
+    with pytest.raises(OfflineModeError, match="offline mode is on"):
+        pull(SPEC)
+
+
 def test_registry_entry_pins_are_enforced_before_downloading(hub: FakeHub, home: Path, model_bytes: bytes) -> None:
     sha = hub.add_file(REPO, FILE, model_bytes)
     good = ModelEntry("site-model", (Source("hf", REPO, FILE),), sha256=sha, size=len(model_bytes))

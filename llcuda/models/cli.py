@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from .. import config
 from ..errors import LlcudaError
+from .download import redact
 
 _COMMANDS = ("list", "pull", "rm", "path", "import")
 
@@ -73,7 +74,7 @@ def cache_summary() -> dict[str, Any]:
         offline=config.offline(),
         hf_endpoint=config.hf_endpoint(),
         hf_token_set=config.hf_token() is not None,
-        pypi_index=config.pypi_index(),
+        pypi_index=redact(config.pypi_index()),
     )
     return info
 

