@@ -150,15 +150,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       embeddings=args.embeddings, allow_unauthenticated=args.allow_unauthenticated)
     server = engine.server
     assert server is not None
-    print(f"llcuda: serving {engine.model_name} at http://{args.host}:{server.port} "
-          f"(OpenAI-compatible: /v1/chat/completions, /v1/completions, /v1/embeddings); Ctrl-C stops.", flush=True)
-    print(f"llcuda: server log: {server.log_path}", flush=True)
     stop = {"now": False}
 
     def on_signal(signum: int, frame: object) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)  # before the banner: whoever reads it may signal us at once
+    print(f"llcuda: serving {engine.model_name} at http://{args.host}:{server.port} "
+          f"(OpenAI-compatible: /v1/chat/completions, /v1/completions, /v1/embeddings); Ctrl-C stops.", flush=True)
+    print(f"llcuda: server log: {server.log_path}", flush=True)
     try:
         while not stop["now"] and server.is_running():
             time.sleep(0.5)
