@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Literal, overload
 
-from . import bootstrap, config, gpu, validation
+from . import bootstrap, config, gpu, validation, vram
 from .client import LlamaClient
 from .errors import ConfigError, InferenceError, LlcudaError, RequestTimeoutError
 from .metrics import MetricsRecorder
@@ -166,6 +166,7 @@ class InferenceEngine:
             backend_sampling=backend_sampling,
             extra_args=tuple(extra_args),
         )
+        vram.check_memory(resolved.info, settings, binaries.build_info)  # before a CUDA out-of-memory crash
         server = LlamaServer(settings, binaries=binaries)  # validates: a bad argument leaves the old model running
         with self._lock:
             self.unload()

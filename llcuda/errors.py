@@ -25,6 +25,10 @@ class GPUCompatibilityError(LlcudaError, RuntimeError):
     """The GPU or driver cannot run the installed binaries."""
 
 
+class InsufficientMemoryError(GPUCompatibilityError, MemoryError):
+    """The model clearly cannot fit in the free memory of the GPUs (checked before llama-server starts)."""
+
+
 class ServerStartError(LlcudaError, RuntimeError):
     """llama-server exited or failed before it became ready."""
 
@@ -99,6 +103,7 @@ __all__ = [
     "DownloadError",
     "GPUCompatibilityError",
     "InferenceError",
+    "InsufficientMemoryError",
     "InvalidModelError",
     "LlcudaError",
     "ModelNotFoundError",
