@@ -21,6 +21,7 @@ copy; its sha256 is checked either way. ccache's folder: --ccache-dir, else $CCA
 $XDG_CACHE_HOME/llcuda/ccache (~/.cache/llcuda/ccache). Logs go to stderr and WORKDIR/build.log.
 Needs the `conda` extra: pip install -e '.[conda]'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -219,7 +220,9 @@ def install_and_move(workdir: Path, built: dict) -> Path:
     built["installed_at"] = str(staging)
     built["prefix"] = str(final)
     server = final / "bin" / "llama-server"
-    probe = subprocess.run([str(server), "--version"], capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [str(server), "--version"], check=False, capture_output=True, text=True, timeout=60
+    )
     if probe.returncode != 0:
         raise CondaBuildError(
             f"{server} --version failed after the move (exit {probe.returncode}): {probe.stderr.strip()}"

@@ -15,12 +15,14 @@ that a later edit cannot quietly break it (tests/recipes_bad/ holds edits that m
   llcuda-binaries, the console script of pyproject.toml.
 - llcuda: noarch, pulls llcuda-python (exact) and llcuda-binaries (range).
 """
+
 from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -79,14 +81,16 @@ def spec_names(requirements: list[Any]) -> list[str]:
 
 def _tools_of_build_script(recipe_dir: Path) -> list[str]:
     text = (recipe_dir / BUILD_SCRIPT).read_text(encoding="utf-8")
-    match = re.search(r"^TOOLS=\(([^)]*)\)", text, re.M)
+    match = re.search(r"^TOOLS=\(([^)]*)\)", text, re.MULTILINE)
     if not match:
         raise RecipeCheckError(f"no TOOLS=(...) list in {BUILD_SCRIPT}")
     # ggml-rpc-server is installed as rpc-server with a ggml-rpc-server link: both must be there.
     return sorted(set(match.group(1).split()) | {"rpc-server"})
 
 
-def _check_binaries(build: dict[str, Any], context: dict[str, Any], tools: list[str], problems: list[str]) -> None:
+def _check_binaries(
+    build: dict[str, Any], context: dict[str, Any], tools: list[str], problems: list[str]
+) -> None:
     string = build["build"]["string"]
     cuda_version = build["variant"].get("cuda_compiler_version", "None")
     cuda = cuda_version != "None"
@@ -98,12 +102,16 @@ def _check_binaries(build: dict[str, Any], context: dict[str, Any], tools: list[
     base = context["build_base"]
     prefix = f"cuda{cuda_version.split('.')[0]}" if cuda else "cpu"
     if not re.fullmatch(rf"{prefix}_b{context['llama_cpp_build']}_h[0-9a-f]{{7}}_{base}", string):
-        problems.append(f"{where}: build string must be {prefix}_b{context['llama_cpp_build']}_h<hash>_{base}")
+        problems.append(
+            f"{where}: build string must be {prefix}_b{context['llama_cpp_build']}_h<hash>_{base}"
+        )
     if cuda:
         if cuda_version.split(".")[0] != CUDA_MAJOR:
             problems.append(f"{where}: the CUDA variant must be CUDA {CUDA_MAJOR}, not {cuda_version}")
         if "__cuda" not in spec_names(run):
-            problems.append(f"{where}: a CUDA build must require __cuda to run (else it installs without a GPU)")
+            problems.append(
+                f"{where}: a CUDA build must require __cuda to run (else it installs without a GPU)"
+            )
         compat = pin_of(run, "pin_compatible", "cuda-version")
         if not compat or compat.get("upper_bound") != "x":
             problems.append(f"{where}: run must pin cuda-version with pin_compatible(upper_bound='x')")
@@ -115,7 +123,9 @@ def _check_binaries(build: dict[str, Any], context: dict[str, Any], tools: list[
         if "*/libcuda.so.1" not in allow:
             problems.append(f"{where}: libcuda.so.1 (the driver's) must be in missing_dso_allowlist")
         if number != base + CUDA_BUILD_OFFSET:
-            problems.append(f"{where}: build number must be build_base + {CUDA_BUILD_OFFSET} to outrank cpu_*")
+            problems.append(
+                f"{where}: build number must be build_base + {CUDA_BUILD_OFFSET} to outrank cpu_*"
+            )
     else:
         names = spec_names(run) + spec_names(host) + spec_names(build_reqs)
         cuda_specs = [n for n in names if n.startswith("__cuda") or "cuda" in n or "cublas" in n]
@@ -147,13 +157,17 @@ def _check_binaries(build: dict[str, Any], context: dict[str, Any], tools: list[
     contents = [t["package_contents"] for t in build.get("tests", []) if "package_contents" in t]
     listed = set(contents[0].get("bin", [])) if contents else set()
     if not set(tools) <= listed:
-        problems.append(f"{where}: package_contents must list every tool of {BUILD_SCRIPT}: {sorted(set(tools) - listed)}")
+        problems.append(
+            f"{where}: package_contents must list every tool of {BUILD_SCRIPT}: {sorted(set(tools) - listed)}"
+        )
     licenses = build.get("about", {}).get("license_file", [])
     if "llama.cpp/LICENSE" not in licenses or build.get("about", {}).get("license") != "MIT":
         problems.append(f"{where}: license MIT with llama.cpp/LICENSE among the license files")
 
 
-def check(rendered: list[dict[str, Any]], recipe_dir: Path = RECIPE_DIR, pyproject: Path = REPO / "pyproject.toml") -> None:
+def check(
+    rendered: list[dict[str, Any]], recipe_dir: Path = RECIPE_DIR, pyproject: Path = REPO / "pyproject.toml"
+) -> None:
     """Raise RecipeCheckError listing every broken rule; return None when the recipe keeps them all."""
     problems: list[str] = []
     context = yaml.safe_load((recipe_dir / "recipe.yaml").read_text(encoding="utf-8"))["context"]
@@ -162,22 +176,30 @@ def check(rendered: list[dict[str, Any]], recipe_dir: Path = RECIPE_DIR, pyproje
     if names != sorted(OUTPUTS):
         problems.append(f"outputs must be {sorted(OUTPUTS)}, got {names}")
     if context["version"] != project["version"]:
-        problems.append(f"recipe version {context['version']} differs from pyproject.toml's {project['version']}")
+        problems.append(
+            f"recipe version {context['version']} differs from pyproject.toml's {project['version']}"
+        )
     for r in rendered:
         if r["package"]["version"] != context["version"]:
-            problems.append(f"{r['package']['name']}: version {r['package']['version']} is not {context['version']}")
+            problems.append(
+                f"{r['package']['name']}: version {r['package']['version']} is not {context['version']}"
+            )
 
     binaries = builds(rendered, "llcuda-binaries")
     flavours = sorted({b["variant"].get("cuda_compiler_version", "None") for b in binaries.values()})
     if len(binaries) != len(flavours):
-        problems.append(f"llcuda-binaries must have one build per cuda_compiler_version, got {sorted(binaries)}")
+        problems.append(
+            f"llcuda-binaries must have one build per cuda_compiler_version, got {sorted(binaries)}"
+        )
     tools = _tools_of_build_script(recipe_dir)
     for build in binaries.values():
         _check_binaries(build, context, tools, problems)
 
     python = builds(rendered, "llcuda-python")
     if len(python) != 1:
-        problems.append(f"llcuda-python must be one noarch build for every binaries variant, got {sorted(python)}")
+        problems.append(
+            f"llcuda-python must be one noarch build for every binaries variant, got {sorted(python)}"
+        )
     for string, build in python.items():
         where = f"llcuda-python {string}"
         if build["build"].get("noarch") != "python":
@@ -185,7 +207,9 @@ def check(rendered: list[dict[str, Any]], recipe_dir: Path = RECIPE_DIR, pyproje
         run = build.get("requirements", {}).get("run", [])
         pin = pin_of(run, "pin_subpackage", "llcuda-binaries")
         if not pin or pin.get("exact") or not pin.get("upper_bound") or not pin.get("lower_bound"):
-            problems.append(f"{where}: needs a version-range pin_subpackage on llcuda-binaries (lower and upper bound)")
+            problems.append(
+                f"{where}: needs a version-range pin_subpackage on llcuda-binaries (lower and upper bound)"
+            )
         if f"python >={context['python_min']}" not in run:
             problems.append(f"{where}: run must hold python >={context['python_min']}")
         for dep in project["dependencies"]:
@@ -197,7 +221,21 @@ def check(rendered: list[dict[str, Any]], recipe_dir: Path = RECIPE_DIR, pyproje
             problems.append(f"{where}: entry points {scripts} differ from pyproject.toml's {wanted}")
         min_required = re.sub(r"^>=\s*", "", project.get("requires-python", ""))
         if min_required != context["python_min"]:
-            problems.append(f"python_min {context['python_min']} differs from requires-python {project.get('requires-python')}")
+            problems.append(
+                f"python_min {context['python_min']} differs from pyproject.toml's "
+                f"requires-python {project.get('requires-python')}"
+            )
+
+    for name in ("llcuda-python", "llcuda"):
+        for string, build in builds(rendered, name).items():
+            files = build.get("about", {}).get("license_file", [])
+            files = [files] if isinstance(files, str) else files
+            # rattler-build looks in the source folder (the repository) and then in recipe/
+            missing = [f for f in files if not (recipe_dir / f).is_file() and not (REPO / f).is_file()]
+            if not files or missing or build.get("about", {}).get("license") != "MIT":
+                problems.append(
+                    f"{name} {string}: license MIT with an existing license file (missing: {missing})"
+                )
 
     meta = builds(rendered, "llcuda")
     if len(meta) != 1:
@@ -213,7 +251,9 @@ def check(rendered: list[dict[str, Any]], recipe_dir: Path = RECIPE_DIR, pyproje
         if not ranged or ranged.get("exact") or not ranged.get("upper_bound"):
             problems.append(f"llcuda {string}: must pull llcuda-binaries with a version range")
     if problems:
-        raise RecipeCheckError("recipe/recipe.yaml breaks llcuda's packaging rules:\n  - " + "\n  - ".join(problems))
+        raise RecipeCheckError(
+            "recipe/recipe.yaml breaks llcuda's packaging rules:\n  - " + "\n  - ".join(problems)
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -232,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 1
     for r in rendered:
-        print(f"{r['package']['name']:16} {r['package']['version']:8} {r['build']['string']:28} "
-              f"number={r['build'].get('number', 0)}")
+        print(
+            f"{r['package']['name']:16} {r['package']['version']:8} {r['build']['string']:28} "
+            f"number={r['build'].get('number', 0)}"
+        )
     print("recipe/recipe.yaml: every output x variant renders and keeps the packaging rules")
     return 0
 

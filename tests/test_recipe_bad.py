@@ -1,4 +1,5 @@
 """Known-bad recipes (tests/recipes_bad/) must fail to render or fail llcuda's checks, as documented."""
+
 from __future__ import annotations
 
 import re
@@ -10,11 +11,11 @@ import pytest
 import yaml
 
 pytest.importorskip("rattler_build", reason="needs the `conda` extra: pip install -e '.[conda]'")
-from rattler_build import RattlerBuildError  # noqa: E402
+from rattler_build import RattlerBuildError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-import conda_recipe  # noqa: E402
+import conda_recipe
 
 CASES = sorted((REPO / "tests" / "recipes_bad").glob("*.yaml"))
 

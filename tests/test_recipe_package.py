@@ -5,6 +5,7 @@ prefix only (never a build tree): its conda-meta record, its files, the librarie
 and a real llama-server from $CONDA_PREFIX/bin answering on loopback with a tiny generated model.
 Skipped where $CONDA_PREFIX holds no llcuda-binaries.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,20 @@ RECORDS = sorted((PREFIX / "conda-meta").glob("llcuda-binaries-*.json")) if PREF
 
 pytestmark = [
     pytest.mark.conda,
-    pytest.mark.skipif(not RECORDS, reason="$CONDA_PREFIX holds no llcuda-binaries (run scripts/conda_build.py)"),
+    pytest.mark.skipif(
+        not RECORDS, reason="$CONDA_PREFIX holds no llcuda-binaries (run scripts/conda_build.py)"
+    ),
 ]
 
-BUILD_SCRIPT_TOOLS = re.search(
-    r"^TOOLS=\(([^)]*)\)", (REPO / "recipe" / "build-binaries.sh").read_text(encoding="utf-8"), re.M
-).group(1).split()
+BUILD_SCRIPT_TOOLS = (
+    re.search(
+        r"^TOOLS=\(([^)]*)\)",
+        (REPO / "recipe" / "build-binaries.sh").read_text(encoding="utf-8"),
+        re.MULTILINE,
+    )
+    .group(1)
+    .split()
+)
 TOOLS = sorted({t.replace("ggml-rpc-server", "rpc-server") for t in BUILD_SCRIPT_TOOLS} | {"ggml-rpc-server"})
 OUR_LIBS = re.compile(r"^lib(ggml|llama|mtmd)")
 
@@ -71,7 +80,15 @@ def test_every_tool_is_installed(record: dict) -> None:
 
 def test_every_library_is_installed(record: dict) -> None:
     libs = {Path(f).name for f in record["files"] if f.startswith("lib/")}
-    for stem in ("libggml", "libggml-base", "libggml-cpu", "libggml-rpc", "libllama", "libllama-common", "libmtmd"):
+    for stem in (
+        "libggml",
+        "libggml-base",
+        "libggml-cpu",
+        "libggml-rpc",
+        "libllama",
+        "libllama-common",
+        "libmtmd",
+    ):
         assert f"{stem}.so" in libs, stem
         assert any(re.fullmatch(rf"{re.escape(stem)}\.so\.\d+", n) for n in libs), stem
 
@@ -82,7 +99,9 @@ def test_licenses_and_build_info(record: dict) -> None:
     info = json.loads((PREFIX / "share" / "llcuda" / "build-info.json").read_text(encoding="utf-8"))
     assert info["llama_cpp_build"] == 11434
     assert info["backend"] == "cpu"
-    assert sorted(info["tools"]) == sorted(t.replace("ggml-rpc-server", "rpc-server") for t in BUILD_SCRIPT_TOOLS)
+    assert sorted(info["tools"]) == sorted(
+        t.replace("ggml-rpc-server", "rpc-server") for t in BUILD_SCRIPT_TOOLS
+    )
 
 
 def test_libraries_resolve_inside_the_prefix() -> None:
@@ -92,9 +111,11 @@ def test_libraries_resolve_inside_the_prefix() -> None:
     for path in elves:
         out = subprocess.run(["ldd", str(path)], capture_output=True, text=True, check=True).stdout
         assert "not found" not in out, f"{path}:\n{out}"
-        for name, target in re.findall(r"^\s*(\S+) => (\S+)", out, re.M):
+        for name, target in re.findall(r"^\s*(\S+) => (\S+)", out, re.MULTILINE):
             if OUR_LIBS.match(name):
-                assert Path(target).resolve().parent == (PREFIX / "lib").resolve(), f"{path}: {name} => {target}"
+                assert Path(target).resolve().parent == (PREFIX / "lib").resolve(), (
+                    f"{path}: {name} => {target}"
+                )
 
 
 def test_runpaths_are_relative() -> None:
@@ -107,15 +128,20 @@ def test_runpaths_are_relative() -> None:
 
 
 def test_no_binary_file_carries_a_prefix(record: dict) -> None:
-    """A binary with an embedded install path would point at where the prefix was installed, not where it is."""
-    carrying = [p["_path"] for p in record.get("paths_data", {}).get("paths", [])
-                if p.get("prefix_placeholder") and p.get("file_mode") == "binary"]
+    """A binary with an embedded install path would point at where the prefix was installed, not at it."""
+    carrying = [
+        p["_path"]
+        for p in record.get("paths_data", {}).get("paths", [])
+        if p.get("prefix_placeholder") and p.get("file_mode") == "binary"
+    ]
     assert carrying == []
 
 
 @pytest.mark.parametrize("tool", ["llama-server", "llama-cli"])
 def test_version_runs_from_the_moved_prefix(tool: str) -> None:
-    out = subprocess.run([str(PREFIX / "bin" / tool), "--version"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(PREFIX / "bin" / tool), "--version"], check=False, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert re.search(r"\(build 11434, ", out.stdout + out.stderr)
 
@@ -189,9 +215,23 @@ def test_llama_server_from_the_prefix_serves_a_model(tmp_path: Path) -> None:
     port = _free_port()
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen(
-        [str(PREFIX / "bin" / "llama-server"), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-         "-c", "256", "-t", "2", "--no-webui"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LD_LIBRARY_PATH": ""},
+        [
+            str(PREFIX / "bin" / "llama-server"),
+            "-m",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            "256",
+            "-t",
+            "2",
+            "--no-webui",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "LD_LIBRARY_PATH": ""},
     )
     try:
         deadline = time.monotonic() + 60
@@ -205,8 +245,10 @@ def test_llama_server_from_the_prefix_serves_a_model(tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, (tmp_path / "server.log").read_text(errors="replace")
             time.sleep(0.3)
-        answer = _post(f"http://127.0.0.1:{port}/completion",
-                       {"prompt": "Paris is the capital of", "n_predict": 8, "temperature": 0})
+        answer = _post(
+            f"http://127.0.0.1:{port}/completion",
+            {"prompt": "Paris is the capital of", "n_predict": 8, "temperature": 0},
+        )
         assert answer["tokens_predicted"] == 8
         assert isinstance(answer["content"], str)
         assert answer["tokens_evaluated"] >= 2

@@ -3,6 +3,7 @@
 Reads the JSON that doctor wrote (path in argv[1]) without assuming its layout: some string in it must
 be the path of $PREFIX/bin/llama-server, the file llcuda-binaries installed into the test environment.
 """
+
 import json
 import os
 import sys
