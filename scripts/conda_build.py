@@ -203,14 +203,19 @@ async def install(channel: Path, spec: str, prefix: Path) -> None:
     await rattler.install(records, target_prefix=prefix, show_progress=False)
 
 
+def check_prefix_is_ours(prefix: Path) -> None:
+    """WORKDIR/prefix is replaced on every run: refuse to delete a folder this script did not make."""
+    if prefix.exists() and not (prefix / "conda-meta").is_dir():
+        raise CondaBuildError(f"{prefix} exists and is not a conda prefix; move it away or pick another WORKDIR")
+
+
 def install_and_move(workdir: Path, built: dict) -> Path:
     """Install into a fresh prefix, then rename it: the path it was installed at is gone."""
     final = workdir / "prefix"
     staging = workdir / f"prefix-installing-{os.getpid()}"
+    check_prefix_is_ours(final)
     for old in (final, staging):
         if old.exists():
-            if not (old / "conda-meta").is_dir():
-                raise CondaBuildError(f"{old} exists and is not a conda prefix; move it away")
             shutil.rmtree(old)
     spec = f"{built['name']} =={built['version']} {built['build_string']}"
     started = time.monotonic()
@@ -241,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         check_system_toolchain()
+        check_prefix_is_ours(workdir / "prefix")
         built = build(workdir, args.sdist, args.ccache_dir or default_ccache_dir())
         prefix = install_and_move(workdir, built)
     except CondaBuildError as error:
