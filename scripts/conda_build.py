@@ -206,7 +206,9 @@ async def install(channel: Path, spec: str, prefix: Path) -> None:
 def check_prefix_is_ours(prefix: Path) -> None:
     """WORKDIR/prefix is replaced on every run: refuse to delete a folder this script did not make."""
     if prefix.exists() and not (prefix / "conda-meta").is_dir():
-        raise CondaBuildError(f"{prefix} exists and is not a conda prefix; move it away or pick another WORKDIR")
+        raise CondaBuildError(
+            f"{prefix} exists and is not a conda prefix; move it away or pick another WORKDIR"
+        )
 
 
 def install_and_move(workdir: Path, built: dict) -> Path:
