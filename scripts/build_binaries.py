@@ -51,7 +51,9 @@ def build(flags: dict[str, str], jobs: int | None = None) -> Path:
         SRC_DIR=str(source),
         PREFIX=str(staging),
         LLAMA_BUILD_NUMBER=str(read_pin().build),
-        LLCUDA_BUILD_DIR=str(root / "build"),
+        # One build tree per backend, reused across keys: ninja rebuilds only what changed and
+        # ccache hits (llama.cpp's unity sources embed absolute paths, so the path must not move).
+        LLCUDA_BUILD_DIR=str(cache_root() / "build-tree" / ("cuda" if flags.get("LLCUDA_CUDA") == "ON" else "cpu")),
         CPU_COUNT=str(jobs or os.cpu_count() or 2),
     )
     log.info("building llama.cpp (%s) into %s; this takes minutes on first run", key, prefix)
