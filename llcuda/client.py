@@ -76,7 +76,10 @@ class LlamaClient:
         for attempt in range(1, MAX_RETRIES + 2):
             try:
                 response = self._session.request(
-                    method, url, json=json_body, stream=stream, timeout=(CONNECT_TIMEOUT_S, read_timeout)
+                    method, url, json=json_body, stream=stream, timeout=(CONNECT_TIMEOUT_S, read_timeout),
+                    # llama-server closes the connection after a stream although it announces keep-alive;
+                    # pooled, it would fail the next request with RemoteDisconnected. Never pool it.
+                    headers={"Connection": "close"} if stream else None,
                 )
             except requests.exceptions.ConnectionError as exc:
                 if attempt <= MAX_RETRIES and _never_sent(exc):
