@@ -145,8 +145,13 @@ def subprocess_env(binaries: Binaries) -> dict[str, str]:
 
     The binaries carry an ``$ORIGIN/../lib`` RPATH, so this only matters for builds
     without one (e.g. a distribution's package).
+
+    ``CUDA_DEVICE_ORDER`` defaults to ``PCI_BUS_ID`` (unless set), so CUDA numbers GPUs as nvidia-smi
+    and ``llcuda doctor`` do: ``main_gpu``, ``tensor_split`` and ``CUDA_VISIBLE_DEVICES`` indices
+    then mean the GPUs doctor lists, also on hosts with mixed GPU models.
     """
     env = dict(os.environ)
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     if binaries.lib_dir is not None:
         current = env.get("LD_LIBRARY_PATH", "")
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(binaries.lib_dir), current) if p)
