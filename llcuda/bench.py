@@ -21,13 +21,17 @@ def run_quick_bench(
     flash_attn: str = "auto",
     offline: bool | None = None,
     requests_per_level: int | None = None,
+    load_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Greedy, end-of-sequence ignored, so every request decodes exactly ``max_tokens`` tokens."""
+    """Greedy, end-of-sequence ignored, so every request decodes exactly ``max_tokens`` tokens.
+
+    ``load_options`` go to ``load_model`` as they are (e.g. ``rpc``, ``split_mode``, ``tensor_split``).
+    """
     top = max(concurrency)
     started = time.monotonic()
     engine = InferenceEngine()
     engine.load_model(model, gpu_layers=gpu_layers, ctx_size=max(ctx_size, top * (max_tokens + 64)),
-                      n_parallel=top, flash_attn=flash_attn, offline=offline)
+                      n_parallel=top, flash_attn=flash_attn, offline=offline, **(load_options or {}))
     load_seconds = time.monotonic() - started
     runs = []
     try:

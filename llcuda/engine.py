@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Literal, overload
 
-from . import bootstrap, config, gpu, validation, vram
+from . import bootstrap, config, gpu, split, validation, vram
+from . import rpc as rpc_workers
 from .client import LlamaClient
 from .errors import ConfigError, InferenceError, LlcudaError, RequestTimeoutError
 from .metrics import MetricsRecorder
@@ -128,6 +129,11 @@ class InferenceEngine:
 
         ``host`` other than a loopback address needs an API key (``api_key`` / ``LLCUDA_API_KEY``) or
         ``allow_unauthenticated=True``: anyone who can reach the port could use the model.
+
+        Several devices: ``split_mode`` ('layer', 'row', 'tensor', 'none'), ``tensor_split`` (one
+        proportion per device; default: by free memory) and ``main_gpu`` spread the model over GPUs
+        (see :mod:`llcuda.split`); ``rpc=["host:port", ...]`` adds the devices of RPC workers
+        (``llcuda rpc-worker``, see :mod:`llcuda.rpc`), which are checked for reachability first.
         """
         if self._external_url:
             raise ConfigError(
@@ -141,7 +147,10 @@ class InferenceEngine:
         binaries = self._binaries or bootstrap.find_binaries()
         for warning in gpu.check_compatibility(binaries.build_info):
             log.warning("%s", warning)
-        if binaries.build_info.get("backend") == "cpu" and gpu_layers:
+        endpoints = rpc_workers.parse_endpoints(rpc)
+        split_mode, split_shares, main_gpu = split.prepare(binaries.build_info, split_mode, tensor_split, main_gpu,
+                                                           endpoints)
+        if binaries.build_info.get("backend") == "cpu" and gpu_layers and not endpoints:
             log.info("CPU build of llama.cpp: layers run on the CPU (gpu_layers ignored)")
         settings = ServerSettings(
             model_path=resolved.path,
@@ -160,12 +169,13 @@ class InferenceEngine:
             api_key=self._api_key,
             alias=resolved.name,
             split_mode=split_mode,
-            tensor_split=tuple(tensor_split or ()),
+            tensor_split=split_shares,
             main_gpu=main_gpu,
-            rpc=tuple(rpc or ()),
+            rpc=endpoints,
             backend_sampling=backend_sampling,
             extra_args=tuple(extra_args),
         )
+        rpc_workers.check_workers(endpoints)  # before unloading: an unreachable worker keeps the old model
         vram.check_memory(resolved.info, settings, binaries.build_info)  # before a CUDA out-of-memory crash
         server = LlamaServer(settings, binaries=binaries)  # validates: a bad argument leaves the old model running
         with self._lock:
@@ -226,6 +236,7 @@ class InferenceEngine:
                     "llama-server exited (code %s); restarting it. Log tail:\n%s",
                     server.returncode(), server.log_tail(10),
                 )
+                rpc_workers.check_workers(server.settings.rpc)
                 server.start(self._start_timeout)
                 self._client.close()
                 self._client = LlamaClient(server.url, api_key=self._api_key, timeout=self._request_timeout)
@@ -259,8 +270,11 @@ class InferenceEngine:
         code = server.wait_exit(DEATH_GRACE_S if _connection_broke(exc) else 0.0)
         if code is None:
             return None
+        lost = [f"{ep} ({why})" for ep in server.settings.rpc if (why := rpc_workers.probe(ep)) is not None]
+        then = (f"RPC worker(s) unreachable: {', '.join(lost)}. Restart them; the next call restarts llama-server"
+                if lost else "the next call restarts it")
         return InferenceError(
-            f"llama-server died during the request (exit code {code}); the next call restarts it. Cause: {exc}",
+            f"llama-server died during the request (exit code {code}); {then}. Cause: {exc}",
             log_tail=server.log_tail(),
         )
 
@@ -480,6 +494,11 @@ class InferenceEngine:
         client, server = self._require_client()
         if server is None or server.settings.embeddings:
             return client
+        if server.settings.rpc:
+            raise ConfigError(
+                "embeddings with RPC workers need load_model(..., embeddings=True): each rpc-server serves one "
+                "llama-server at a time, so a second, embeddings-only server cannot share the workers."
+            )
         with self._lock:
             if self._embed_server is None or not self._embed_server.is_running():
                 # A generative model has no pooling of its own; mean pooling gives one vector per text.

@@ -124,7 +124,7 @@ def spawn_process(
         )
 
     try:
-        return _spawner.run(spawn)  # type: ignore[no-any-return]
+        return _spawner.run(spawn)
     finally:
         log_file.close()
 
