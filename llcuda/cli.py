@@ -36,6 +36,26 @@ def _add_model_options(parser: argparse.ArgumentParser, *, n_parallel: int = 1, 
     group.add_argument("--n-parallel", "-np", type=int, default=n_parallel, help="server slots")
     group.add_argument("--flash-attn", "-fa", choices=["on", "off", "auto"], default="auto")
     group.add_argument("--offline", action="store_true", default=None, help="never download (also LLCUDA_OFFLINE=1)")
+    group = parser.add_argument_group("several GPUs and RPC workers")
+    group.add_argument("--split-mode", "-sm", choices=["none", "layer", "row", "tensor"], default=None,
+                       help="how to spread the model over devices (llama.cpp's default: layer)")
+    group.add_argument("--tensor-split", "-ts", type=_tensor_split, default=None, metavar="N0,N1,...",
+                       help="proportion per device, e.g. 3,1 (default: by free memory); RPC workers' devices first")
+    group.add_argument("--main-gpu", "-mg", type=int, default=None, help="device index for split-mode none/row")
+    group.add_argument("--rpc", action="append", default=None, metavar="HOST:PORT",
+                       help="an `llcuda rpc-worker` to offload layers to (repeatable)")
+
+
+def _tensor_split(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace("/", ",").split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers such as 3,1") from None
+
+
+def _scaleout(args: argparse.Namespace) -> dict[str, Any]:
+    return {"split_mode": args.split_mode, "tensor_split": args.tensor_split, "main_gpu": args.main_gpu,
+            "rpc": args.rpc}
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int, temperature: float) -> None:
@@ -55,7 +75,8 @@ def _engine(args: argparse.Namespace) -> Any:
     engine = InferenceEngine(server_url=args.server_url)
     if not args.server_url:
         engine.load_model(args.model, gpu_layers=args.gpu_layers, ctx_size=args.ctx_size,
-                          n_parallel=args.n_parallel, flash_attn=args.flash_attn, offline=args.offline)
+                          n_parallel=args.n_parallel, flash_attn=args.flash_attn, offline=args.offline,
+                          **_scaleout(args))
     return engine
 
 
@@ -147,7 +168,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = InferenceEngine(api_key=api_key)
     engine.load_model(args.model, gpu_layers=args.gpu_layers, ctx_size=args.ctx_size, n_parallel=args.n_parallel,
                       flash_attn=args.flash_attn, host=args.host, port=args.port, offline=args.offline,
-                      embeddings=args.embeddings, allow_unauthenticated=args.allow_unauthenticated)
+                      embeddings=args.embeddings, allow_unauthenticated=args.allow_unauthenticated,
+                      **_scaleout(args))
     server = engine.server
     assert server is not None
     stop = {"now": False}
@@ -177,7 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     report = run_quick_bench(
         model=args.model, concurrency=args.concurrency, max_tokens=args.max_tokens, gpu_layers=args.gpu_layers,
-        ctx_size=args.ctx_size, flash_attn=args.flash_attn, offline=args.offline,
+        ctx_size=args.ctx_size, flash_attn=args.flash_attn, offline=args.offline, load_options=_scaleout(args),
     )
     if args.json:
         print(json.dumps(report, indent=2))
