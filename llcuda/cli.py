@@ -1,4 +1,4 @@
-"""The ``llcuda`` command line: infer, chat, serve, bench, models, doctor. The only module that prints."""
+"""The ``llcuda`` command line: infer, chat, serve, bench, rpc-worker, models, doctor. The only module that prints."""
 
 from __future__ import annotations
 
@@ -194,6 +194,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rpc_worker(args: argparse.Namespace) -> int:
+    """Run one rpc-server until Ctrl-C / SIGTERM; llama-servers elsewhere use it with --rpc HOST:PORT."""
+    from .rpc import RpcWorker
+
+    worker = RpcWorker(args.host, args.port, devices=args.device or (), threads=args.threads, cache=args.cache,
+                       allow_remote=args.allow_remote)
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        worker.start()
+        devices = ", ".join(f"{d.name} ({d.description}, {d.memory_free_mib} MiB free)" for d in worker.devices)
+        where = worker.endpoint if _is_loopback(worker.host) else f"<this host's address>:{worker.port}"
+        print(f"llcuda: rpc-worker listening on {worker.host}:{worker.port}, devices: {devices or '?'}; "
+              "Ctrl-C stops.", flush=True)
+        print(f"llcuda: load models with --rpc {where} (Python: rpc=[{where!r}]); worker log: {worker.log_path}",
+              flush=True)
+        while not stop["now"] and worker.is_running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        stop["now"] = True
+    finally:
+        code = worker.returncode()
+        worker.stop()
+    # Ctrl-C in a terminal reaches rpc-server too (same process group): that is a clean stop as well.
+    if not stop["now"] and code not in (None, 0, -signal.SIGINT):
+        print(f"llcuda: rpc-server exited with code {code}; log tail:\n{worker.log_tail(20)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_quick_bench
 
@@ -295,6 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_model_options(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("rpc-worker", help="lend this host's GPUs to llama-servers elsewhere (llama.cpp rpc-server)",
+                       description="Start llama.cpp's rpc-server. It has NO authentication and NO encryption: keep "
+                                   "it on 127.0.0.1 (default) or a private network you trust.")
+    p.add_argument("--host", default="127.0.0.1", help="IPv4 address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50052, help="TCP port (default 50052)")
+    p.add_argument("--device", "-d", action="append", default=None,
+                   help="device to expose, e.g. CUDA0 (repeatable; default: every GPU, else the CPU)")
+    p.add_argument("--threads", "-t", type=int, default=None, help="threads for a CPU device")
+    p.add_argument("--cache", "-c", action="store_true", help="cache large tensors locally for faster reloads")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (anyone who can reach it can use this machine's devices)")
+    p.set_defaults(func=cmd_rpc_worker)
 
     from .models.cli import add_models_parser, run_models_command
 
