@@ -29,8 +29,19 @@ KV_QUANTIZED_MIN_BYTES = 0.5  # q4_0 (4.5 bits) is the smallest KV cache type
 _KV_TYPE_FLAGS = {"-ctk", "--cache-type-k", "-ctv", "--cache-type-v"}
 _KV_ON_CPU_FLAGS = {"-nkvo", "--no-kv-offload"}
 # Flags that move weights off the GPUs in ways this estimate does not model: no check then.
-_PLACEMENT_FLAGS = {"-ngl", "--gpu-layers", "--n-gpu-layers", "-ot", "--override-tensor", "-cmoe", "--cpu-moe",
-                    "-ncmoe", "--n-cpu-moe", "-dev", "--device"}
+_PLACEMENT_FLAGS = {
+    "-ngl",
+    "--gpu-layers",
+    "--n-gpu-layers",
+    "-ot",
+    "--override-tensor",
+    "-cmoe",
+    "--cpu-moe",
+    "-ncmoe",
+    "--n-cpu-moe",
+    "-dev",
+    "--device",
+}
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,9 @@ def weights_on_gpu(info: GGUFInfo) -> int:
     return max(0, info.data_size - embedding_values * widest)
 
 
-def kv_cache(info: GGUFInfo, ctx_size: int, n_parallel: int = 1, bytes_per_value: float = KV_F16_BYTES) -> int:
+def kv_cache(
+    info: GGUFInfo, ctx_size: int, n_parallel: int = 1, bytes_per_value: float = KV_F16_BYTES
+) -> int:
     """Lower bound of the KV cache bytes for ``ctx_size`` tokens; 0 where attention is not plain
     (recurrent or hybrid layers, compressed MLA caches, per-layer head counts)."""
     arch, meta = info.architecture, info.metadata
@@ -113,22 +126,34 @@ def check_memory(
     extra = set(settings.extra_args)
     if build_info.get("backend") != "cuda" or settings.rpc or extra & _PLACEMENT_FLAGS:
         return None
-    if not info.block_count or settings.gpu_layers <= info.block_count:  # -1 is "auto"; <= n_layer leaves some on CPU
+    if (
+        not info.block_count or settings.gpu_layers <= info.block_count
+    ):  # -1 is "auto"; <= n_layer leaves some on CPU
         return None
     gpus = gpus_in_use(report or gpu.detect(), settings)
     if not gpus:
         return None  # gpu.check_compatibility reports a missing GPU
-    kv_bytes = 0 if extra & _KV_ON_CPU_FLAGS else kv_cache(
-        info, settings.ctx_size, settings.n_parallel, KV_QUANTIZED_MIN_BYTES if extra & _KV_TYPE_FLAGS else KV_F16_BYTES)
-    estimate = MemoryEstimate(weights_on_gpu(info), kv_bytes, sum(g.memory_free_mib for g in gpus) * MIB, gpus)
+    kv_bytes = (
+        0
+        if extra & _KV_ON_CPU_FLAGS
+        else kv_cache(
+            info,
+            settings.ctx_size,
+            settings.n_parallel,
+            KV_QUANTIZED_MIN_BYTES if extra & _KV_TYPE_FLAGS else KV_F16_BYTES,
+        )
+    )
+    estimate = MemoryEstimate(
+        weights_on_gpu(info), kv_bytes, sum(g.memory_free_mib for g in gpus) * MIB, gpus
+    )
     if estimate.fits:
         return estimate
     free = ", ".join(f"GPU {g.index} ({g.name}) {g.memory_free_mib * MIB / GIB:.1f}" for g in gpus)
     raise InsufficientMemoryError(
         f"{settings.model_path.name} does not fit in GPU memory: with all layers offloaded it needs at least "
         f"{estimate.need_bytes / GIB:.1f} GiB (weights {estimate.weights_bytes / GIB:.1f} GiB + KV cache for "
-        f"ctx_size={settings.ctx_size} {estimate.kv_cache_bytes / GIB:.1f} GiB, before compute buffers), but only "
-        f"{estimate.free_bytes / GIB:.1f} GiB is free ({free} GiB). Offload fewer layers (gpu_layers=N, or "
+        f"ctx_size={settings.ctx_size} {estimate.kv_cache_bytes / GIB:.1f} GiB, before compute buffers), "
+        f"but only {estimate.free_bytes / GIB:.1f} GiB is free ({free} GiB). Offload fewer layers (gpu_layers=N, or "
         "gpu_layers=-1 to let llama.cpp fit what it can), use a smaller quantization (e.g. Q4_K_M instead of "
         "Q8_0), lower ctx_size, or free the GPU memory other processes hold (see nvidia-smi)."
     )

@@ -19,24 +19,84 @@ from llcuda.vram import GIB, check_memory, kv_cache, weights_on_gpu
 CUDA = {"backend": "cuda", "cuda_archs": ["90-real"], "cuda_version": "12.4"}
 
 
-def _info(arch: str, *, data_size: int, vocab: int, n_embd: int, n_layer: int, heads: int, kv_heads: int,
-          context: int, file_type: int = 15, **extra: object) -> GGUFInfo:
-    meta = {"general.architecture": arch, f"{arch}.attention.head_count": heads,
-            f"{arch}.attention.head_count_kv": kv_heads, **extra}
-    return GGUFInfo(path=None, file_size=data_size + 10_000_000, version=3, tensor_count=10 * n_layer, kv_count=len(meta),
-                    alignment=32, data_offset=10_000_000, data_size=data_size, parameter_count=0, architecture=arch,
-                    name=arch, general_type="model", file_type=file_type, file_type_name=None, context_length=context,
-                    embedding_length=n_embd, block_count=n_layer, vocab_size=vocab, metadata=meta)
+def _info(
+    arch: str,
+    *,
+    data_size: int,
+    vocab: int,
+    n_embd: int,
+    n_layer: int,
+    heads: int,
+    kv_heads: int,
+    context: int,
+    file_type: int = 15,
+    **extra: object,
+) -> GGUFInfo:
+    meta = {
+        "general.architecture": arch,
+        f"{arch}.attention.head_count": heads,
+        f"{arch}.attention.head_count_kv": kv_heads,
+        **extra,
+    }
+    return GGUFInfo(
+        path=None,
+        file_size=data_size + 10_000_000,
+        version=3,
+        tensor_count=10 * n_layer,
+        kv_count=len(meta),
+        alignment=32,
+        data_offset=10_000_000,
+        data_size=data_size,
+        parameter_count=0,
+        architecture=arch,
+        name=arch,
+        general_type="model",
+        file_type=file_type,
+        file_type_name=None,
+        context_length=context,
+        embedding_length=n_embd,
+        block_count=n_layer,
+        vocab_size=vocab,
+        metadata=meta,
+    )
 
 
 # Shapes of real GGUF files (sizes rounded): Llama-3.1-70B and Llama-3.2-1B in Q4_K_M, Gemma-3-4B.
-LLAMA_70B = _info("llama", data_size=42_500_000_000, vocab=128_256, n_embd=8192, n_layer=80, heads=64, kv_heads=8,
-                  context=131_072)
-LLAMA_1B = _info("llama", data_size=800_000_000, vocab=128_256, n_embd=2048, n_layer=16, heads=32, kv_heads=8,
-                 context=131_072)
-GEMMA3_4B = _info("gemma3", data_size=2_500_000_000, vocab=262_208, n_embd=2560, n_layer=34, heads=8, kv_heads=4,
-                  context=131_072, **{"gemma3.attention.key_length": 256, "gemma3.attention.value_length": 256,
-                                      "gemma3.attention.sliding_window": 1024})
+LLAMA_70B = _info(
+    "llama",
+    data_size=42_500_000_000,
+    vocab=128_256,
+    n_embd=8192,
+    n_layer=80,
+    heads=64,
+    kv_heads=8,
+    context=131_072,
+)
+LLAMA_1B = _info(
+    "llama",
+    data_size=800_000_000,
+    vocab=128_256,
+    n_embd=2048,
+    n_layer=16,
+    heads=32,
+    kv_heads=8,
+    context=131_072,
+)
+GEMMA3_4B = _info(
+    "gemma3",
+    data_size=2_500_000_000,
+    vocab=262_208,
+    n_embd=2560,
+    n_layer=34,
+    heads=8,
+    kv_heads=4,
+    context=131_072,
+    **{
+        "gemma3.attention.key_length": 256,
+        "gemma3.attention.value_length": 256,
+        "gemma3.attention.sliding_window": 1024,
+    },
+)
 
 
 def _gpu(index: int, name: str, free_gib: float, total_gib: float = 80.0) -> GPUInfo:
@@ -55,14 +115,38 @@ def _settings(**kwargs: object) -> ServerSettings:
 
 def test_estimates_of_real_shapes():
     assert weights_on_gpu(LLAMA_70B) == 42_500_000_000 - 128_256 * 8192 * 2
-    assert kv_cache(LLAMA_70B, 4096) == 80 * 4096 * 8 * (128 + 128) * 2  # layers x tokens x kv heads x (K+V) x f16
-    assert kv_cache(LLAMA_70B, 1 << 20, n_parallel=1) == kv_cache(LLAMA_70B, 131_072), "slots cap at n_ctx_train"
+    assert (
+        kv_cache(LLAMA_70B, 4096) == 80 * 4096 * 8 * (128 + 128) * 2
+    )  # layers x tokens x kv heads x (K+V) x f16
+    assert kv_cache(LLAMA_70B, 1 << 20, n_parallel=1) == kv_cache(LLAMA_70B, 131_072), (
+        "slots cap at n_ctx_train"
+    )
     assert kv_cache(GEMMA3_4B, 32768) == 34 * 1024 * 4 * 512 * 2, "sliding-window layers hold only the window"
-    mla = _info("deepseek2", data_size=10**9, vocab=1000, n_embd=1024, n_layer=4, heads=8, kv_heads=8, context=4096,
-                **{"deepseek2.attention.kv_lora_rank": 512})
-    hybrid = _info("jamba", data_size=10**9, vocab=1000, n_embd=1024, n_layer=4, heads=8, kv_heads=8, context=4096,
-                   **{"jamba.ssm.conv_kernel": 4})
-    assert kv_cache(mla, 4096) == kv_cache(hybrid, 4096) == 0, "unusual attention: no bound rather than a wrong one"
+    mla = _info(
+        "deepseek2",
+        data_size=10**9,
+        vocab=1000,
+        n_embd=1024,
+        n_layer=4,
+        heads=8,
+        kv_heads=8,
+        context=4096,
+        **{"deepseek2.attention.kv_lora_rank": 512},
+    )
+    hybrid = _info(
+        "jamba",
+        data_size=10**9,
+        vocab=1000,
+        n_embd=1024,
+        n_layer=4,
+        heads=8,
+        kv_heads=8,
+        context=4096,
+        **{"jamba.ssm.conv_kernel": 4},
+    )
+    assert kv_cache(mla, 4096) == kv_cache(hybrid, 4096) == 0, (
+        "unusual attention: no bound rather than a wrong one"
+    )
 
 
 def test_estimate_is_a_lower_bound_for_a_real_file(tiny_model):
