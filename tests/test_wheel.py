@@ -21,7 +21,8 @@ from types import SimpleNamespace
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+# The module fixture builds and smoke-tests a wheel: allow it more than the suite-wide 300 s on 2 busy cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # What a wheel may leave to the system (manylinux's allowed set, as far as llama.cpp links it).
 SYSTEM = {
