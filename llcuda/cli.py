@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import signal
@@ -14,6 +13,7 @@ from typing import Any
 
 from . import config
 from .errors import ConfigError, LlcudaError
+from .server import is_loopback
 
 log = logging.getLogger("llcuda.cli")
 
@@ -147,20 +147,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from .engine import InferenceEngine
 
     api_key = config.api_key(args.api_key)
-    if not _is_loopback(args.host) and not api_key and not args.allow_unauthenticated:
+    if not is_loopback(args.host) and not api_key and not args.allow_unauthenticated:
         raise ConfigError(
             f"refusing to serve on {args.host} without an API key: anyone who can reach it could use the model. "
             "Pass --api-key KEY (or set LLCUDA_API_KEY), or --allow-unauthenticated if you really mean it."
@@ -209,7 +200,7 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
     try:
         worker.start()
         devices = ", ".join(f"{d.name} ({d.description}, {d.memory_free_mib} MiB free)" for d in worker.devices)
-        where = worker.endpoint if _is_loopback(worker.host) else f"<this host's address>:{worker.port}"
+        where = worker.endpoint if is_loopback(worker.host) else f"<this host's address>:{worker.port}"
         print(f"llcuda: rpc-worker listening on {worker.host}:{worker.port}, devices: {devices or '?'}; "
               "Ctrl-C stops.", flush=True)
         print(f"llcuda: load models with --rpc {where} (Python: rpc=[{where!r}]); worker log: {worker.log_path}",

@@ -294,6 +294,13 @@ class InferenceEngine:
             "ignore_eos": bool(ignore_eos),
         }
 
+    def _completion_body(
+        self, prompt: str, max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None,
+        stop: str | Sequence[str] | None, ignore_eos: bool,
+    ) -> dict[str, Any]:
+        return {"prompt": validation.prompt(prompt), "cache_prompt": True,
+                **self._sampling(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)}
+
     def _completion_result(self, data: dict[str, Any], started: float, first_token: float | None,
                            text: str | None = None) -> InferResult:
         finished = time.monotonic()
@@ -328,8 +335,7 @@ class InferenceEngine:
         ignore_eos: bool = False,
     ) -> InferResult:
         """Continue ``prompt`` (raw text, no chat template). ``temperature=0`` is greedy."""
-        body = {"prompt": validation.prompt(prompt), "cache_prompt": True,
-                **self._sampling(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)}
+        body = self._completion_body(prompt, max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)
         started = time.monotonic()
         try:
             data = self._call(lambda c: c.completion(body))
@@ -351,8 +357,7 @@ class InferenceEngine:
         ignore_eos: bool = False,
     ) -> TokenStream:
         """Like :meth:`infer`, but yields text pieces as they are generated (server-sent events)."""
-        body = {"prompt": validation.prompt(prompt), "cache_prompt": True,
-                **self._sampling(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)}
+        body = self._completion_body(prompt, max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)
         started = time.monotonic()
         state: dict[str, Any] = {"final": {}, "first": None, "parts": []}
 

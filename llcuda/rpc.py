@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import bootstrap, config
 from .errors import BinaryNotFoundError, ConfigError, ServerStartError, ServerTimeoutError
-from .server import free_port, new_log_path, read_log_tail, spawn_process, stop_process
+from .server import free_port, is_loopback, new_log_path, read_log_tail, spawn_process, stop_process
 from .types import Binaries
 
 log = logging.getLogger(__name__)
@@ -70,15 +70,6 @@ class WorkerDevice:
 
 
 # -- endpoints ---------------------------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_endpoints(rpc: str | Iterable[str] | None) -> tuple[str, ...]:
     """Check ``rpc`` ("host:port" strings, or one comma-separated string) and return them normalized.
 
