@@ -129,7 +129,8 @@ if [[ "$LLCUDA_CUDA" == "ON" ]]; then
     archs_json="[$(tr ';' '\n' <<<"$LLCUDA_CUDA_ARCHS" | sed 's/.*/"&"/' | paste -sd, -)]"
 fi
 backend=$([[ "$LLCUDA_CUDA" == "ON" ]] && echo cuda || echo cpu)
-flags_json="[$(printf '%s\n' "${cmake_args[@]:5}" | grep '^-D' | sed 's/\\/\\\\/g; s/"/\\"/g; s/.*/"&"/' | paste -sd, -)]"
+# Flags naming the install prefix are left out: a moved or relocated prefix would make them wrong.
+flags_json="[$(printf '%s\n' "${cmake_args[@]:5}" | grep '^-D' | grep -vF "$PREFIX" | sed 's/\\/\\\\/g; s/"/\\"/g; s/.*/"&"/' | paste -sd, -)]"
 cat >"$PREFIX/share/llcuda/build-info.json" <<JSON
 {
   "llama_cpp_build": $LLAMA_BUILD_NUMBER,

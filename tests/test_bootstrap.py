@@ -81,6 +81,7 @@ def test_build_info_is_read_next_to_the_binaries(binaries):
     assert info["llama_cpp_build"] == 11434
     assert info["backend"] in ("cpu", "cuda")
     assert "llama-server" in info["tools"]
+    assert not any("CMAKE_INSTALL_PREFIX" in flag for flag in info["cmake_flags"]), "a moved prefix would make it lie"
     assert binaries.lib_dir is not None and any(binaries.lib_dir.glob("libllama.so*"))
 
 

@@ -103,3 +103,12 @@ def test_hf_spec_parsing() -> None:
     assert hf.url("https://mirror.example") == "https://mirror.example/owner/repo/resolve/v1.0/sub/dir/m.gguf"
     with pytest.raises(ModelNotFoundError):
         parse_hf("owner/repo/../../etc/passwd.gguf")
+
+
+@pytest.mark.parametrize("name", ["model\x00.gguf", "sub/mo\ndel.gguf", "a\x7f.gguf"])
+def test_repository_file_names_with_control_characters_are_refused(name):
+    from llcuda.errors import ModelNotFoundError
+    from llcuda.models import cache
+
+    with pytest.raises(ModelNotFoundError, match="control characters"):
+        cache.hf_path("owner/repo", "main", name)

@@ -55,6 +55,8 @@ def safe_relpath(path: str) -> PurePosixPath:
     rel = PurePosixPath(path)
     if not path or rel.is_absolute() or any(part in ("", ".", "..") for part in path.split("/")):
         raise ModelNotFoundError(f"{path!r} is not a valid file path inside a repository.")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise ModelNotFoundError(f"{path!r} contains control characters; no repository file is named that way.")
     return rel
 
 
