@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from processes import alive, gone
 from fault_server import FaultServer, Reply
 
 from llcuda import (
@@ -40,32 +41,6 @@ DEADLINE_S = 30.0
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    """Whether any thread of ``pid`` still runs. A zombie holds no port, memory or GPU, but the leader
-    of a multi-threaded process turns zombie before its other threads have exited."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return False
-    for task in tasks:
-        try:
-            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X"):
-            return True
-    return False
-
-
-def _gone(pid: int, within: float = DEADLINE_S) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _wait_until_asleep(pid: int, within: float = DEADLINE_S) -> None:
     """Wait until the main thread of ``pid`` is inside time.sleep(). CPython loses a signal that
     lands between its last check for signals and the sleep syscall (the handler then runs only
@@ -174,7 +149,7 @@ def test_server_dies_with_its_parent(binaries, tiny_model, tmp_path, mode, expec
     )
     try:
         server_pid, port = (int(x) for x in parent.stdout.readline().split())
-        assert _alive(server_pid) and not _port_closed(port, within=0)
+        assert alive(server_pid) and not _port_closed(port, within=0)
         assert _children(parent.pid) == [server_pid]
         parent.stdin.write("go\n")
         parent.stdin.flush()
@@ -186,7 +161,7 @@ def test_server_dies_with_its_parent(binaries, tiny_model, tmp_path, mode, expec
             os.killpg(parent.pid, signal.SIGINT)
         parent.wait(timeout=DEADLINE_S)
         assert parent.returncode == expected_rc, parent.stderr.read()
-        assert _gone(server_pid), f"llama-server {server_pid} outlived its parent ({mode})"
+        assert gone(server_pid, within=DEADLINE_S), f"llama-server {server_pid} outlived its parent ({mode})"
         assert _port_closed(port)
     finally:
         if parent.poll() is None:
@@ -229,7 +204,7 @@ def test_cli_serve_stops_its_server(binaries, tiny_model, tmp_path, how):
             os.killpg(cli.pid, signal.SIGINT)
         cli.wait(timeout=DEADLINE_S)
         assert cli.returncode == 0, cli.stderr.read()
-        assert _gone(server_pid) and _port_closed(port)
+        assert gone(server_pid, within=DEADLINE_S) and _port_closed(port)
     finally:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
@@ -278,7 +253,7 @@ def test_server_killed_mid_request_is_an_inference_error_with_its_log(
         assert "died during the request" in str(error) and "the next call restarts it" in str(error)
         assert error.log_tail and "processing task" in error.log_tail, "the error must carry the server's log"
         assert engine.infer("again", max_tokens=3, temperature=0.0, ignore_eos=True).tokens_generated == 3
-        assert engine.server.pid != first_pid and not _alive(first_pid)
+        assert engine.server.pid != first_pid and not alive(first_pid)
     finally:
         engine.unload()
 
@@ -291,7 +266,7 @@ def test_restart_that_cannot_work_says_why_and_recovers_later(binaries, tiny_mod
         pid = engine.server.pid
         model.rename(tmp_path / "moved-away.gguf")
         os.kill(pid, signal.SIGKILL)
-        assert _gone(pid)
+        assert gone(pid, within=DEADLINE_S)
         with pytest.raises(ServerStartError) as info:
             engine.infer("x", max_tokens=2)
         assert str(model) in str(info.value) and info.value.log_tail

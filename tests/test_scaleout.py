@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from processes import gone
 
 from llcuda import ConfigError, InferenceEngine, InferenceError, ServerStartError, rpc, split
 from llcuda.cli import build_parser, main
@@ -30,16 +31,6 @@ VERBOSE = ("--log-verbosity", "4")  # llama.cpp logs where each buffer went at v
 def _gpu(index: int, free_mib: int, name: str = "NVIDIA H100 80GB HBM3") -> GPUInfo:
     return GPUInfo(index, f"GPU-{index}", name, (9, 0), 81559, free_mib, "550.54")
 
-
-def _gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _rpc_servers_on(port: int) -> list[int]:
@@ -187,7 +178,7 @@ def test_worker_starts_reports_devices_and_stops(binaries, isolated_home):
         pid = worker.pid
     finally:
         worker.stop()
-    assert pid is not None and _gone(pid)
+    assert pid is not None and gone(pid)
     assert rpc.probe(worker.endpoint) is not None, "nothing may listen on the port after stop()"
 
 
@@ -232,7 +223,7 @@ def test_worker_dies_with_its_parent_even_on_sigkill(binaries, tmp_path):
         os.kill(child_pid, 0)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
-        assert _gone(child_pid), "rpc-server outlived its SIGKILLed parent"
+        assert gone(child_pid), "rpc-server outlived its SIGKILLed parent"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -339,7 +330,7 @@ def test_cli_rpc_worker_starts_and_stops_cleanly_on_sigint(isolated_home):
         assert len(servers) == 1
         cli.send_signal(signal.SIGINT)
         assert cli.wait(timeout=30) == 0, cli.stderr.read()
-        assert _gone(servers[0]), "rpc-server outlived `llcuda rpc-worker`"
+        assert gone(servers[0]), "rpc-server outlived `llcuda rpc-worker`"
         assert rpc.probe(f"127.0.0.1:{port}") is not None
     finally:
         if cli.poll() is None:

@@ -12,21 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import gone
 
 from llcuda import ConfigError, ServerStartError
 from llcuda.server import LlamaServer, build_command
 from llcuda.types import ServerSettings
 
-
-def _gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_command_is_an_argument_list_with_every_setting(tmp_path):
@@ -60,7 +51,7 @@ def test_start_wait_ready_stop(binaries, tiny_model, isolated_home):
     assert server.log_path is not None and server.log_path.parent == isolated_home / "logs"
     server.stop()
     assert not server.is_running()
-    assert _gone(pid)
+    assert gone(pid)
 
 
 def test_a_server_that_cannot_load_reports_its_log(binaries, tmp_path, isolated_home):
@@ -104,7 +95,7 @@ def test_server_dies_with_its_parent_even_on_sigkill(binaries, tiny_model, tmp_p
         os.kill(child_pid, 0)  # alive
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
-        assert _gone(child_pid), "llama-server outlived its SIGKILLed parent"
+        assert gone(child_pid), "llama-server outlived its SIGKILLed parent"
     finally:
         if parent.poll() is None:
             parent.kill()
