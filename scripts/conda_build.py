@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 import yaml
+from llama_source import sha256_of  # scripts/ is on sys.path: this file runs as a script
 from rattler_build import (
     PlatformConfig,
     RattlerBuildError,
@@ -97,14 +97,6 @@ def default_ccache_dir() -> Path:
         return Path(os.environ["CCACHE_DIR"])
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache_home) / "llcuda" / "ccache"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_system_toolchain() -> None:

@@ -73,7 +73,7 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "llcuda"
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -98,13 +98,13 @@ def _from_git(pin: Pin, dest: Path) -> bool:
 def _from_sdist(pin: Pin, dest: Path, downloads: Path) -> None:
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / pin.sdist_url.rsplit("/", 1)[-1]
-    if not archive.exists() or _sha256(archive) != pin.sdist_sha256:
+    if not archive.exists() or sha256_of(archive) != pin.sdist_sha256:
         partial = Path(tempfile.mkstemp(dir=downloads, suffix=".incomplete")[1])
         log.info("downloading %s", pin.sdist_url)
         try:
             with urllib.request.urlopen(pin.sdist_url, timeout=120) as response, partial.open("wb") as out:
                 shutil.copyfileobj(response, out, 1 << 20)
-            actual = _sha256(partial)
+            actual = sha256_of(partial)
             if actual != pin.sdist_sha256:
                 raise SystemExit(
                     f"{pin.sdist_url}: sha256 {actual} does not match the pin {pin.sdist_sha256}; "
