@@ -11,6 +11,7 @@
 #   LLAMA_BUILD_NUMBER   llama.cpp build number (the pin, e.g. 11434)
 #   LLCUDA_CUDA          ON to build the CUDA backend, OFF (default) for CPU only
 #   LLCUDA_CUDA_ARCHS    CMAKE_CUDA_ARCHITECTURES (default: T4 through H100)
+#   LLCUDA_CUDA_NCCL     ON to link NCCL for multi-GPU tensor split (default OFF)
 #   LLCUDA_CPU_ISA       x86-64 CPU baseline: "avx2" (default, Haswell and newer) or "baseline"
 #   LLCUDA_BUILD_DIR     CMake build folder (default: $SRC_DIR/build-llcuda)
 #   CPU_COUNT            parallel jobs (default: nproc)
@@ -59,6 +60,9 @@ cmake_args=(
     -DLLAMA_USE_PREBUILT_UI=OFF
     -DLLAMA_OPENSSL=OFF
     -DLLAMA_LLGUIDANCE=OFF
+    # Decided here, not detected from the build machine: RDMA for RPC would make libggml-rpc need
+    # libibverbs, which no llcuda package declares (a build on a host with rdma-core found it).
+    -DGGML_RPC_RDMA=OFF
 )
 
 case "$(uname -m)" in
@@ -77,6 +81,9 @@ if [[ "$LLCUDA_CUDA" == "ON" ]]; then
         -DGGML_CUDA=ON
         -DCMAKE_CUDA_ARCHITECTURES="$LLCUDA_CUDA_ARCHS"
         -DGGML_CUDA_FA=ON
+        # NCCL only speeds up split_mode=tensor across GPUs; off unless asked for, so that a build
+        # does not silently need libnccl because the build machine had it (LLCUDA_CUDA_NCCL=ON).
+        -DGGML_CUDA_NCCL="${LLCUDA_CUDA_NCCL:-OFF}"
     )
     nvcc_bin="${CUDACXX:-$(command -v nvcc || true)}"
     if [[ -n "$nvcc_bin" ]]; then

@@ -54,7 +54,7 @@ say "prefix $PREFIX"
 
 # 2. a source tree with llcuda/binaries, a derived pyproject.toml and the tag; then the wheel
 "$PY" "$REPO/scripts/prepare_binaries.py" --prefix "$PREFIX" --stage "$WORK/src" \
-    --cuda-libs "$CUDA_LIBS" --local-version "$LOCAL" 2>/dev/null >/dev/null
+    --cuda-libs "$CUDA_LIBS" --local-version "$LOCAL" >/dev/null
 if ! (cd "$WORK" && "$PY" -m build --wheel "${BUILD_ARGS[@]}" --outdir "$WORK/dist" "$WORK/src") \
         >"$WORK/build.log" 2>&1; then
     tail -n 40 "$WORK/build.log" >&2

@@ -145,9 +145,10 @@ def patch_set_id(patches: list[Path] | None = None) -> str:
 def apply_patches(tree: Path, patches: list[Path] | None = None) -> None:
     """Apply ``patches`` (default: all of recipe/patches) to the llama.cpp ``tree``, or fail naming the patch."""
     for patch in patch_files() if patches is None else patches:
-        cmd = ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-d", str(tree), "-i", str(patch)]
+        # Patch paths follow the recipe's source (the sdist: a/llama.cpp/<path>), so -p2 inside the tree.
+        cmd = ["patch", "-p2", "--forward", "--batch", "--no-backup-if-mismatch", "-d", str(tree), "-i", str(patch)]
         if not shutil.which("patch"):
-            cmd = ["git", "apply", "-p1", str(patch)]  # outside a repository: paths relative to cwd
+            cmd = ["git", "apply", "-p2", str(patch)]  # outside a repository: paths relative to cwd
         result = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise SystemExit(f"{patch.name} does not apply to {tree}:\n{result.stdout}{result.stderr}\n"

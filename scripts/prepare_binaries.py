@@ -63,13 +63,23 @@ SYSTEM_LIBS = {
 }
 # Comes with the NVIDIA driver, never shipped by applications.
 DRIVER_LIBS = {"libcuda.so.1", "libnvidia-ml.so.1"}
-# CUDA toolkit libraries -> (NVIDIA's PyPI distribution, its folder in site-packages, floor = CUDA release).
+# CUDA toolkit libraries -> per CUDA major: (NVIDIA's PyPI distribution, its folder in site-packages,
+# floor = CUDA release). CUDA 12's wheels carry a -cu12 suffix and one folder each; CUDA 13's share nvidia/cu13.
 CUDA_WHEELS = {
-    "libcudart": ("nvidia-cuda-runtime-cu{major}", "nvidia/cuda_runtime/lib", True),
-    "libcublas": ("nvidia-cublas-cu{major}", "nvidia/cublas/lib", True),
-    "libcublasLt": ("nvidia-cublas-cu{major}", "nvidia/cublas/lib", True),
-    "libnccl": ("nvidia-nccl-cu{major}", "nvidia/nccl/lib", False),
+    "12": {
+        "libcudart": ("nvidia-cuda-runtime-cu12", "nvidia/cuda_runtime/lib", True),
+        "libcublas": ("nvidia-cublas-cu12", "nvidia/cublas/lib", True),
+        "libcublasLt": ("nvidia-cublas-cu12", "nvidia/cublas/lib", True),
+        "libnccl": ("nvidia-nccl-cu12", "nvidia/nccl/lib", False),
+    },
+    "13": {
+        "libcudart": ("nvidia-cuda-runtime", "nvidia/cu13/lib", True),
+        "libcublas": ("nvidia-cublas", "nvidia/cu13/lib", True),
+        "libcublasLt": ("nvidia-cublas", "nvidia/cu13/lib", True),
+        "libnccl": ("nvidia-nccl-cu13", "nvidia/nccl/lib", False),
+    },
 }
+CUDA_LIB_STEMS = {stem for table in CUDA_WHEELS.values() for stem in table}
 # Always bundled from the prefix, NEEDED or not (ggml can load backends at run time).
 PREFIX_LIB_PATTERNS = ("libggml*.so*", "libllama*.so*", "libmtmd*.so*")
 ARCHES = {"Advanced Micro Devices X86-64": "x86_64", "AArch64": "aarch64"}
@@ -244,14 +254,14 @@ def stage_binaries(prefix: Path, dest: Path, cuda_libs: str = "pypi") -> Bundle:
                 _note(bundle.external, "driver", name)
             elif target.is_file():
                 continue
-            elif _stem(name) in CUDA_WHEELS and cuda_libs == "pypi":
-                dist, folder, floor = CUDA_WHEELS[_stem(name)]
+            elif _stem(name) in CUDA_LIB_STEMS and cuda_libs == "pypi":
                 major = cuda_major or name.rsplit(".so.", 1)[-1]
-                if major != "12":
+                if _stem(name) not in CUDA_WHEELS.get(major, {}):
                     raise SystemExit(
-                        f"{name}: NVIDIA's PyPI wheels are wired up for CUDA 12 only "
+                        f"{name}: NVIDIA's PyPI wheels are wired up for CUDA {' and '.join(CUDA_WHEELS)} only "
                         f"(this build: CUDA {major}); use --cuda-libs bundle"
                     )
+                dist, folder, floor = CUDA_WHEELS[major][_stem(name)]
                 version = build_info.get("cuda_version", "") if floor else ""
                 _add_requirement(bundle, dist.format(major=major), version)
                 cuda_dirs.setdefault(path, set()).add(folder)
@@ -345,7 +355,7 @@ def verify_bundle(dest: Path) -> None:
             if (dest / "lib" / name).is_file():
                 if not to_lib:
                     problems.append(f"{path.name}: needs {name} from lib/ but its RUNPATH is {elf.runpath}")
-            elif not (_stem(name) in CUDA_WHEELS and any("/nvidia/" in r for r in elf.runpath)):
+            elif not (_stem(name) in CUDA_LIB_STEMS and any("/nvidia/" in r for r in elf.runpath)):
                 problems.append(f"{path.name}: NEEDED {name} is not bundled")
     if problems:
         raise SystemExit("the staged binaries are not self-consistent:\n  " + "\n  ".join(problems))

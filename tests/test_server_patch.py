@@ -78,7 +78,7 @@ def test_every_patch_applies_to_the_pinned_tree_and_is_in_the_build(llama_src: P
     assert "idle slot with the lowest id" in patched.read_text()
     original = tmp_path / "orig.cpp"
     reverse = llama_source.subprocess.run(
-        ["patch", "-R", "-p1", "-o", str(original), "-i", str(patches[0]), str(patched)],
+        ["patch", "-R", "-p2", "-o", str(original), "-i", str(patches[0]), str(patched)],
         cwd=llama_src, capture_output=True, text=True, check=False)
     if reverse.returncode != 0 or shutil.which("patch") is None:
         pytest.fail(f"cannot reverse {patches[0].name} on the cached tree: {reverse.stdout}{reverse.stderr}")
