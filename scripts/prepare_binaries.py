@@ -35,6 +35,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from elf_info import Elf, is_elf, ldd_paths, manylinux_tag, read_elf, soname_stem, version_key  # noqa: E402,F401
+from wheel_files import SETUP_PY, dump_toml, load_toml  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "llcuda"
 BUNDLE_DIR = "binaries"  # llcuda/binaries, llcuda.bootstrap.BUNDLED_PREFIX
@@ -86,64 +90,6 @@ ARCHES = {"Advanced Micro Devices X86-64": "x86_64", "AArch64": "aarch64"}
 
 
 @dataclass
-class Elf:
-    path: Path
-    machine: str
-    soname: str | None
-    needed: list[str]
-    runpath: list[str]
-    versions: dict[str, set[str]]  # library -> symbol versions needed from it
-
-
-def is_elf(path: Path) -> bool:
-    with path.open("rb") as fh:
-        return fh.read(4) == b"\x7fELF"
-
-
-def read_elf(path: Path) -> Elf:
-    out = subprocess.run(
-        ["readelf", "-h", "-d", "-V", "--wide", str(path)], check=True, capture_output=True, text=True
-    ).stdout
-    machine = re.search(r"^\s*Machine:\s*(.+?)\s*$", out, re.MULTILINE)
-    soname = re.search(r"\(SONAME\)\s+Library soname: \[(.+?)\]", out)
-    runpath = re.search(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[(.*?)\]", out)
-    versions: dict[str, set[str]] = {}
-    current = None
-    for line in (
-        out.split("Version needs section", 1)[1].splitlines() if "Version needs section" in out else []
-    ):
-        if match := re.search(r"File: (\S+)", line):
-            current = versions.setdefault(match.group(1), set())
-        elif (match := re.search(r"Name: (\S+)", line)) and current is not None:
-            current.add(match.group(1))
-    return Elf(
-        path=path,
-        machine=machine.group(1) if machine else "?",
-        soname=soname.group(1) if soname else None,
-        needed=re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", out),
-        runpath=runpath.group(1).split(":") if runpath else [],
-        versions=versions,
-    )
-
-
-def ldd_paths(path: Path) -> dict[str, Path]:
-    """Where the dynamic loader resolves each NEEDED library of ``path`` on this machine."""
-    proc = subprocess.run(["ldd", str(path)], check=False, capture_output=True, text=True)
-    found = {}
-    for name, target in re.findall(r"^\s*(\S+) => (/\S+)", proc.stdout, re.MULTILINE):
-        found[name] = Path(target)
-    return found
-
-
-def _stem(soname: str) -> str:
-    return soname.split(".so", 1)[0]
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version))
-
-
-@dataclass
 class Bundle:
     """What was staged, and what the staged files still need from outside the wheel."""
 
@@ -161,34 +107,7 @@ class Bundle:
     def highest(self, family: str) -> str | None:
         found = [v.split("_", 1)[1] for v in self.system_versions if v.startswith(family + "_")]
         numeric = [v for v in found if re.fullmatch(r"[\d.]+", v)]
-        return max(numeric, key=_version_key) if numeric else None
-
-
-def manylinux_tag(versions: set[str], arch: str) -> str:
-    """The oldest manylinux policy whose symbol versions include every version in ``versions``.
-
-    Policies come from auditwheel (``auditwheel/policy/manylinux-policy.json``), the same data
-    ``auditwheel show`` judges a wheel by, so the two agree.
-    """
-    try:
-        from importlib.resources import files
-
-        policies = json.loads(files("auditwheel").joinpath("policy", "manylinux-policy.json").read_text())
-    except (ModuleNotFoundError, FileNotFoundError):
-        raise SystemExit(
-            "auditwheel is needed to choose the manylinux tag: pip install auditwheel "
-            "(or pip install -e '.[wheel]')"
-        ) from None
-    for policy in sorted(policies, key=lambda p: -p["priority"]):  # highest priority = oldest glibc
-        allowed = policy["symbol_versions"].get(arch)
-        if not allowed or policy["name"] == "linux":
-            continue
-        if all(v.split("_", 1)[1] in allowed.get(v.split("_", 1)[0], ()) for v in versions):
-            return f"{policy['name']}_{arch}"
-    raise SystemExit(
-        f"no manylinux policy covers {sorted(versions, key=_version_key)} on {arch}; "
-        "build on an older system (a manylinux container)"
-    )
+        return max(numeric, key=version_key) if numeric else None
 
 
 def _copy(src: Path, dest: Path) -> None:
@@ -254,14 +173,14 @@ def stage_binaries(prefix: Path, dest: Path, cuda_libs: str = "pypi") -> Bundle:
                 _note(bundle.external, "driver", name)
             elif target.is_file():
                 continue
-            elif _stem(name) in CUDA_LIB_STEMS and cuda_libs == "pypi":
+            elif soname_stem(name) in CUDA_LIB_STEMS and cuda_libs == "pypi":
                 major = cuda_major or name.rsplit(".so.", 1)[-1]
-                if _stem(name) not in CUDA_WHEELS.get(major, {}):
+                if soname_stem(name) not in CUDA_WHEELS.get(major, {}):
                     raise SystemExit(
                         f"{name}: NVIDIA's PyPI wheels are wired up for CUDA {' and '.join(CUDA_WHEELS)} only "
                         f"(this build: CUDA {major}); use --cuda-libs bundle"
                     )
-                dist, folder, floor = CUDA_WHEELS[major][_stem(name)]
+                dist, folder, floor = CUDA_WHEELS[major][soname_stem(name)]
                 version = build_info.get("cuda_version", "") if floor else ""
                 _add_requirement(bundle, dist.format(major=major), version)
                 cuda_dirs.setdefault(path, set()).add(folder)
@@ -355,74 +274,13 @@ def verify_bundle(dest: Path) -> None:
             if (dest / "lib" / name).is_file():
                 if not to_lib:
                     problems.append(f"{path.name}: needs {name} from lib/ but its RUNPATH is {elf.runpath}")
-            elif not (_stem(name) in CUDA_LIB_STEMS and any("/nvidia/" in r for r in elf.runpath)):
+            elif not (soname_stem(name) in CUDA_LIB_STEMS and any("/nvidia/" in r for r in elf.runpath)):
                 problems.append(f"{path.name}: NEEDED {name} is not bundled")
     if problems:
         raise SystemExit("the staged binaries are not self-consistent:\n  " + "\n  ".join(problems))
 
 
 # --- the wheel's source tree -------------------------------------------------------------------
-
-SETUP_PY = '''\
-"""Generated by scripts/prepare_binaries.py: tags the wheel {tag!r}, not py3-none-any."""
-from setuptools import Distribution, setup
-
-try:
-    from setuptools.command.bdist_wheel import bdist_wheel
-except ImportError:  # setuptools < 70.1
-    from wheel.bdist_wheel import bdist_wheel
-
-
-class BinaryDistribution(Distribution):
-    """Holds executables and shared libraries: not pure, so it installs into platlib (auditwheel's rule)."""
-
-    def has_ext_modules(self):
-        return True
-
-
-class PlatformWheel(bdist_wheel):
-    """No extension modules, so any Python 3 and no ABI; one platform."""
-
-    def get_tag(self):
-        return ("py3", "none", {tag!r})
-
-
-setup(distclass=BinaryDistribution, cmdclass={{"bdist_wheel": PlatformWheel}})
-'''
-
-
-def _load_toml(text: str) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
-    return tomllib.loads(text)
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def dump_toml(data: dict, path: tuple[str, ...] = ()) -> str:
-    """pyproject.toml's subset of TOML: every dict becomes a [table], lists and strings inline."""
-    scalars = [f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in data.items() if not isinstance(v, dict)]
-    children = [(k, v) for k, v in data.items() if isinstance(v, dict)]
-    header = f"[{'.'.join(json.dumps(p) for p in path)}]\n" if path and (scalars or not children) else ""
-    text = header + "".join(scalars)
-    for key, table in children:
-        text += ("\n" if text else "") + dump_toml(table, path + (key,))
-    return text
-
 
 def wheel_pyproject(source: dict, bundle: Bundle, local_version: str | None) -> dict:
     """The repository's pyproject with the binaries as package data (and CUDA wheels as dependencies)."""
@@ -453,7 +311,7 @@ def stage_tree(
         stage / PACKAGE,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", BUNDLE_DIR),
     )
-    source = _load_toml((REPO_ROOT / "pyproject.toml").read_text())
+    source = load_toml((REPO_ROOT / "pyproject.toml").read_text())
     readme = source["project"].get("readme")
     for name in [readme if isinstance(readme, str) else None, "LICENSE"]:
         if name and (REPO_ROOT / name).is_file():
@@ -464,7 +322,7 @@ def stage_tree(
         local_version = "cpu" if build_info.get("backend") == "cpu" else None
     pyproject = wheel_pyproject(source, bundle, local_version)
     text = dump_toml(pyproject)
-    if _load_toml(text) != pyproject:
+    if load_toml(text) != pyproject:
         raise SystemExit("internal error: the generated pyproject.toml does not round-trip")
     (stage / "pyproject.toml").write_text(
         "# Generated by scripts/prepare_binaries.py; edit the repository's.\n" + text
