@@ -17,6 +17,8 @@ DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
 DEFAULT_SERVER_START_TIMEOUT_S = 120.0
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
+BACKENDS = ("server", "inprocess")
+DEFAULT_BACKEND = "server"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -121,6 +123,22 @@ def request_timeout(explicit: float | None = None) -> float:
             raise ConfigError(f"request timeout must be positive, got {explicit}.")
         return explicit
     return env_float("LLCUDA_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT_S)
+
+
+def backend(explicit: str | None = None) -> str:
+    """Which engine ``InferenceEngine`` runs: the argument, else ``LLCUDA_BACKEND``, else "server".
+
+    "server": llama-server in a child process (crash isolation, OpenAI API, embeddings, restarts);
+    "inprocess": libllama in this process (the fastest decode; see README "Backends").
+    """
+    value = explicit if explicit is not None else _env("LLCUDA_BACKEND")
+    if value is None:
+        return DEFAULT_BACKEND
+    name = value.strip().lower().replace("-", "").replace("_", "")
+    if name not in BACKENDS:
+        where = "backend" if explicit is not None else "LLCUDA_BACKEND"
+        raise ConfigError(f"{where}={value!r} must be one of {', '.join(map(repr, BACKENDS))}.")
+    return name
 
 
 def server_url() -> str | None:

@@ -1,8 +1,11 @@
 """InferenceEngine: the Python API, composed of bootstrap, models, server and client.
 
-    engine = InferenceEngine()
+    engine = InferenceEngine()                      # or InferenceEngine(backend="inprocess")
     engine.load_model("gemma-3-1b-Q4_K_M")
     print(engine.infer("Hello!", max_tokens=50).text)
+
+Two backends run the model: "server" (llama-server in a child process, over loopback HTTP; the
+default) and "inprocess" (libllama in this process, :mod:`llcuda.inprocess`; the fastest decode).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Literal, overload
+from typing import TYPE_CHECKING, Any, Callable, Literal, overload
 
 from . import bootstrap, config, gpu, split, validation, vram
 from . import rpc as rpc_workers
@@ -22,7 +25,11 @@ from .client import LlamaClient
 from .errors import ConfigError, InferenceError, LlcudaError, RequestTimeoutError
 from .metrics import MetricsRecorder
 from .server import LlamaServer
+from .stream import TokenStream
 from .types import Binaries, InferResult, MetricsSnapshot, ServerSettings
+
+if TYPE_CHECKING:
+    from .inprocess import InProcessEngine
 
 log = logging.getLogger(__name__)
 
@@ -30,39 +37,16 @@ _FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": "stop"}
 DEATH_GRACE_S = 2.0  # a killed server closes its sockets a moment before it can be reaped
 
 
-class TokenStream(Iterator[str]):
-    """Yields text pieces as the server generates them; ``.result`` holds the InferResult at the end."""
-
-    def __init__(self, pieces: Iterator[str], finish: Callable[[], InferResult]) -> None:
-        self._pieces = pieces
-        self._finish = finish
-        self.result: InferResult | None = None
-
-    def __iter__(self) -> TokenStream:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._pieces)
-        except StopIteration:
-            if self.result is None:
-                self.result = self._finish()
-            raise
-
-    def text(self) -> str:
-        """Consume the rest of the stream and return the whole generated text."""
-        for _ in self:
-            pass
-        assert self.result is not None
-        return self.result.text
-
-
 class InferenceEngine:
-    """Runs a GGUF model in a llama-server child process and talks to it over loopback HTTP.
+    """Runs a GGUF model in a llama-server child process (or in this process) and generates text.
 
     Args:
         server_url: use an already-running llama-server instead of starting one
             (default: ``LLCUDA_SERVER_URL``, else none).
+        backend: ``"server"`` (llama-server in a child process: crash isolation, OpenAI API,
+            restarts) or ``"inprocess"`` (libllama in this process: the fastest decode, no HTTP);
+            default ``LLCUDA_BACKEND``, else ``"server"``. Both take the same calls; server-only
+            options raise ConfigError with ``"inprocess"``.
         api_key: key for that server, or for servers this engine starts
             (default: ``LLCUDA_API_KEY``).
         request_timeout: seconds to wait for one request (default: ``LLCUDA_REQUEST_TIMEOUT`` or 600).
@@ -78,7 +62,17 @@ class InferenceEngine:
         request_timeout: float | None = None,
         start_timeout: float | None = None,
         binaries: Binaries | None = None,
+        backend: str | None = None,
     ) -> None:
+        self.backend = config.backend(backend)
+        if self.backend == "inprocess":
+            for name, value in (("server_url", server_url or config.server_url()), ("api_key", api_key)):
+                if value:
+                    raise ConfigError(f"{name} is an option of the server backend; the in-process backend runs no "
+                                      "server. Use InferenceEngine(backend='server') (or unset LLCUDA_SERVER_URL).")
+        self._inproc: InProcessEngine | None = None
+        self._inproc_settings: ServerSettings | None = None
+        self.load_timings: dict[str, float] = {}
         self._api_key = config.api_key(api_key)
         self._request_timeout = config.request_timeout(request_timeout)
         self._start_timeout = config.server_start_timeout(start_timeout)
@@ -121,6 +115,7 @@ class InferenceEngine:
         allow_unauthenticated: bool = False,
         extra_args: Sequence[str] = (),
         offline: bool | None = None,
+        kv_unified: bool = False,
     ) -> InferenceEngine:
         """Resolve ``model`` (registry name, path, ``hf://repo/file.gguf``, URL; default
         ``LLCUDA_DEFAULT_MODEL`` or Gemma-3-270M), validate it, and start llama-server.
@@ -134,7 +129,25 @@ class InferenceEngine:
         proportion per device; default: by free memory) and ``main_gpu`` spread the model over GPUs
         (see :mod:`llcuda.split`); ``rpc=["host:port", ...]`` adds the devices of RPC workers
         (``llcuda rpc-worker``, see :mod:`llcuda.rpc`), which are checked for reachability first.
+
+        With ``backend="inprocess"``: the model, context and shared options map to libllama's
+        parameters, sampling always runs on the device, ``kv_unified=True`` shares one KV cache
+        among the sequences, and the server-only options (``host``, ``port``,
+        ``allow_unauthenticated``, ``rpc``, ``extra_args``, ``embeddings``) raise ConfigError.
+        ``load_timings`` then holds the seconds of each loading phase.
         """
+        if self.backend == "inprocess":
+            server_only = {"host": host != "127.0.0.1", "port": port is not None, "rpc": bool(rpc),
+                           "allow_unauthenticated": allow_unauthenticated, "extra_args": bool(extra_args),
+                           "embeddings": embeddings}
+            return self._load_inprocess(
+                model, server_only, offline=offline, pooling=pooling, gpu_layers=gpu_layers, ctx_size=ctx_size,
+                n_parallel=n_parallel, flash_attn=flash_attn, threads=threads, batch_size=batch_size,
+                ubatch_size=ubatch_size, split_mode=split_mode, tensor_split=tensor_split, main_gpu=main_gpu,
+                kv_unified=kv_unified)
+        if kv_unified:
+            raise ConfigError("kv_unified is an option of the in-process backend; for llama-server pass "
+                              "extra_args=['--kv-unified'].")
         if self._external_url:
             raise ConfigError(
                 f"this engine uses the running server at {self._external_url}; create "
@@ -191,21 +204,58 @@ class InferenceEngine:
         log.info("loaded %s in %.2f s at %s", resolved.name, self.load_seconds, server.url)
         return self
 
+    def _load_inprocess(self, model: str | Path | None, server_only: dict[str, bool], *, offline: bool | None,
+                        pooling: str | None, **params: Any) -> InferenceEngine:
+        from .inprocess import InProcessEngine
+
+        for name, used in server_only.items():
+            if used:
+                hint = " (embed() starts an embeddings server by itself)" if name == "embeddings" else ""
+                raise ConfigError(f"{name} is an option of the server backend; the in-process backend runs no "
+                                  f"server{hint}. Use InferenceEngine(backend='server') for it.")
+        engine = InProcessEngine(binaries=self._binaries, request_timeout=self._request_timeout,
+                                 metrics=self._metrics)
+        with self._lock:
+            self.unload()
+            engine.load_model(model, offline=offline, **params)
+            assert engine.model_path is not None
+            self._inproc = engine
+            self.model_name, self.model_path = engine.model_name, engine.model_path
+            self.load_seconds, self.load_timings = engine.load_seconds, dict(engine.load_timings)
+            split_mode, shares = params["split_mode"], tuple(params["tensor_split"] or ())
+            self._inproc_settings = ServerSettings(  # for embed()'s llama-server
+                model_path=engine.model_path, ctx_size=params["ctx_size"], gpu_layers=params["gpu_layers"],
+                flash_attn=params["flash_attn"], threads=params["threads"], pooling=pooling, alias=engine.model_name,
+                split_mode=split_mode, tensor_split=shares, main_gpu=params["main_gpu"], api_key=self._api_key)
+        return self
+
     @property
     def is_loaded(self) -> bool:
-        return self._client is not None
+        return self._inproc is not None or self._client is not None
 
     @property
     def url(self) -> str:
+        if self.backend == "inprocess":
+            raise LlcudaError("the in-process backend has no URL; use InferenceEngine(backend='server') for one.")
         return self._require_client()[0].base_url
+
+    @property
+    def inprocess_stats(self) -> dict[str, float]:
+        """In-process backend: decode steps, tokens, sampler-chain changes, and seconds spent in the
+        ``llama_decode`` call, waiting for the device and in Python since load or ``reset_metrics()``."""
+        return self._local().stats
 
     @property
     def server(self) -> LlamaServer | None:
         return self._server
 
     def unload(self) -> None:
-        """Stop the servers this engine started. The engine can load another model afterwards."""
+        """Stop the servers this engine started (or free the in-process model, failing its queued
+        requests). The engine can load another model afterwards."""
         with self._lock:
+            if self._inproc is not None:
+                self._inproc.unload()
+                self._inproc = None
             for server in (self._server, self._embed_server):
                 if server is not None:
                     server.stop()
@@ -226,6 +276,15 @@ class InferenceEngine:
         self.unload()
 
     # -- plumbing ----------------------------------------------------------------------------
+    def _local(self) -> InProcessEngine:
+        """The in-process engine (backend="inprocess"); raises when no model is loaded."""
+        engine = self._inproc
+        if engine is None:
+            if self.backend != "inprocess":
+                raise LlcudaError("this engine uses the server backend; in-process details need backend='inprocess'.")
+            raise LlcudaError("no model is loaded; call engine.load_model(...) first.")
+        return engine
+
     def _require_client(self) -> tuple[LlamaClient, LlamaServer | None]:
         with self._lock:
             if self._client is None:
@@ -335,6 +394,9 @@ class InferenceEngine:
         ignore_eos: bool = False,
     ) -> InferResult:
         """Continue ``prompt`` (raw text, no chat template). ``temperature=0`` is greedy."""
+        if self.backend == "inprocess":
+            return self._local().infer(prompt, max_tokens, temperature, top_p, top_k, seed, stop,
+                                       ignore_eos=ignore_eos)
         body = self._completion_body(prompt, max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)
         started = time.monotonic()
         try:
@@ -356,7 +418,10 @@ class InferenceEngine:
         *,
         ignore_eos: bool = False,
     ) -> TokenStream:
-        """Like :meth:`infer`, but yields text pieces as they are generated (server-sent events)."""
+        """Like :meth:`infer`, but yields text pieces as they are generated."""
+        if self.backend == "inprocess":
+            return self._local().infer_stream(prompt, max_tokens, temperature, top_p, top_k, seed, stop,
+                                              ignore_eos=ignore_eos)
         body = self._completion_body(prompt, max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)
         started = time.monotonic()
         state: dict[str, Any] = {"final": {}, "first": None, "parts": []}
@@ -404,7 +469,13 @@ class InferenceEngine:
         *,
         stream: bool = False,
     ) -> InferResult | TokenStream:
-        """One assistant turn for ``messages``, formatted with the model's own chat template."""
+        """One assistant turn for ``messages``, formatted with the model's own chat template.
+
+        In-process, llama.cpp's built-in templates format the chat; a model without a chat
+        template (or with one they do not recognise) raises ConfigError.
+        """
+        if self.backend == "inprocess":
+            return self._local().chat(messages, max_tokens, temperature, top_p, top_k, seed, stop, stream=stream)
         sampling = self._sampling(max_tokens, temperature, top_p, top_k, seed, stop, False)
         body: dict[str, Any] = {
             "messages": validation.messages(messages),
@@ -472,10 +543,16 @@ class InferenceEngine:
         """Run ``infer`` on every prompt concurrently; the server decodes up to ``n_parallel`` together.
 
         Results come back in the order of ``prompts``. Requests beyond the slots queue in the server.
+        In-process, every prompt is submitted at once (``max_workers`` is not needed).
         """
         items = [validation.prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
         if not items:
             return []
+        if self.backend == "inprocess":
+            unknown = set(kwargs) - {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos"}
+            if unknown:
+                raise ConfigError(f"batch_infer() got unexpected options: {', '.join(sorted(unknown))}.")
+            return self._local().batch_infer(items, **{"temperature": 0.7, **kwargs})
         slots = self._server.settings.n_parallel if self._server else 4
         workers = max_workers or min(len(items), max(slots, 1) * 2)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llcuda-batch") as pool:
@@ -496,6 +573,10 @@ class InferenceEngine:
         return list(client.embeddings(batch))
 
     def _embedding_client(self) -> LlamaClient:
+        if self.backend == "inprocess":
+            self._local()
+            assert self._inproc_settings is not None
+            return self._start_embedding_server(self._inproc_settings, self._binaries or bootstrap.find_binaries())
         client, server = self._require_client()
         if server is None or server.settings.embeddings:
             return client
@@ -504,13 +585,15 @@ class InferenceEngine:
                 "embeddings with RPC workers need load_model(..., embeddings=True): each rpc-server serves one "
                 "llama-server at a time, so a second, embeddings-only server cannot share the workers."
             )
+        return self._start_embedding_server(server.settings, server.binaries)
+
+    def _start_embedding_server(self, base: ServerSettings, binaries: Binaries) -> LlamaClient:
         with self._lock:
             if self._embed_server is None or not self._embed_server.is_running():
                 # A generative model has no pooling of its own; mean pooling gives one vector per text.
-                settings = replace(server.settings, embeddings=True, port=None, n_parallel=1,
-                                   pooling=server.settings.pooling or "mean",
-                                   ctx_size=min(server.settings.ctx_size, 8192), backend_sampling=False)
-                self._embed_server = LlamaServer(settings, binaries=server.binaries)
+                settings = replace(base, embeddings=True, port=None, n_parallel=1, pooling=base.pooling or "mean",
+                                   ctx_size=min(base.ctx_size, 8192), backend_sampling=False)
+                self._embed_server = LlamaServer(settings, binaries=binaries)
                 self._embed_server.start(self._start_timeout)
                 self._embed_client = LlamaClient(self._embed_server.url, api_key=self._api_key,
                                                  timeout=self._request_timeout)
@@ -518,17 +601,26 @@ class InferenceEngine:
             return self._embed_client
 
     def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` as llama-server's /tokenize gives them (no BOS; special tokens parsed)."""
+        if self.backend == "inprocess":
+            return self._local().tokenize(validation.prompt(text, "text"), add_special=False, parse_special=True)
         return list(self._call(lambda c: c.tokenize(validation.prompt(text, "text"))))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
+        if self.backend == "inprocess":
+            return self._local().detokenize(list(tokens), special=True)
         return str(self._call(lambda c: c.detokenize(list(tokens))))
 
     def health(self) -> dict[str, Any]:
+        if self.backend == "inprocess":
+            return self._local().health()
         return dict(self._call(lambda c: c.health()))
 
     def get_metrics(self) -> MetricsSnapshot:
         """Latency percentiles and throughput of this engine's requests, plus the server's own counters."""
         server_metrics: dict[str, float] = {}
+        if self.backend == "inprocess":
+            return self._metrics.snapshot()
         if self._client is not None:
             try:
                 server_metrics = self._call(lambda c: c.metrics())
@@ -538,8 +630,12 @@ class InferenceEngine:
 
     def reset_metrics(self) -> None:
         self._metrics.reset()
+        if self._inproc is not None:
+            self._inproc.reset_stats()
 
     def __repr__(self) -> str:
+        if self.backend == "inprocess":
+            return f"<InferenceEngine model={self.model_name!r} in-process {'loaded' if self._inproc else 'not loaded'}>"
         where = self.url if self._client else "not loaded"
         return f"<InferenceEngine model={self.model_name!r} {where}>"
 

@@ -1,4 +1,5 @@
-"""llcuda.fastpath (libllama through ctypes) against the real CPU build and a tiny random model."""
+"""llcuda.libllama's ctypes layouts against llama.h, and the InProcessEngine as benchmarks use it
+through the llcuda.fastpath shim (real CPU build, tiny random model)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from llcuda import fastpath
+from llcuda import fastpath, libllama
 
 STRUCTS = {
-    "llama_model_params": fastpath.ModelParams,
-    "llama_context_params": fastpath.ContextParams,
-    "llama_batch": fastpath.Batch,
-    "llama_sampler_seq_config": fastpath.SamplerSeqConfig,
-    "llama_sampler_chain_params": fastpath.ChainParams,
+    "llama_model_params": libllama.ModelParams,
+    "llama_context_params": libllama.ContextParams,
+    "llama_batch": libllama.Batch,
+    "llama_sampler_seq_config": libllama.SamplerSeqConfig,
+    "llama_sampler_chain_params": libllama.ChainParams,
+    "llama_chat_message": libllama.ChatMessage,
 }
 
 
@@ -61,6 +63,16 @@ def test_infer_counts_and_reports(engine):
     assert result.text
     assert engine.load_seconds and engine.load_seconds > 0
     assert engine.backend_sampling is True, "the greedy chain should run on the backend (no logits copied)"
+
+
+def test_the_shim_keeps_what_benchmarks_use(engine):
+    """benchmarks/bench_matrix.py: stats, reset_stats(), load_seconds, recent_log, load_library."""
+    assert callable(fastpath.load_library) and "llama" in fastpath.recent_log()
+    engine.reset_stats()
+    engine.infer("Hello", max_tokens=4, ignore_eos=True)
+    stats = engine.stats
+    assert stats["steps"] == 4 and stats["tokens"] == 4
+    assert all(stats[k] > 0 for k in ("decode_call_s", "wait_s", "host_s"))
 
 
 def test_greedy_matches_llama_server(engine, tiny_engine):
