@@ -25,8 +25,13 @@ def _version() -> str:
 
 
 # -- shared options ----------------------------------------------------------------------------
-def _add_model_options(parser: argparse.ArgumentParser, *, n_parallel: int = 1, ctx_size: int = 4096) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, *, n_parallel: int = 1, ctx_size: int = 4096,
+                       backend: bool = True) -> None:
     group = parser.add_argument_group("model and server")
+    if backend:
+        group.add_argument("--backend", choices=config.BACKENDS, default=None,
+                           help="server: llama-server in a child process; inprocess: libllama in this process, "
+                                "the fastest decode (default: LLCUDA_BACKEND, else server)")
     group.add_argument("-m", "--model", default=None,
                        help=f"registry name, path, hf://repo/file.gguf or URL (default: {config.DEFAULT_MODEL}, "
                             "or LLCUDA_DEFAULT_MODEL)")
@@ -72,7 +77,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int, t
 def _engine(args: argparse.Namespace) -> Any:
     from .engine import InferenceEngine
 
-    engine = InferenceEngine(server_url=args.server_url)
+    engine = InferenceEngine(server_url=args.server_url, backend=args.backend)
     if not args.server_url:
         engine.load_model(args.model, gpu_layers=args.gpu_layers, ctx_size=args.ctx_size,
                           n_parallel=args.n_parallel, flash_attn=args.flash_attn, offline=args.offline,
@@ -156,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"refusing to serve on {args.host} without an API key: anyone who can reach it could use the model. "
             "Pass --api-key KEY (or set LLCUDA_API_KEY), or --allow-unauthenticated if you really mean it."
         )
-    engine = InferenceEngine(api_key=api_key)
+    engine = InferenceEngine(api_key=api_key, backend="server")  # serving is what the server backend is
     engine.load_model(args.model, gpu_layers=args.gpu_layers, ctx_size=args.ctx_size, n_parallel=args.n_parallel,
                       flash_attn=args.flash_attn, host=args.host, port=args.port, offline=args.offline,
                       embeddings=args.embeddings, allow_unauthenticated=args.allow_unauthenticated,
@@ -222,14 +227,23 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_quick_bench
 
+    backend = config.backend(args.backend)
+    options = _scaleout(args)
+    if backend == "inprocess":
+        if options.pop("rpc"):
+            raise ConfigError("--rpc is an option of the server backend; drop it or use --backend server.")
+        if args.server_url:
+            raise ConfigError("--server-url is an option of the server backend; use --backend server.")
     report = run_quick_bench(
         model=args.model, concurrency=args.concurrency, max_tokens=args.max_tokens, gpu_layers=args.gpu_layers,
-        ctx_size=args.ctx_size, flash_attn=args.flash_attn, offline=args.offline, load_options=_scaleout(args),
+        ctx_size=args.ctx_size, flash_attn=args.flash_attn, offline=args.offline, load_options=options,
+        engine=backend,
     )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"model {report['model']}  load {report['load_seconds']:.2f} s  backend {report['backend']}")
+        print(f"model {report['model']}  load {report['load_seconds']:.2f} s  backend {report['backend']}  "
+              f"engine {report['engine']}")
         print(f"{'concurrency':>11}  {'requests':>8}  {'tok/s (aggregate)':>17}  {'p50 ms':>8}  {'p95 ms':>8}")
         for row in report["runs"]:
             print(f"{row['concurrency']:>11}  {row['requests']:>8}  {row['throughput_tokens_per_sec']:>17.1f}  "
@@ -310,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback host without an API key")
     p.add_argument("--embeddings", action="store_true", help="serve embeddings only")
-    _add_model_options(p, n_parallel=4)
+    _add_model_options(p, n_parallel=4, backend=False)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="measure llcuda throughput at several concurrency levels")

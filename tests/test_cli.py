@@ -95,3 +95,33 @@ def test_doctor_reports_a_damaged_install(tmp_path, cli_env):
 def test_no_command_prints_help():
     done = run_cli()
     assert done.returncode == 2 and "infer" in done.stdout
+
+
+def test_infer_with_the_inprocess_backend_matches_the_server(tiny_model, tiny_engine, cli_env):
+    done = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12", "--json", "--backend", "inprocess",
+                   env_extra=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["text"] == tiny_engine.infer("Hello", max_tokens=12, temperature=0.0).text
+    streamed = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12",
+                       env_extra=dict(cli_env, LLCUDA_BACKEND="inprocess"))
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.rstrip("\n") == json.loads(done.stdout)["text"]
+
+
+def test_inprocess_backend_refuses_server_options(tiny_model, cli_env):
+    done = run_cli("infer", "Hi", "-m", str(tiny_model), "--backend", "inprocess", "--rpc", "127.0.0.1:50052",
+                   env_extra=cli_env)
+    assert done.returncode == 1 and "rpc is an option of the server backend" in done.stderr
+    assert "Traceback" not in done.stderr
+    bad = run_cli("infer", "Hi", "--backend", "fast", env_extra=cli_env)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_bench_with_the_inprocess_backend(tiny_model, cli_env):
+    done = run_cli("bench", "-m", str(tiny_model), "--backend", "inprocess", "--concurrency", "1,2", "-n", "8",
+                   "--json", env_extra=cli_env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["engine"] == "inprocess"
+    assert [r["tokens"] for r in report["runs"]] == [8, 16]
+
