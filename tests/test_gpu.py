@@ -156,6 +156,59 @@ def test_in_process_engine_runs_on_cuda_with_backend_sampling(binaries, gpu_mode
     assert report["offloaded"] and report["offloaded"][0] == report["offloaded"][1]
 
 
+INFERENCE_ENGINE_INPROCESS_CHECK = """
+import json, re, sys
+from concurrent.futures import ThreadPoolExecutor
+from llcuda import InferenceEngine
+from llcuda.libllama import recent_log
+engine = InferenceEngine(backend="inprocess")
+engine.load_model(sys.argv[1], n_parallel=16, ctx_size=16 * 512, flash_attn="on")
+report = {"load_seconds": engine.load_seconds, "load_timings": engine.load_timings}
+engine.reset_metrics()
+single = engine.infer("The lighthouse keeper", max_tokens=64, temperature=0.0, ignore_eos=True)
+report["single_steps"] = engine.inprocess_stats["steps"]
+report["single_tps"] = single.tokens_per_sec
+engine.reset_metrics()
+with ThreadPoolExecutor(16) as pool:
+    results = list(pool.map(lambda i: engine.infer(f"Request {i}:", max_tokens=64, temperature=0.0, ignore_eos=True),
+                            range(16)))
+stats = engine.inprocess_stats
+report.update(tokens=[r.tokens_generated for r in results], steps16=stats["steps"],
+              greedy_sampler_changes=stats["sampler_changes"],
+              us_per_step={k: stats[k] / max(1, stats["steps"]) * 1e6 for k in ("decode_call_s", "wait_s", "host_s")})
+a, b = (engine.infer("Once upon a time", max_tokens=32, temperature=0.8, seed=7, ignore_eos=True).text
+        for _ in range(2))
+stream = engine.infer_stream("Once upon a time", max_tokens=32, temperature=0.0, ignore_eos=True)
+pieces = list(stream)
+log = recent_log()
+m = re.search(r"offloaded (\\d+)/(\\d+) layers to GPU", log)
+report.update(seeded_equal=a == b, stream_ok="".join(pieces) == stream.result.text and len(pieces) > 1,
+              backend_sampling=engine.health()["backend_sampling"],
+              cuda0="CUDA0" in log, offloaded=m.groups() if m else None)
+engine.unload()
+print(json.dumps(report))
+"""
+
+
+def test_inference_engine_inprocess_backend_on_cuda(binaries, gpu_model: Path):
+    """backend="inprocess" on the GPU: every layer offloaded, sampling on the GPU, 16 concurrent requests
+    decoded together, seeded sampling reproducible, streaming. In a fresh interpreter (see above)."""
+    env = dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", INFERENCE_ENGINE_INPROCESS_CHECK, str(gpu_model)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print("in-process on CUDA:", json.dumps(report))  # load timings and per-step times for the notes (pytest -s)
+    assert report["tokens"] == [64] * 16
+    assert report["backend_sampling"] is True, "the sampler chains did not run on the GPU"
+    assert report["cuda0"], "no CUDA0 buffers in libllama's log"
+    assert report["offloaded"] and report["offloaded"][0] == report["offloaded"][1]
+    assert report["greedy_sampler_changes"] == 0, "greedy requests re-attached sampler chains"
+    assert report["steps16"] < 3 * report["single_steps"], f"16 requests were not decoded together: {report}"
+    assert report["seeded_equal"] and report["stream_ok"]
+    assert set(report["load_timings"]) >= {"library_s", "model_s", "context_s", "warmup_s"}
+
+
 def test_a_build_without_this_gpus_arch_fails_with_a_fix(binaries, gpu_model: Path):
     sm = gpu.detect().gpus[0].sm
     other = "75-real" if sm // 10 != 7 else "90-real"
