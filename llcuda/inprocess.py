@@ -19,6 +19,7 @@ import logging
 import queue
 import time
 from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -348,7 +349,7 @@ class InProcessEngine:
         """Wait for ``req`` and build its result in the caller's thread (text off the decode loop)."""
         try:
             req.future.result(timeout=self._timeout)
-        except TimeoutError:
+        except FutureTimeout:  # not the built-in TimeoutError before Python 3.11
             raise self._timed_out(req) from None
         except LlcudaError:
             self.metrics.record_failure()
