@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--find-links", action="append", default=[], help="offline wheel folders, for repairs"
     )
+    parser.add_argument(
+        "--no-damage", action="store_true",
+        help="skip the damage/repair steps (a GPU machine without the wheel's dependencies at hand)",
+    )
     args = parser.parse_args(argv)
     report: dict = {
         "python": sys.executable,
@@ -151,17 +155,25 @@ def main(argv: list[str] | None = None) -> int:
         engine = llcuda.InferenceEngine()
         try:
             engine.load_model(args.model, ctx_size=512, n_parallel=1)
-            result = engine.infer("Hello", max_tokens=8, temperature=0.0)
+            result = engine.infer("Hello", max_tokens=64, temperature=0.0, ignore_eos=True)
             report["inference"] = {
                 "text": result.text,
                 "tokens_generated": result.tokens_generated,
                 "finish_reason": result.finish_reason,
+                "tokens_per_sec": result.tokens_per_sec,
             }
+            server = engine.server
+            if server is not None and server.log_path is not None:  # where the layers went (CUDA or CPU)
+                log_text = server.log_path.read_text(errors="replace")
+                report["offload_lines"] = [
+                    line.strip() for line in log_text.splitlines()
+                    if "offloaded" in line or "CUDA0 model buffer" in line or "using device" in line
+                ][:8]
         finally:
             engine.unload()
 
         lib = binaries.lib_dir or binaries.bin_dir.parent / "lib"
-        report["damage"] = [
+        report["damage"] = [] if args.no_damage else [
             damage(kind, path, args.find_links, args.model)
             for kind, path in (
                 ("not-executable", binaries.bin_dir / "llama-server"),
