@@ -344,45 +344,6 @@ def build(
     return "\n".join(lines), parts
 
 
-def plot(parts: list[dict[str, Any]], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    xs_all: set[int] = set()
-    for c in parts:
-        tag = f" ({c['id']})" if len(parts) > 1 else ""
-        bb = c["ceil"]["bb"]
-        if bb:
-            xs = [int(k) for k in bb]
-            xs_all.update(xs)
-            ax.plot(
-                xs, list(bb.values()), "k--", marker="s", label=f"llama-batched-bench S_TG (ceiling){tag}"
-            )
-        for name, v in c["systems"].items():
-            cc = v.get("concurrency")
-            if cc:
-                ks = sorted(cc, key=int)
-                xs_all.update(int(k) for k in ks)
-                ax.plot([int(k) for k in ks], [cc[k]["tps"] for k in ks], marker="o", label=label(name) + tag)
-    if not xs_all:
-        plt.close(fig)
-        return
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
-    ax.set_xlabel("concurrent requests")
-    ax.set_ylabel("aggregate decode tokens/s")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6.5, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -400,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or a.results[0].with_suffix("")
     out.with_suffix(".md").write_text(text)
     env0 = next((c["sections"]["env"] for c in parts if "env" in c["sections"]), {})
+    from report_plot import plot  # matplotlib only where a plot is made
+
     plot(
         parts,
         f"{env0.get('model_label', '')} on {env0.get('gpu', '?').split(',')[0]}",

@@ -94,7 +94,7 @@ progress() {  # print ninja's [done/total] of a build log every 30 s while $1 ru
         sleep 2
         n=$((n + 2))
         ((n % 30 == 0)) &&
-            say "$(basename "$2"): $(tr '\r' '\n' <"$2" 2>/dev/null | grep -o '^\[[0-9]*/[0-9]*\]' | tail -1)"
+            say "$(basename "$2"): $(tr '\r' '\n' <"$2" 2>/dev/null | grep -o '\[[0-9]*/[0-9]*\]' | tail -1)"
     done
     return 0
 }
@@ -305,6 +305,11 @@ peers) # llama-cpp-python built from its sdist with CUDA, against llama-bench an
     tail -3 "$W/build-lcp.log"
     wait $model_pid
     export PYTHONPATH="$W/lcp-site:$PYTHONPATH"
+    # llama-cpp-python links the shared CUDA runtime and cuBLAS (llcuda's prefix: static cudart)
+    [[ -d /usr/local/cuda/lib64 ]] && export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    for lib in "$W"/lcp-site/llama_cpp/lib/libggml-cuda.so "$W"/lcp-site/llama_cpp/lib/libllama.so; do
+        [[ -f $lib ]] && say "ldd $(basename "$lib"): $(ldd "$lib" | grep -E 'cuda|cublas|not found' | awk '{print $1, $3}' | tr '\n' ' ')"
+    done
     sections=env,llama_bench,batched_bench@1,inproc-np1,llama_bench#2,inproc-np1#2
     ((rc == 0)) &&
         sections=env,llama_bench,batched_bench@1,llama_cpp_python,inproc-np1,llama_bench#2,llama_cpp_python#2,inproc-np1#2
