@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=3)
     p.add_argument("--sample-timeout", type=float, default=90)
     p.add_argument("--ext", default=".cu.o")
+    p.add_argument("--jobs", type=int, default=16, help="cuobjdump processes at a time")
     a = p.parse_args(argv)
     targets = run(["ninja", "-t", "targets", "all"], a.build).stdout
     total = len({t.split(":")[0] for t in targets.splitlines() if t.split(":")[0].endswith(a.ext)})
@@ -105,33 +106,36 @@ def main(argv: list[str] | None = None) -> int:
             r"^CMAKE_CUDA_ARCHITECTURES:\w+=(.*)$", cmake_cache.read_text(errors="replace"), re.MULTILINE
         )
         report["cmake_cuda_architectures"] = m.group(1) if m else None
+    a.out.write_text(json.dumps(report, indent=1))  # the counts first: a later step may run out of time
     have_cuobjdump = shutil.which("cuobjdump") is not None
-    counts: dict[str, int] = {}
-    for o in objs:
+
+    def listing(o: Path) -> dict:
         row: dict = {"object": str(o.relative_to(a.build)), "bytes": o.stat().st_size}
         if have_cuobjdump:
-            elfs = sorted(
-                set(re.findall(r"sm_\w+", run(["cuobjdump", "--list-elf", str(o)], a.build).stdout))
-            )
-            ptx = sorted(
-                set(re.findall(r"compute_\w+", run(["cuobjdump", "--list-ptx", str(o)], a.build).stdout))
-            )
-            row.update(elf=elfs, ptx=ptx)
-            key = ",".join(elfs) + (" + ptx " + ",".join(ptx) if ptx else "")
+            elf = run(["cuobjdump", "--list-elf", str(o)], a.build).stdout
+            ptx = run(["cuobjdump", "--list-ptx", str(o)], a.build).stdout
+            row["elf"] = sorted(set(re.findall(r"sm_\w+", elf)))
+            row["ptx"] = sorted({"compute_" + m for m in re.findall(r"sm_(\w+)\.ptx", ptx)})  # x.1.sm_90.ptx
+        return row
+
+    with ThreadPoolExecutor(a.jobs) as pool:
+        report["objects"] = list(pool.map(listing, objs))
+    counts: dict[str, int] = {}
+    for row in report["objects"]:
+        if "elf" in row:
+            key = ",".join(row["elf"]) + (" + ptx " + ",".join(row["ptx"]) if row["ptx"] else "")
             counts[key] = counts.get(key, 0) + 1
-        report["objects"].append(row)
     report["arch_sets"] = counts
     report["total_bytes_compiled"] = sum(r["bytes"] for r in report["objects"])
-    if a.ext == ".cu.o" and objs and a.samples:
-        picks = sorted(objs, key=lambda o: o.stat().st_size)
-        picks = [
-            picks[int(i * (len(picks) - 1) / max(1, a.samples - 1))]
-            for i in range(min(a.samples, len(picks)))
-        ]
+    a.out.write_text(json.dumps(report, indent=1))
+    if a.ext == ".cu.o" and objs and a.samples:  # small, middle and large objects (not the very largest)
+        by_size = sorted(objs, key=lambda o: o.stat().st_size)
+        quantiles = (
+            [0.1, 0.5, 0.9][: a.samples] if a.samples <= 3 else [i / a.samples for i in range(a.samples)]
+        )
+        picks = list(dict.fromkeys(by_size[int(q * (len(by_size) - 1))] for q in quantiles))
         with ThreadPoolExecutor(len(picks)) as pool:
-            report["sm90_samples"] = list(
-                pool.map(lambda o: sm90_only(a.build, o, a.sample_timeout), dict.fromkeys(picks))
-            )
+            report["sm90_samples"] = list(pool.map(lambda o: sm90_only(a.build, o, a.sample_timeout), picks))
     a.out.write_text(json.dumps(report, indent=1))
     print(
         f"[archs] {len(objs)} of {total} {a.ext} objects compiled in {a.elapsed:.0f} s; arch sets: {counts}"

@@ -78,7 +78,7 @@ if ((CPU)); then
     PRESET_1B=tiny
     GEMMA_LAYERS=(--layers 2)
     BENCH_QUICK=(--quick)
-    CUDA_BUILD=OFF
+    CUDA_BUILD=${SUITE_CUDA_BUILD:-OFF} # ON: compile CUDA objects here too (nvcc needs no GPU)
 fi
 export LLCUDA_HOME=$W/home PYTHONUNBUFFERED=1
 $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$W/site" .whl/*.whl || exit 1
@@ -344,7 +344,7 @@ archs) # the default arch list, built for as long as the call allows; the GPU te
     say "default arch list build: exit $rc after $elapsed s (124: stopped at the time limit)"
     wait $tests
     ext=.cu.o
-    ((CPU)) && ext=.cpp.o
+    [[ $CUDA_BUILD == ON ]] || ext=.cpp.o
     timeout $(($(left) - 15)) $PY benchmarks/archs_report.py "$W/build-all" "$OUT/archs.json" \
         --elapsed "$elapsed" --ext "$ext" --sample-timeout $(($(left) - 35))
     cp "$W/pytest-gpu.log" "$OUT/" 2>/dev/null
