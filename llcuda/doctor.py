@@ -6,7 +6,19 @@ import platform
 from typing import Any
 
 from . import bootstrap, gpu
-from .errors import BinaryNotFoundError, GPUCompatibilityError
+from .errors import BinaryNotFoundError, GPUCompatibilityError, LlcudaError
+from .types import Binaries
+
+
+def check_inprocess(binaries: Binaries) -> dict[str, Any]:
+    """Whether libllama loads in this process (``backend="inprocess"``): ``loads``, and ``library`` or ``error``."""
+    from .libllama import load_library
+
+    try:
+        load_library(binaries)
+    except (LlcudaError, OSError, AttributeError) as exc:  # AttributeError: a libllama without a function llcuda uses
+        return {"loads": False, "error": str(exc)}
+    return {"loads": True, "library": f"{binaries.lib_dir}/libllama.so"}
 
 
 def collect() -> dict[str, Any]:
@@ -17,6 +29,7 @@ def collect() -> dict[str, Any]:
     warnings: list[str] = []
     binaries_report: dict[str, Any]
     build_info: dict[str, Any] = {}
+    inprocess: dict[str, Any] = {"loads": False, "error": "no llama.cpp binaries (see binaries.error)"}
     try:
         binaries = bootstrap.find_binaries()
         build_info = dict(binaries.build_info)
@@ -34,6 +47,10 @@ def collect() -> dict[str, Any]:
         }
         if not build_info:
             warnings.append(f"no build-info.json next to {binaries.bin_dir}: backend and CUDA archs unknown")
+        inprocess = check_inprocess(binaries)
+        if not inprocess["loads"]:
+            warnings.append(f"libllama does not load in-process, so backend='inprocess' cannot work (the server "
+                            f"backend can): {inprocess['error']}")
     except BinaryNotFoundError as exc:
         binaries_report = {"found": False, "error": str(exc),
                            "searched": [f"{label}: {path}" for label, path in bootstrap.candidate_dirs()]}
@@ -60,6 +77,7 @@ def collect() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "binaries": binaries_report,
+        "inprocess": inprocess,
         "gpu": {
             "gpus": [g.as_dict() for g in report.gpus],
             "driver_cuda_version": report.driver_cuda_version,
