@@ -229,6 +229,16 @@ pack() { # pack <file name> <paths under $W>...: logs and reports as one file ($
 }
 
 case "$STAGE" in
+diag) # where a decode step's time goes at 16/64 sequences in-process (benchmarks/diag_step.py)
+    unpack_prefix
+    vocab
+    gen_1b
+    quantize_to "$W/llama-1b-f16.gguf" "$MODEL" "$NPROC"
+    say "gpu.detect(): $($PY -c 'import time; from llcuda import gpu; t=time.perf_counter(); g=gpu.detect(); print(round(time.perf_counter()-t, 3), "s,", len(g.gpus), "GPU(s)")') ;" \
+        "NVML: $(ldconfig -p | grep -c libnvidia-ml.so.1) libnvidia-ml.so.1 in the loader cache"
+    LLCUDA_BIN_DIR=$PREFIX/bin timeout $(($(left) - 10)) $PY benchmarks/diag_step.py "$MODEL" "$OUT/diag-step.json"
+    say "diag exit $?"
+    ;;
 build)  # one call: sm_90 build, the prefix packed into $OUT, the model, the RPC worker check, pytest -m gpu
     unpack_source
     say "building sm_90 (LLCUDA_CUDA_ARCHS=90-real) with recipe/build-binaries.sh, -j$NPROC"

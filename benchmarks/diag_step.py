@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Where a decode step's time goes at 16 and 64 sequences, in-process: one JSON line per variant.
+
+    LLCUDA_BIN_DIR=<build>/bin python benchmarks/diag_step.py model.gguf out.json
+
+Variants: the engine as shipped; the same with libllama's log lines going to a C no-op instead of the
+Python callback (every line costs a callback); CUDA graphs off; and a bare loop over libllama (no
+engine: consecutive sequence ids, one token each per step) with and without GPU (backend) samplers,
+which isolates what the samplers cost on the GPU and what the engine adds on the host.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from llcuda import bootstrap, libllama  # noqa: E402
+from llcuda.fastpath import InProcessEngine  # noqa: E402
+
+MODEL, OUT = sys.argv[1], sys.argv[2]
+LEVELS = tuple(int(x) for x in os.environ.get("DIAG_LEVELS", "16,64").split(","))
+TOKENS = int(os.environ.get("DIAG_TOKENS", "128"))
+rows: list[dict] = []
+
+
+def emit(row: dict) -> None:
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    with open(OUT, "w") as fh:
+        json.dump(rows, fh, indent=1)
+
+
+def engine_wave(eng: InProcessEngine, level: int) -> dict:
+    prompts = [f"Story {i}. Write a long story about a lighthouse keeper and an old map." for i in range(level)]
+    eng.batch_infer(prompts[:level], max_tokens=16, ignore_eos=True)  # warm-up at this level
+    eng.reset_stats()
+    libllama.LOG_LINES.clear()
+    t = time.perf_counter()
+    results = eng.batch_infer(prompts, max_tokens=TOKENS, ignore_eos=True)
+    wall = time.perf_counter() - t
+    s = eng.stats
+    steps = max(1, s["steps"])
+    return {"level": level, "tps": sum(r.tokens_generated for r in results) / wall, "steps": s["steps"],
+            "us_decode_call": s["decode_call_s"] / steps * 1e6, "us_wait": s["wait_s"] / steps * 1e6,
+            "us_host": s["host_s"] / steps * 1e6, "log_lines": len(libllama.LOG_LINES),
+            "log_sample": sorted(set(line.strip()[:90] for line in list(libllama.LOG_LINES)))[:6]}
+
+
+def run_engine(name: str, **kw: object) -> None:
+    eng = InProcessEngine().load_model(MODEL, n_parallel=64, ctx_size=64 * 256, flash_attn="on", **kw)
+    for level in LEVELS:
+        emit({"variant": name, **engine_wave(eng, level)})
+    eng.unload()
+
+
+def bare_loop(name: str, level: int, samplers: bool) -> None:
+    """libllama alone: ``level`` sequences 0..level-1, 8-token prompts, then TOKENS steps of one token each."""
+    lib = libllama.load_library(bootstrap.find_binaries())
+    mp = lib.llama_model_default_params()
+    mp.n_gpu_layers = 99
+    model = lib.llama_model_load_from_file(MODEL.encode(), mp)
+    chains = []
+    cp = lib.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 64 * 256, 2048, 512, 64
+    cp.flash_attn_type, cp.no_perf = 1, True
+    if samplers:
+        configs = (libllama.SamplerSeqConfig * 64)()
+        for s in range(64):
+            chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            chains.append(chain)
+            configs[s].seq_id, configs[s].sampler = s, chain
+        cp.samplers, cp.n_samplers = configs, 64
+    ctx = lib.llama_init_from_model(model, cp)
+    n = level * 8
+    tok, pos = (ctypes.c_int32 * n)(), (ctypes.c_int32 * n)()
+    nseq, seqv, out = (ctypes.c_int32 * n)(*([1] * n)), (ctypes.c_int32 * n)(), (ctypes.c_int8 * n)()
+    seqp = (ctypes.POINTER(ctypes.c_int32) * n)(
+        *(ctypes.cast(ctypes.byref(seqv, 4 * i), ctypes.POINTER(ctypes.c_int32)) for i in range(n)))
+    batch = libllama.Batch(0, tok, None, pos, nseq, seqp, out)
+    for rep in range(2):  # the first pass warms up
+        lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+        k = 0
+        for s in range(level):
+            for p in range(8):
+                tok[k], pos[k], seqv[k], out[k] = 100 + p, p, s, int(p == 7)
+                k += 1
+        batch.n_tokens = k
+        lib.llama_decode(ctx, batch)
+        lib.llama_synchronize(ctx)
+        t_call = t_wait = 0.0
+        t = time.perf_counter()
+        for step in range(TOKENS):
+            for s in range(level):
+                tok[s], pos[s], seqv[s], out[s] = 200 + s, 8 + step, s, 1
+            batch.n_tokens = level
+            t0 = time.perf_counter()
+            lib.llama_decode(ctx, batch)
+            t1 = time.perf_counter()
+            lib.llama_synchronize(ctx)
+            t_call += t1 - t0
+            t_wait += time.perf_counter() - t1
+            if samplers:
+                for s in range(level):
+                    lib.llama_get_sampled_token_ith(ctx, s)
+        wall = time.perf_counter() - t
+    emit({"variant": name, "level": level, "tps": level * TOKENS / wall, "us_step": wall / TOKENS * 1e6,
+          "us_decode_call": t_call / TOKENS * 1e6, "us_wait": t_wait / TOKENS * 1e6})
+    lib.llama_free(ctx)
+    lib.llama_model_free(model)
+    for chain in chains:
+        lib.llama_sampler_free(chain)
+
+
+run_engine("engine")
+for level in LEVELS:
+    bare_loop("bare+gpu-samplers", level, True)
+    bare_loop("bare, no samplers (logits out)", level, False)
+# libllama's log lines to a C function that ignores them (getpid takes no arguments and has no effect)
+lib = libllama.load_library(bootstrap.find_binaries())
+noop = libllama.LOG_CALLBACK(ctypes.cast(ctypes.CDLL(None).getpid, ctypes.c_void_p).value)
+lib.llama_log_set(noop, None)
+run_engine("engine, C no-op log callback")
+lib.llama_log_set(libllama._log_callback, None)
+os.environ["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+run_engine("engine, GGML_CUDA_DISABLE_GRAPHS=1 (read at context creation)")
