@@ -229,6 +229,27 @@ pack() { # pack <file name> <paths under $W>...: logs and reports as one file ($
 }
 
 case "$STAGE" in
+rebuild) # sm_90 build with the current recipe/patches, the prefix packed into $OUT, then the 1B matrix on it
+    unpack_source
+    vocab
+    say "building sm_90 (LLCUDA_CUDA_ARCHS=90-real) with recipe/build-binaries.sh, -j$NPROC"
+    t=$(date +%s)
+    build "$PREFIX" "$W/build-sm90" "90-real" "$W/build-sm90.log" &
+    pid=$!
+    progress $pid "$W/build-sm90.log" &
+    gen_1b 10 &
+    model_pid=$!
+    wait $pid
+    rc=$?
+    say "sm_90 build exit $rc after $(($(date +%s) - t)) s"
+    tail -3 "$W/build-sm90.log"
+    ((rc == 0)) || { tail -40 "$W/build-sm90.log"; exit 1; }
+    wait $model_pid
+    pack_prefix
+    quantize_to "$W/llama-1b-f16.gguf" "$MODEL" "$NPROC"
+    matrix "$MODEL" "$LABEL_1B" "$OUT/bench-1b.json" $((T0 + BUDGET - 15)) \
+        env,llama_bench,batched_bench,inproc-np1,inproc,engine-default,server-bs,llama_bench#2,load,import_time,inproc-np1#2,batched_bench#2,llama_bench#3,inproc-kvu
+    ;;
 diag) # where a decode step's time goes at 16/64 sequences in-process (benchmarks/diag_step.py)
     unpack_prefix
     vocab

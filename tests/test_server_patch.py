@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -66,27 +67,32 @@ def test_overlapping_requests_take_consecutive_slots(four_slot_server: str) -> N
     assert completion(four_slot_server, PROMPTS[2])["id_slot"] == 0, "once both are idle, slot 0 again"
 
 
-def test_every_patch_applies_to_the_pinned_tree_and_is_in_the_build(llama_src: Path, tmp_path: Path) -> None:
-    patches = llama_source.patch_files()
-    assert patches and all(p.name[:4].isdigit() for p in patches), "patches are numbered NNNN-name.patch"
-    # The cached tree carries them (its marker names the patch set) ...
+def touched_files(patch: Path) -> list[str]:
+    """Paths a patch changes, inside the llama.cpp tree (its ``+++ b/llama.cpp/<path>`` lines)."""
+    return [line.split("\t")[0][len("+++ b/llama.cpp/"):] for line in patch.read_text().splitlines()
+            if line.startswith("+++ b/llama.cpp/")]
+
+
+@pytest.mark.parametrize("patch", llama_source.patch_files(), ids=lambda p: p.name[:4])
+def test_every_patch_applies_to_the_pinned_tree_once(llama_src: Path, tmp_path: Path, patch: Path) -> None:
+    assert patch.name[:4].isdigit(), "patches are numbered NNNN-name.patch"
+    # The cached tree carries the whole set (its marker names it) ...
     assert (llama_src / ".llcuda-source").read_text().strip().endswith(f"patches:{llama_source.patch_set_id()}")
-    # ... and a pristine copy of the patched file takes them cleanly, once and only once.
-    target = tmp_path / "tree" / "tools" / "server"
-    target.mkdir(parents=True)
-    patched = llama_src / "tools" / "server" / "server-context.cpp"
-    assert "idle slot with the lowest id" in patched.read_text()
-    original = tmp_path / "orig.cpp"
-    reverse = llama_source.subprocess.run(
-        ["patch", "-R", "-p2", "-o", str(original), "-i", str(patches[0]), str(patched)],
-        cwd=llama_src, capture_output=True, text=True, check=False)
-    if reverse.returncode != 0 or shutil.which("patch") is None:
-        pytest.fail(f"cannot reverse {patches[0].name} on the cached tree: {reverse.stdout}{reverse.stderr}")
-    shutil.copy(original, target / "server-context.cpp")
-    llama_source.apply_patches(tmp_path / "tree", patches[:1])
-    assert (target / "server-context.cpp").read_text() == patched.read_text()
+    files = touched_files(patch)
+    assert files, f"{patch.name} changes no file under llama.cpp/"
+    # ... and a pristine copy of the files it touches (the patch reversed) takes it cleanly, once only.
+    tree = tmp_path / "tree"
+    for name in files:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(llama_src / name, tree / name)
+    reverse = subprocess.run(["patch", "-R", "-p2", "--batch", "-d", str(tree), "-i", str(patch)],
+                             capture_output=True, text=True, check=False)
+    assert reverse.returncode == 0, f"cannot reverse {patch.name} on the cached tree: {reverse.stdout}{reverse.stderr}"
+    assert all((tree / n).read_text() != (llama_src / n).read_text() for n in files)
+    llama_source.apply_patches(tree, [patch])
+    assert all((tree / n).read_text() == (llama_src / n).read_text() for n in files)
     with pytest.raises(SystemExit, match="does not apply"):
-        llama_source.apply_patches(tmp_path / "tree", patches[:1])  # already applied: refused, named
+        llama_source.apply_patches(tree, [patch])  # already applied: refused, named
 
 
 def test_patch_set_changes_the_build_key(tmp_path: Path) -> None:
