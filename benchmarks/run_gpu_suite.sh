@@ -328,7 +328,14 @@ peers) # llama-cpp-python built from its sdist with CUDA, against llama-bench an
         >"$W/build-lcp.log" 2>&1) &
     lcp=$!
     progress $lcp "$W/build-lcp.log" &
-    (gen_1b 19 && quantize_to "$W/llama-1b-f16.gguf" "$MODEL" 4 19) &
+    (
+        gen_1b 19 && quantize_to "$W/llama-1b-f16.gguf" "$MODEL" 4 19
+        # PEERS_GPU_TESTS=1: pytest -m gpu beside the build (correctness only, nothing timed there)
+        [[ ${PEERS_GPU_TESTS:-0} == 1 ]] && nice -n 10 bash -c "$(declare -f gpu_tests left say); T0=$T0 \
+            BUDGET=$((BUDGET - 150)) PREFIX=$PREFIX MODEL=$MODEL STAGE=$STAGE gpu_tests" >"$W/pytest-gpu.log" 2>&1
+        # PEERS_GEMMA=1: the Gemma-3-270M-shaped model too, for a short matrix after the peers rows
+        [[ ${PEERS_GEMMA:-0} == 1 ]] && gen_gemma 19 && quantize_to "$W/gemma-f16.gguf" "$GEMMA" 4 19
+    ) &
     model_pid=$!
     wait $lcp
     rc=$?
@@ -344,8 +351,13 @@ peers) # llama-cpp-python built from its sdist with CUDA, against llama-bench an
     sections=env,llama_bench,batched_bench@1,inproc-np1,llama_bench#2,inproc-np1#2
     ((rc == 0)) &&
         sections=env,llama_bench,batched_bench@1,llama_cpp_python,inproc-np1,llama_bench#2,llama_cpp_python#2,inproc-np1#2
-    matrix "$MODEL" "$LABEL_1B" "$OUT/bench-1b-peers.json" $((T0 + BUDGET - 10)) "$sections" --levels 1
-    pack logs-peers.tgz build-lcp.log home/logs model-1b.log llama-1b-Q4_K_M.gguf.quantize.log
+    gemma_time=0
+    [[ ${PEERS_GEMMA:-0} == 1 && -f $GEMMA ]] && gemma_time=75
+    matrix "$MODEL" "$LABEL_1B" "$OUT/bench-1b-peers.json" $((T0 + BUDGET - 10 - gemma_time)) "$sections" --levels 1
+    [[ -f $W/pytest-gpu.log ]] && { say "pytest -m gpu (beside the build):"; tail -25 "$W/pytest-gpu.log"; }
+    ((gemma_time)) && matrix "$GEMMA" "$LABEL_GEMMA" "$OUT/bench-gemma.json" $((T0 + BUDGET - 10)) \
+        env,llama_bench,batched_bench@1+16+64,inproc-np1,inproc@16+64,llama_bench#2
+    pack logs-peers.tgz build-lcp.log home/logs model-1b.log llama-1b-Q4_K_M.gguf.quantize.log pytest-gpu.log
     ;;
 archs) # the default arch list, built for as long as the call allows; the GPU tests beside it
     unpack_source
