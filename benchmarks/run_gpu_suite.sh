@@ -363,6 +363,15 @@ archs) # the default arch list, built for as long as the call allows; the GPU te
     unpack_source
     unpack_prefix
     vocab
+    if [[ ${ARCHS_TESTS_FIRST:-0} == 1 ]]; then # the GPU tests alone first, on the small Gemma-shaped model
+        gen_gemma && quantize_to "$W/gemma-f16.gguf" "$GEMMA" "$NPROC"
+        say "pytest -m gpu (LLCUDA_BIN_DIR=$PREFIX/bin, $(basename "$GEMMA")), before the build"
+        LLCUDA_BIN_DIR=$PREFIX/bin LLCUDA_GPU_TEST_MODEL=$GEMMA timeout 170 $PY -m pytest -m gpu tests/test_gpu.py \
+            -p no:cacheprovider -o addopts="" -rA -q >"$W/pytest-gpu.log" 2>&1
+        say "pytest -m gpu exit code $?"
+        tail -30 "$W/pytest-gpu.log"
+        MODEL=/nonexistent  # no second run beside the build
+    fi
     arch_seconds=$(($(left) - 110))
     say "default arch list (recipe/build-binaries.sh's default), -j$NPROC, for at most $arch_seconds s"
     t=$(date +%s)
@@ -372,6 +381,7 @@ archs) # the default arch list, built for as long as the call allows; the GPU te
     arch=$!
     progress $arch "$W/build-all.log" &
     (
+        [[ $MODEL == /nonexistent ]] && exit 0
         gen_1b 10 && quantize_to "$W/llama-1b-f16.gguf" "$MODEL" 4 10
         limit=$((arch_seconds - ($(date +%s) - t) - 10))
         ((limit > 300)) && limit=300
