@@ -102,7 +102,7 @@ progress() {  # print ninja's [done/total] of a build log every 30 s while $1 ru
 build() {  # build <prefix> <build dir> <archs or ""> <log>: the project's own build script, timed
     local archs=()
     [[ -n "$3" ]] && archs=(LLCUDA_CUDA_ARCHS="$3")
-    env SRC_DIR="$SRC" PREFIX="$1" LLCUDA_BUILD_DIR="$2" LLAMA_BUILD_NUMBER=11434 LLCUDA_CUDA=ON \
+    env SRC_DIR="$SRC" PREFIX="$1" LLCUDA_BUILD_DIR="$2" LLAMA_BUILD_NUMBER=11434 LLCUDA_CUDA=$CUDA_BUILD \
         CPU_COUNT="$NPROC" "${archs[@]}" bash recipe/build-binaries.sh >"$4" 2>&1
 }
 
@@ -111,23 +111,6 @@ unpack_source() {
         tar xzf .carry/llama-src.tgz -C "$W"
         python3 scripts/llama_source.py --patch-tree "$SRC" || exit 1  # recipe/patches, as every build
     fi
-    mkdir -p "$SRC/models"
-    [[ -f $SRC/models/ggml-vocab-llama-bpe.gguf ]] ||
-        gunzip -c .carry/ggml-vocab-llama-bpe.gguf.gz >"$SRC/models/ggml-vocab-llama-bpe.gguf"
-}
-
-make_model() {  # the 1B random-weight model: f16 from the project's tool, then llama-quantize Q4_K_M
-    [[ -f $MODEL ]] && return 0
-    [[ -f $W/llama-1b-f16.gguf ]] || python3 scripts/random_gguf.py "$W/llama-1b-f16.gguf" --preset llama-1b \
-        --vocab-dir "$SRC/models" >"$W/model.log" 2>&1
-}
-
-quantize() {
-    [[ -f $MODEL ]] && return 0
-    local t=$(date +%s)
-    "$PREFIX/bin/llama-quantize" "$W/llama-1b-f16.gguf" "$MODEL" Q4_K_M "$NPROC" >"$W/quantize.log" 2>&1 &&
-        rm -f "$W/llama-1b-f16.gguf"
-    say "quantized to Q4_K_M in $(($(date +%s) - t)) s: $(ls -la "$MODEL" | awk '{print $5}') bytes"
 }
 
 build_facts() {  # build-info, library sizes, and the archs inside libggml-cuda
@@ -148,7 +131,8 @@ gpu_tests() {
 }
 
 pack_logs() {
-    tar czf "$OUT/logs-$STAGE.tgz" -C "$W" --ignore-failed-read home/logs model.log quantize.log 2>/dev/null
+    tar czf "$OUT/logs-$STAGE.tgz" -C "$W" --ignore-failed-read home/logs model-1b.log \
+        llama-1b-Q4_K_M.gguf.quantize.log 2>/dev/null
 }
 
 pack_prefix() {  # the built prefix back to this repository's machine, in pieces under the 16 MiB file limit
@@ -228,25 +212,29 @@ pack() { # pack <file name> <paths under $W>...: logs and reports as one file ($
     say "packed $name: $(stat -c %s "$OUT/$name" 2>/dev/null) bytes"
 }
 
-case "$STAGE" in
-rebuild) # sm_90 build with the current recipe/patches, the prefix packed into $OUT, then the 1B matrix on it
+build_sm90_and_model() { # stages build and rebuild: the sm_90 build (the 1B model made beside it), packed
     unpack_source
     vocab
     say "building sm_90 (LLCUDA_CUDA_ARCHS=90-real) with recipe/build-binaries.sh, -j$NPROC"
-    t=$(date +%s)
-    build "$PREFIX" "$W/build-sm90" "90-real" "$W/build-sm90.log" &
+    local t=$(date +%s) pid model_pid rc
+    build "$PREFIX" "$W/build-sm90" "90-real" "$OUT/build-sm90.log" &
     pid=$!
-    progress $pid "$W/build-sm90.log" &
+    progress $pid "$OUT/build-sm90.log" &
     gen_1b 10 &
     model_pid=$!
     wait $pid
     rc=$?
     say "sm_90 build exit $rc after $(($(date +%s) - t)) s"
-    tail -3 "$W/build-sm90.log"
-    ((rc == 0)) || { tail -40 "$W/build-sm90.log"; exit 1; }
+    tail -3 "$OUT/build-sm90.log"
+    ((rc == 0)) || { tail -40 "$OUT/build-sm90.log"; exit 1; }
     wait $model_pid
     pack_prefix
     quantize_to "$W/llama-1b-f16.gguf" "$MODEL" "$NPROC"
+}
+
+case "$STAGE" in
+rebuild) # sm_90 build with the current recipe/patches, the prefix packed into $OUT, then the 1B matrix on it
+    build_sm90_and_model
     matrix "$MODEL" "$LABEL_1B" "$OUT/bench-1b.json" $((T0 + BUDGET - 15)) \
         env,llama_bench,batched_bench,inproc-np1,inproc,engine-default,server-bs,llama_bench#2,load,import_time,inproc-np1#2,batched_bench#2,llama_bench#3,inproc-kvu
     ;;
@@ -261,22 +249,7 @@ diag) # where a decode step's time goes at 16/64 sequences in-process (benchmark
     say "diag exit $?"
     ;;
 build)  # one call: sm_90 build, the prefix packed into $OUT, the model, the RPC worker check, pytest -m gpu
-    unpack_source
-    say "building sm_90 (LLCUDA_CUDA_ARCHS=90-real) with recipe/build-binaries.sh, -j$NPROC"
-    t=$(date +%s)
-    build "$PREFIX" "$W/build-sm90" "90-real" "$OUT/build-sm90.log" &
-    pid=$!
-    progress $pid "$OUT/build-sm90.log" &
-    nice -n 10 bash -c "$(declare -f make_model); SRC=$SRC W=$W MODEL=$MODEL make_model" &
-    model_pid=$!
-    wait $pid
-    rc=$?
-    say "sm_90 build exit $rc after $(($(date +%s) - t)) s"
-    tail -3 "$OUT/build-sm90.log"
-    ((rc == 0)) || exit 1
-    wait $model_pid
-    pack_prefix
-    quantize
+    build_sm90_and_model
     build_facts
     say "RPC: a CUDA rpc-server worker on loopback (issue #8)"
     LLCUDA_BIN_DIR=$PREFIX/bin LLCUDA_HOME=$W/home-rpc timeout 150 bash benchmarks/scaleout_gpu_check.sh "$MODEL"
