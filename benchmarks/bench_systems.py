@@ -263,7 +263,7 @@ def run_system(a: Any, name: str, levels: list[int]) -> dict[str, Any]:
 
 
 LOAD_CODE = """
-import json, sys, time
+import json, os, sys, time
 t = time.perf_counter()
 from llcuda import InferenceEngine
 imp = time.perf_counter() - t
@@ -272,36 +272,47 @@ engine = InferenceEngine() if backend == "server" else InferenceEngine(backend=b
 t = time.perf_counter()
 engine.load_model(sys.argv[1])
 wall = time.perf_counter() - t
-print(json.dumps({"backend": backend, "import_s": imp, "load_model_s": wall,
+print(json.dumps({"backend": backend, "variant": sys.argv[3], "import_s": imp, "load_model_s": wall,
+                  "load_mode": os.environ.get("LLCUDA_LOAD_MODE") or "default",
                   "load_seconds": engine.load_seconds, "load_timings": getattr(engine, "load_timings", {})}))
 engine.unload()
 """
 
+# (variant, backend, extra environment): each backend's defaults, and the in-process backend reading the
+# weights with read() into pinned buffers (LLCUDA_LOAD_MODE=none) instead of mmap.
+LOAD_VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("inprocess", "inprocess", {}),
+    ("inprocess load_mode=none", "inprocess", {"LLCUDA_LOAD_MODE": "none"}),
+    ("inprocess load_mode=mmap", "inprocess", {"LLCUDA_LOAD_MODE": "mmap"}),
+    ("server", "server", {}),
+)
+
 
 def run_load(a: Any) -> dict[str, Any]:
-    """load_model -> ready with each backend's defaults, each in a fresh interpreter (CUDA init included)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out: dict[str, Any] = {"runs": [], "errors": []}
+    """load_model -> ready per variant, each in a fresh interpreter (CUDA init included), variants interleaved."""
+    base = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    base.pop("LLCUDA_LOAD_MODE", None)
+    out: dict[str, Any] = {"runs": [], "errors": [], "variants": [v[0] for v in LOAD_VARIANTS]}
     for rep in range(a.load_reps):
-        for backend in ("inprocess", "server"):
+        for variant, backend, extra in LOAD_VARIANTS:
             done = subprocess.run(
-                [sys.executable, "-c", LOAD_CODE, a.model, backend],
+                [sys.executable, "-c", LOAD_CODE, a.model, backend, variant],
                 capture_output=True,
                 text=True,
-                env=env,
+                env=dict(base, **extra),
                 timeout=120,
                 check=False,
             )
             if done.returncode != 0:
-                out["errors"].append({"backend": backend, "rep": rep, "stderr": done.stderr[-1500:]})
+                out["errors"].append({"variant": variant, "rep": rep, "stderr": done.stderr[-1500:]})
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             out["runs"].append(row)
-            log(f"  load {backend}: {row['load_model_s']:.2f} s {json.dumps(row['load_timings'])}")
-    for backend in ("inprocess", "server"):
-        times = [r["load_model_s"] for r in out["runs"] if r["backend"] == backend]
+            log(f"  load {variant}: {row['load_model_s']:.2f} s {json.dumps(row['load_timings'])}")
+    for variant, _backend, _extra in LOAD_VARIANTS:
+        times = [r["load_model_s"] for r in out["runs"] if r["variant"] == variant]
         if times:
-            out[backend] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+            out[variant] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
     return out
 
 

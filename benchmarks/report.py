@@ -240,16 +240,16 @@ def build(
 
     lines += [
         "",
-        "## load_model → ready (fresh interpreter each, the backend's defaults)",
+        "## load_model → ready (fresh interpreter each; each backend's defaults, and in-process load modes)",
         "",
-        "| call | backend | median s | min–max s | phases (median s) |",
+        "| call | variant | median s | min–max s | phases (median s) |",
         "|---|---|---:|---|---|",
     ]
     for c in parts:
         ld = c["sections"].get("load", {})
-        for backend in ("inprocess", "server"):
+        for backend in ld.get("variants", ("inprocess", "server")):  # calls before session 3: no variants
             if backend in ld:
-                runs = [r for r in ld.get("runs", []) if r["backend"] == backend]
+                runs = [r for r in ld.get("runs", []) if r.get("variant", r["backend"]) == backend]
                 keys = sorted({k for r in runs for k in r.get("load_timings", {})})
                 phases = ", ".join(
                     f"{k} {statistics.median(r['load_timings'].get(k, 0) for r in runs):.3f}" for k in keys
@@ -306,7 +306,7 @@ def build(
         lines.append(f"| aggregate at {lv} ≥ {TARGETS[lv]}× S_TG(B={lv}) | {text} | "
                      f"{mark(None if r is None else r >= TARGETS[lv])} |")
     loads = sorted(run["load_model_s"] for c in same for run in c["sections"].get("load", {}).get("runs", [])
-                   if run.get("backend") == "inprocess" and run.get("load_model_s"))
+                   if run.get("variant", run.get("backend")) == "inprocess" and run.get("load_model_s"))
     load = statistics.median(loads) if loads else None
     lines.append(
         f"| load_model → ready ≤ {TARGETS['load_s']} s | "
