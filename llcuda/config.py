@@ -19,6 +19,8 @@ DEFAULT_SERVER_START_TIMEOUT_S = 120.0
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 BACKENDS = ("server", "inprocess")
 DEFAULT_BACKEND = "server"
+LOAD_MODES = ("auto", "mmap", "none", "direct_io")  # how llama.cpp reads the weights (llama_model_params.load_mode)
+DEFAULT_LOAD_MODE = "auto"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -138,6 +140,23 @@ def backend(explicit: str | None = None) -> str:
     if name not in BACKENDS:
         where = "backend" if explicit is not None else "LLCUDA_BACKEND"
         raise ConfigError(f"{where}={value!r} must be one of {', '.join(map(repr, BACKENDS))}.")
+    return name
+
+
+def load_mode(explicit: str | None = None) -> str:
+    """How llama.cpp reads the model file: the argument, else ``LLCUDA_LOAD_MODE``, else "auto".
+
+    "auto" (llama.cpp's default: mmap where every device supports it), "mmap", "none" (plain reads;
+    with CUDA, asynchronous uploads through pinned staging buffers, often faster for a fully offloaded
+    model) or "direct_io" (O_DIRECT reads where the file system allows them).
+    """
+    value = explicit if explicit is not None else _env("LLCUDA_LOAD_MODE")
+    if value is None:
+        return DEFAULT_LOAD_MODE
+    name = value.strip().lower().replace("-", "_") if isinstance(value, str) else value
+    if name not in LOAD_MODES:
+        where = "load_mode" if explicit is not None else "LLCUDA_LOAD_MODE"
+        raise ConfigError(f"{where}={value!r} must be one of {', '.join(map(repr, LOAD_MODES))}.")
     return name
 
 

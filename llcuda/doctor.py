@@ -81,6 +81,7 @@ def collect() -> dict[str, Any]:
         "gpu": {
             "gpus": [g.as_dict() for g in report.gpus],
             "driver_cuda_version": report.driver_cuda_version,
+            "source": report.source,  # "nvml", "nvidia-smi", or None when neither answered
             "error": report.error,
         },
         "cache": cache,

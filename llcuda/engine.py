@@ -22,6 +22,7 @@ from .backends import Backend, GenerationArgs
 from .backends.inprocess import InProcessBackend
 from .backends.server import ServerBackend
 from .errors import ConfigError, LlcudaError
+from .libllama import SERVER_LOAD_MODES
 from .metrics import MetricsRecorder
 from .server import LlamaServer
 from .stream import TokenStream
@@ -66,6 +67,7 @@ class InferenceEngine:
                     raise ConfigError(f"{name} is an option of the server backend; the in-process backend runs no "
                                       "server. Use InferenceEngine(backend='server') (or unset LLCUDA_SERVER_URL).")
         self._metrics = MetricsRecorder()
+        self._load_mode: str | None = None
         common: dict[str, Any] = {"api_key": config.api_key(api_key), "request_timeout": config.request_timeout(request_timeout),
                   "start_timeout": config.server_start_timeout(start_timeout), "binaries": binaries,
                   "metrics": self._metrics}
@@ -97,6 +99,7 @@ class InferenceEngine:
         extra_args: Sequence[str] = (),
         offline: bool | None = None,
         kv_unified: bool = False,
+        load_mode: str | None = None,
     ) -> InferenceEngine:
         """Resolve ``model`` (registry name, path, ``hf://repo/file.gguf``, URL; default
         ``LLCUDA_DEFAULT_MODEL`` or Gemma-3-270M), validate it, and start llama-server.
@@ -116,7 +119,13 @@ class InferenceEngine:
         among the sequences, and the server-only options (``host``, ``port``,
         ``allow_unauthenticated``, ``rpc``, ``extra_args``, ``embeddings``) raise ConfigError.
         ``load_timings`` then holds the seconds of each loading phase.
+
+        ``load_mode``: how llama.cpp reads the weights: "auto" (its default: mmap), "mmap", "none"
+        (plain reads; with CUDA, asynchronous uploads through pinned buffers, often faster for a fully
+        offloaded model) or "direct_io"; default ``LLCUDA_LOAD_MODE``, else "auto". The server
+        backend passes it as ``--load-mode``.
         """
+        mode = config.load_mode(load_mode)
         if self.backend == "inprocess":
             server_only = {"host": host != "127.0.0.1", "port": port is not None, "rpc": bool(rpc),
                            "allow_unauthenticated": allow_unauthenticated, "extra_args": bool(extra_args),
@@ -126,7 +135,7 @@ class InferenceEngine:
                     hint = " (embed() starts an embeddings server by itself)" if name == "embeddings" else ""
                     raise ConfigError(f"{name} is an option of the server backend; the in-process backend runs no "
                                       f"server{hint}. Use InferenceEngine(backend='server') for it.")
-            options: dict[str, Any] = {"kv_unified": kv_unified}
+            options: dict[str, Any] = {"kv_unified": kv_unified, "load_mode": mode}
         else:
             if kv_unified:
                 raise ConfigError("kv_unified is an option of the in-process backend; for llama-server pass "
@@ -138,13 +147,15 @@ class InferenceEngine:
                 )
             options = {"host": host, "port": port, "allow_unauthenticated": allow_unauthenticated,
                        "embeddings": embeddings, "rpc": rpc, "backend_sampling": backend_sampling,
-                       "extra_args": extra_args}
+                       "extra_args": tuple(extra_args) + (
+                           ("--load-mode", SERVER_LOAD_MODES[mode]) if mode != config.DEFAULT_LOAD_MODE else ())}
         validation.integer(gpu_layers, "gpu_layers", -1, 100_000)
         self._backend.load(
             model if model is not None else config.default_model(), offline=offline, pooling=pooling,
             gpu_layers=gpu_layers, ctx_size=ctx_size, n_parallel=n_parallel, flash_attn=flash_attn, threads=threads,
             batch_size=batch_size, ubatch_size=ubatch_size, split_mode=split_mode, tensor_split=tensor_split,
             main_gpu=main_gpu, **options)
+        self._load_mode = mode
         return self
 
     @property
@@ -185,6 +196,11 @@ class InferenceEngine:
     @property
     def load_timings(self) -> dict[str, float]:
         return self._backend.load_timings
+
+    @property
+    def load_mode(self) -> str | None:
+        """How llama.cpp read the weights of the last model loaded ("auto", "mmap", "none", "direct_io")."""
+        return self._load_mode
 
     def unload(self) -> None:
         """Stop the servers this engine started (or free the in-process model, failing its queued

@@ -1,18 +1,22 @@
 """What NVIDIA GPUs exist, and whether the installed binaries can run on them.
 
-Reads ``nvidia-smi`` (never loads CUDA into this process). A CUDA build records its
-architectures in build-info.json (``"90-real"`` = SASS for sm_90, ``"90-virtual"`` = PTX
-that the driver JIT-compiles for sm_90 and newer); :func:`check_compatibility` compares
-them with each visible GPU's compute capability and the driver's CUDA version.
+Reads the driver's management library NVML (``libnvidia-ml.so.1``, through ctypes: no child
+process), or ``nvidia-smi`` where NVML cannot be loaded or fails. NVML is not CUDA: nothing here
+loads CUDA into this process. A CUDA build records its architectures in build-info.json
+(``"90-real"`` = SASS for sm_90, ``"90-virtual"`` = PTX that the driver JIT-compiles for sm_90
+and newer); :func:`check_compatibility` compares them with each visible GPU's compute capability
+and the driver's CUDA version.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import config
@@ -21,6 +25,9 @@ from .errors import GPUCompatibilityError
 log = logging.getLogger(__name__)
 
 NVIDIA_SMI_TIMEOUT_S = 15.0
+NVML_LIBRARY = "libnvidia-ml.so.1"
+_NVML_BUFFER = 96  # NVML_DEVICE_NAME_V2_BUFFER_SIZE and NVML_DEVICE_UUID_V2_BUFFER_SIZE; the driver version needs 80
+_MIB = 1 << 20
 _QUERY = "index,uuid,name,compute_cap,memory.total,memory.free,driver_version"
 
 
@@ -55,6 +62,7 @@ class GPUReport:
     gpus: tuple[GPUInfo, ...]
     driver_cuda_version: str | None  # the newest CUDA the driver supports, e.g. "12.4"
     error: str | None = None  # why nothing could be read, if so
+    source: str | None = None  # what answered: "nvml" or "nvidia-smi"; None if neither did
 
 
 def _run(args: list[str]) -> str | None:
@@ -108,15 +116,117 @@ def visible(gpus: list[GPUInfo], cuda_visible_devices: str | None) -> list[GPUIn
     return chosen
 
 
-def detect() -> GPUReport:
-    """The GPUs this process may use (CUDA_VISIBLE_DEVICES applied)."""
+class _NvmlMemory(ctypes.Structure):
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+
+_c_uint_p, _c_int_p, _handle_p = (ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_int),
+                                  ctypes.POINTER(ctypes.c_void_p))
+# name: argtypes (every NVML function returns an nvmlReturn_t, 0 = NVML_SUCCESS)
+_NVML_FUNCTIONS: dict[str, list[Any]] = {
+    "nvmlInit_v2": [],
+    "nvmlShutdown": [],
+    "nvmlDeviceGetCount_v2": [_c_uint_p],
+    "nvmlDeviceGetHandleByIndex_v2": [ctypes.c_uint, _handle_p],
+    "nvmlDeviceGetName": [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint],
+    "nvmlDeviceGetUUID": [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint],
+    "nvmlDeviceGetCudaComputeCapability": [ctypes.c_void_p, _c_int_p, _c_int_p],
+    "nvmlDeviceGetMemoryInfo": [ctypes.c_void_p, ctypes.POINTER(_NvmlMemory)],
+    "nvmlSystemGetDriverVersion": [ctypes.c_char_p, ctypes.c_uint],
+    "nvmlSystemGetCudaDriverVersion_v2": [_c_int_p],
+}
+_nvml_lock = threading.Lock()
+_nvml_lib: Any = None
+
+
+class NvmlError(RuntimeError):
+    """An NVML call that did not return NVML_SUCCESS."""
+
+
+def _nvml() -> Any:
+    """libnvidia-ml with the signatures above declared (opened once; raises OSError without a driver)."""
+    global _nvml_lib
+    with _nvml_lock:
+        if _nvml_lib is None:
+            lib = ctypes.CDLL(NVML_LIBRARY)
+            for name, argtypes in _NVML_FUNCTIONS.items():
+                func = getattr(lib, name)
+                func.restype, func.argtypes = ctypes.c_int, argtypes
+            lib.nvmlErrorString.restype, lib.nvmlErrorString.argtypes = ctypes.c_char_p, [ctypes.c_int]
+            _nvml_lib = lib
+        return _nvml_lib
+
+
+def _call(lib: Any, name: str, *args: Any) -> None:
+    code = getattr(lib, name)(*args)
+    if code != 0:
+        raise NvmlError(f"{name} failed: {(lib.nvmlErrorString(code) or b'error').decode()} ({code})")
+
+
+def _text(lib: Any, name: str, *args: Any, size: int = _NVML_BUFFER) -> str:
+    buf = ctypes.create_string_buffer(size)
+    _call(lib, name, *args, buf, size)
+    return buf.value.decode("utf-8", "replace")
+
+
+def cuda_version_text(version: int) -> str:
+    """NVML's CUDA driver version as nvidia-smi prints it: 12040 -> "12.4"."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def from_nvml() -> GPUReport:
+    """Every GPU the driver knows (CUDA_VISIBLE_DEVICES not applied), read through NVML.
+
+    Raises OSError when libnvidia-ml cannot be loaded, AttributeError when it lacks a function
+    (an old driver), NvmlError when a call fails.
+    """
+    lib = _nvml()
+    _call(lib, "nvmlInit_v2")
+    try:
+        driver = _text(lib, "nvmlSystemGetDriverVersion", size=80)
+        cuda = ctypes.c_int()
+        _call(lib, "nvmlSystemGetCudaDriverVersion_v2", ctypes.byref(cuda))
+        count = ctypes.c_uint()
+        _call(lib, "nvmlDeviceGetCount_v2", ctypes.byref(count))
+        gpus = []
+        for index in range(count.value):
+            handle = ctypes.c_void_p()
+            _call(lib, "nvmlDeviceGetHandleByIndex_v2", index, ctypes.byref(handle))
+            major, minor, memory = ctypes.c_int(), ctypes.c_int(), _NvmlMemory()
+            _call(lib, "nvmlDeviceGetCudaComputeCapability", handle, ctypes.byref(major), ctypes.byref(minor))
+            _call(lib, "nvmlDeviceGetMemoryInfo", handle, ctypes.byref(memory))
+            gpus.append(GPUInfo(
+                index=index, uuid=_text(lib, "nvmlDeviceGetUUID", handle), name=_text(lib, "nvmlDeviceGetName", handle),
+                compute_capability=(major.value, minor.value), memory_total_mib=memory.total // _MIB,
+                memory_free_mib=memory.free // _MIB, driver_version=driver))
+    finally:
+        lib.nvmlShutdown()
+    return GPUReport(tuple(gpus), cuda_version_text(cuda.value), source="nvml")
+
+
+def from_nvidia_smi() -> GPUReport:
+    """Every GPU ``nvidia-smi`` lists (CUDA_VISIBLE_DEVICES not applied): one query, one header for CUDA."""
     query = _run(["nvidia-smi", f"--query-gpu={_QUERY}", "--format=csv,noheader,nounits"])
     if query is None:
         return GPUReport((), None, error="nvidia-smi not found or failed: no NVIDIA driver visible")
     header = _run(["nvidia-smi"]) or ""
     match = re.search(r"CUDA Version:\s*([0-9.]+)", header)
-    gpus = visible(parse_query(query), config.cuda_visible_devices())
-    return GPUReport(tuple(gpus), match.group(1) if match else None)
+    return GPUReport(tuple(parse_query(query)), match.group(1) if match else None, source="nvidia-smi")
+
+
+def detect() -> GPUReport:
+    """The GPUs this process may use (CUDA_VISIBLE_DEVICES applied): NVML, else nvidia-smi.
+
+    ``source`` says which answered ("nvml" or "nvidia-smi"; None when neither did, with ``error``).
+    """
+    try:
+        report = from_nvml()
+    except (OSError, AttributeError, NvmlError) as exc:  # no driver library, an old one, or a call failed
+        log.debug("NVML unavailable (%s); reading nvidia-smi", exc)
+        report = from_nvidia_smi()
+        if report.source is None:
+            report = replace(report, error=f"{report.error} (NVML: {exc})")
+    return replace(report, gpus=tuple(visible(list(report.gpus), config.cuda_visible_devices())))
 
 
 def arch_supports(archs: list[str], sm: int) -> bool:

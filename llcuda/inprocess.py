@@ -19,31 +19,60 @@ import logging
 import queue
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import bootstrap, config, gpu, split, validation, vram
 from .batcher import STATS, Batcher, greedy_configs
 from .errors import ConfigError, LlcudaError, RequestTimeoutError
 from .generation import Request, Sampling, stop_words, stream_pieces
-from .libllama import FLASH_ATTN, SPLIT_MODES, c_int32, load_library, log_tail
+from .libllama import FLASH_ATTN, LOAD_MODES, SPLIT_MODES, c_int32, load_library, log_tail, set_device_order
 from .metrics import MetricsRecorder
 from .stream import TokenStream
 from .types import Binaries, InferResult, ServerSettings
 
+if TYPE_CHECKING:
+    from .models import ResolvedModel
+
 log = logging.getLogger(__name__)
 
 PER_SEQUENCE_CTX = 4096  # InProcessEngine's default context per sequence
+T = TypeVar("T")
+
+
+def _timed(func: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """``func(*args)`` and the seconds it took."""
+    t = time.perf_counter()
+    return func(*args), time.perf_counter() - t
+
+
+def _resolve(model: str | Path, offline: bool | None) -> ResolvedModel:
+    from .models import resolve_model  # ~0.05 s to import: inside the timed, overlapped part
+
+    return resolve_model(model, offline=offline)
+
+
+def _check_gpus(build_info: dict[str, Any], split_mode: str | None, tensor_split: Sequence[float] | None,
+                main_gpu: int | None) -> tuple[gpu.GPUReport | None, tuple[str | None, tuple[float, ...], int | None]]:
+    """The GPUs (one detection for both checks), their compatibility with the build, and the split."""
+    report = gpu.detect() if build_info.get("backend") == "cuda" else None
+    for warning in gpu.check_compatibility(build_info, report):
+        log.warning("%s", warning)
+    return report, split.prepare(build_info, split_mode, tensor_split, main_gpu)
 
 
 class InProcessEngine:
     """A model in this process, decoded by one worker thread with continuous batching.
 
-    After loading: ``load_seconds``, ``load_timings`` (seconds per phase: ``checks_s``, ``library_s``,
-    ``model_s``, ``context_s``, ``warmup_s``), ``backend_sampling`` (True once a token came back
-    from the device's sampler) and ``stats`` (decode steps, tokens, sampler-chain changes, and the
-    seconds spent in the ``llama_decode`` call, waiting for the device and in Python;
+    After loading: ``load_seconds``, ``load_mode`` (how the weights were read), ``load_timings``
+    (seconds per phase, which add up to ``load_seconds``: ``checks_s``, ``model_s``, ``context_s``,
+    ``warmup_s``; and the three parts of ``checks_s``, which run at the same time: ``resolve_s``
+    (finding the model, reading its metadata), ``detect_s`` (GPUs and their checks) and
+    ``library_s`` (opening libllama, initialising CUDA)), ``backend_sampling`` (True once a token
+    came back from the device's sampler) and ``stats`` (decode steps, tokens, sampler-chain changes,
+    and the seconds spent in the ``llama_decode`` call, waiting for the device and in Python;
     ``reset_stats()`` clears them). ``request_timeout``: seconds to wait for a token (default
     ``LLCUDA_REQUEST_TIMEOUT`` or 600).
     """
@@ -59,6 +88,7 @@ class InProcessEngine:
         self._batcher: Batcher | None = None
         self.model_name: str | None = None
         self.model_path: Path | None = None
+        self.load_mode: str | None = None
         self.load_seconds: float | None = None
         self.load_timings: dict[str, float] = {}
         self._stats_before: dict[str, float] = dict.fromkeys(STATS, 0)
@@ -80,16 +110,20 @@ class InProcessEngine:
         main_gpu: int | None = None,
         kv_unified: bool = False,
         offline: bool | None = None,
+        load_mode: str | None = None,
     ) -> InProcessEngine:
         """Load ``model`` (anything ``InferenceEngine.load_model`` takes) and start the worker.
 
         ``ctx_size`` is the whole KV cache (default 4096 tokens per sequence); each of the
         ``n_parallel`` sequences gets ``ctx_size / n_parallel`` tokens, or all of it with
         ``kv_unified=True`` (one cache shared by every sequence: faster below full occupancy, but a
-        full cache fails the requests of that decode step). Replaces a model loaded before.
-        """
-        from .models import resolve_model
+        full cache fails the requests of that decode step). Replaces a model loaded before, once the
+        new one passed the checks (model found, GPUs compatible, memory enough, libllama loaded).
 
+        ``load_mode``: how llama.cpp reads the weights: "auto" (its default, mmap), "mmap", "none"
+        (plain reads; with CUDA, asynchronous uploads through pinned buffers, often faster for a fully
+        offloaded model) or "direct_io"; default ``LLCUDA_LOAD_MODE``, else "auto".
+        """
         validation.integer(gpu_layers, "gpu_layers", -1, 100_000)
         validation.integer(n_parallel, "n_parallel", 1, 256)
         if flash_attn not in FLASH_ATTN:
@@ -99,27 +133,38 @@ class InProcessEngine:
         n_ubatch = min(validation.integer(ubatch_size or 512, "ubatch_size", 1, 1 << 20), n_batch)
         if threads is not None:
             validation.integer(threads, "threads", 1, 1024)
+        mode = config.load_mode(load_mode)
+        model = model if model is not None else config.default_model()
         t0 = time.perf_counter()
-        resolved = resolve_model(model if model is not None else config.default_model(), offline=offline)
-        binaries = self._binaries or bootstrap.find_binaries()
+        try:
+            binaries = self._binaries or bootstrap.find_binaries()
+        except LlcudaError:
+            _resolve(model, offline)  # a model that cannot be found is reported first, as before
+            raise
         build_info = binaries.build_info
-        report = gpu.detect() if build_info.get("backend") == "cuda" else None  # one nvidia-smi for both checks
-        for warning in gpu.check_compatibility(build_info, report):
-            log.warning("%s", warning)
-        split_mode, shares, main_gpu = split.prepare(build_info, split_mode, tensor_split, main_gpu)
-        settings = ServerSettings(model_path=resolved.path, ctx_size=n_ctx, gpu_layers=gpu_layers,
-                                  n_parallel=n_parallel, split_mode=split_mode, tensor_split=shares, main_gpu=main_gpu)
-        vram.check_memory(resolved.info, settings, build_info, report)  # before a CUDA out-of-memory crash
-        self.unload()
-        timings = {"checks_s": time.perf_counter() - t0}
-
-        t = time.perf_counter()
-        lib = self._lib = load_library(binaries)
-        timings["library_s"] = time.perf_counter() - t
+        timings: dict[str, float] = {}
+        set_device_order()  # before the threads: the library thread would set it otherwise
+        # Three parts at once: the GPU check and the library load (C code, without the GIL) run while
+        # this thread resolves the model (Python: GGUF metadata). Errors in the order of the parts:
+        # the model's, then the GPUs', then the library's. Leaving the block waits for both threads.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="llcuda-load") as pool:
+            gpus = pool.submit(_timed, _check_gpus, build_info, split_mode, tensor_split, main_gpu)
+            library = pool.submit(_timed, load_library, binaries)
+            resolved, timings["resolve_s"] = _timed(_resolve, model, offline)
+            (report, (split_mode, shares, main_gpu)), timings["detect_s"] = gpus.result()
+            settings = ServerSettings(model_path=resolved.path, ctx_size=n_ctx, gpu_layers=gpu_layers,
+                                      n_parallel=n_parallel, split_mode=split_mode, tensor_split=shares,
+                                      main_gpu=main_gpu)
+            vram.check_memory(resolved.info, settings, build_info, report)  # before a CUDA out-of-memory crash
+            lib, timings["library_s"] = library.result()
+        self.unload()  # the previous model, once the new one passed every check
+        self._lib = lib
+        timings = {"checks_s": time.perf_counter() - t0, **timings}
 
         t = time.perf_counter()
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = gpu_layers
+        mparams.load_mode = LOAD_MODES[mode]
         if split_mode is not None:
             mparams.split_mode = SPLIT_MODES[split_mode]
         if main_gpu is not None:
@@ -152,7 +197,7 @@ class InProcessEngine:
             raise LlcudaError("libllama could not create a context (out of GPU memory? lower ctx_size or "
                               f"n_parallel). Its log ends:\n{tail}")
         self._batcher = Batcher(lib, ctx, self._vocab, chains, n_batch, self.piece)
-        self.model_name, self.model_path = resolved.name, resolved.path
+        self.model_name, self.model_path, self.load_mode = resolved.name, resolved.path, mode
         timings["context_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -161,7 +206,7 @@ class InProcessEngine:
         self.load_timings, self.load_seconds = timings, time.perf_counter() - t0
         self.reset_stats()
         self.metrics.reset()
-        log.info("loaded %s in-process in %.2f s (%s)", resolved.name, self.load_seconds,
+        log.info("loaded %s in-process in %.2f s, load_mode %s (%s)", resolved.name, self.load_seconds, mode,
                  ", ".join(f"{k} {v:.3f}" for k, v in timings.items()))
         return self
 

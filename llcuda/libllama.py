@@ -24,6 +24,9 @@ LLAMA_TOKEN_NULL = -1
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama_sampler_init_dist: a random seed, drawn again on every reset
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+# llama_load_mode (config.LOAD_MODES names them), and llama-server's --load-mode spelling of each
+LOAD_MODES = {"auto": -1, "none": 0, "mmap": 1, "direct_io": 4}
+SERVER_LOAD_MODES = {"auto": "auto", "none": "none", "mmap": "mmap", "direct_io": "dio"}
 LOG_TAIL_LINES = 40
 
 
@@ -148,8 +151,18 @@ def log_tail(lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(recent_log().splitlines()[-lines:])
 
 
+def set_device_order() -> None:
+    """CUDA_DEVICE_ORDER=PCI_BUS_ID unless set: the device order llcuda gives llama.cpp children, so
+    main_gpu/tensor_split mean the same GPUs in-process. Call it before starting threads that could
+    read the environment at the same time (setenv is not thread-safe)."""
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+
 def load_library(binaries: Binaries) -> Any:
-    """libllama from the binaries' lib folder, with the signatures above declared (cached per path)."""
+    """libllama from the binaries' lib folder, with the signatures above declared (cached per path).
+
+    The first call opens it and initialises ggml's backends (CUDA's included); ctypes releases the
+    GIL meanwhile, so other threads run. Thread-safe."""
     if binaries.lib_dir is None:
         raise LlcudaError(f"no lib/ folder with libllama next to {binaries.bin_dir}; the in-process engine needs "
                           "the shared libraries of the llama.cpp build (conda/pixi and the wheel ship them).")
@@ -157,8 +170,7 @@ def load_library(binaries: Binaries) -> Any:
     with _lib_lock:
         if path in _libs:
             return _libs[path]
-        # The device order llcuda gives llama.cpp children, so main_gpu/tensor_split mean the same GPUs here.
-        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        set_device_order()
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:

@@ -43,3 +43,14 @@ def test_no_binaries_no_in_process(tmp_path: Path, monkeypatch):
     report = doctor.collect()
     assert report["binaries"]["found"] is False
     assert report["inprocess"]["loads"] is False and "binaries" in report["inprocess"]["error"]
+
+
+def test_the_gpu_report_says_where_it_came_from(binaries, monkeypatch):
+    from llcuda import gpu
+
+    monkeypatch.setenv("LLCUDA_BIN_DIR", str(binaries.bin_dir))
+    report = doctor.collect()["gpu"]
+    assert report["source"] == gpu.detect().source
+    assert report["source"] in ("nvml", "nvidia-smi", None)
+    if report["source"] is None:  # neither answered: say why
+        assert not report["gpus"] and "nvidia-smi" in report["error"] and "NVML" in report["error"]

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from llcuda import InferenceEngine, config
-from llcuda.errors import ConfigError, InferenceError, LlcudaError
+from llcuda.errors import ConfigError, GPUCompatibilityError, InferenceError, LlcudaError, ModelNotFoundError
 from llcuda.inprocess import InProcessEngine
+from llcuda.libllama import recent_log
 from llcuda.models import DEFAULT_MODEL, SMOLLM2_MODEL
+from llcuda.types import Binaries
 
 SLOTS = 8
 PROMPT = "The weather today"
@@ -198,8 +200,13 @@ def test_chat_needs_a_template_llama_cpp_knows(local):
 def test_health_timings_and_metrics(local):
     health = local.health()
     assert health["status"] == "ok" and health["backend"] == "inprocess" and health["slots"] == SLOTS
-    assert set(local.load_timings) >= {"library_s", "model_s", "context_s", "warmup_s"}
-    assert local.load_seconds and local.load_seconds >= sum(local.load_timings.values()) * 0.99
+    timings = local.load_timings
+    phases = ("checks_s", "model_s", "context_s", "warmup_s")  # one after another
+    assert set(timings) == {*phases, "resolve_s", "detect_s", "library_s"}
+    assert local.load_seconds and local.load_seconds >= sum(timings[k] for k in phases) * 0.99
+    for part in ("resolve_s", "detect_s", "library_s"):  # at the same time, within checks_s
+        assert 0 <= timings[part] <= timings["checks_s"]
+    assert local.load_mode == "auto"
     local.reset_metrics()
     greedy(local, n=4)
     assert local.get_metrics().requests == 1 and local.get_metrics().tokens_generated == 4
@@ -246,6 +253,83 @@ def test_unload_fails_queued_requests(binaries, tiny_model):
         t.join(30)
     assert not any(t.is_alive() for t in threads), "a caller hangs after unload()"
     assert len(errors) == 4 and all(isinstance(e, InferenceError) and "unloaded" in str(e) for e in errors)
+
+
+# -- loading: load_mode, checks that run at the same time -------------------------------------------
+def _loader_mode() -> str:
+    """The load_mode llama.cpp's loader logged last ("loading model tensors ... (load_mode = X)")."""
+    lines = [line for line in recent_log().splitlines() if "(load_mode = " in line]
+    assert lines, "libllama logged no load_mode"
+    return lines[-1].rsplit("(load_mode = ", 1)[1].rstrip(")")
+
+
+def test_load_modes_read_the_same_weights(binaries, tiny_model, monkeypatch):
+    monkeypatch.delenv("LLCUDA_LOAD_MODE", raising=False)
+    texts = {}
+    for mode in ("none", "mmap"):
+        with InProcessEngine(binaries=binaries).load_model(tiny_model, ctx_size=512, threads=1,
+                                                           load_mode=mode) as engine:
+            assert engine.load_mode == mode and _loader_mode() == mode
+            texts[mode] = engine.infer(PROMPT, max_tokens=24, ignore_eos=True).text
+    assert texts["none"] == texts["mmap"] and texts["none"]
+    monkeypatch.setenv("LLCUDA_LOAD_MODE", "none")  # the default when the argument is left out
+    with InProcessEngine(binaries=binaries).load_model(tiny_model, ctx_size=512, threads=1) as engine:
+        assert engine.load_mode == "none" and _loader_mode() == "none"
+
+
+def test_a_bad_load_mode_fails_before_anything_loads(binaries, monkeypatch):
+    engine = InProcessEngine(binaries=binaries)
+    with pytest.raises(ConfigError, match="^load_mode='mlock' must be one of 'auto', 'mmap', 'none', 'direct_io'"):
+        engine.load_model("/no/such/model.gguf", load_mode="mlock")  # before the model is looked for
+    monkeypatch.setenv("LLCUDA_LOAD_MODE", "fast")
+    with pytest.raises(ConfigError, match="^LLCUDA_LOAD_MODE='fast'"):
+        engine.load_model("/no/such/model.gguf")
+    with pytest.raises(ConfigError, match="^LLCUDA_LOAD_MODE='fast'"):
+        InferenceEngine(binaries=binaries).load_model("/no/such/model.gguf")  # the server backend too
+    assert not engine.is_loaded
+
+
+def test_load_mode_reaches_llama_server(binaries, tiny_model, isolated_home):
+    with InferenceEngine(binaries=binaries).load_model(tiny_model, ctx_size=512, n_parallel=1, threads=1,
+                                                       load_mode="none", extra_args=["-lv", "4"]) as engine:
+        assert engine.load_mode == "none" and engine.server is not None  # -lv 4: the loader's lines too
+        assert engine.server.settings.extra_args == ("-lv", "4", "--load-mode", "none")
+        assert engine.infer(PROMPT, max_tokens=4, temperature=0.0).tokens_generated == 4
+        assert engine.server.log_path is not None
+        assert "(load_mode = none)" in engine.server.log_path.read_text(errors="replace")
+
+
+def _no_load_threads() -> bool:
+    return not any(t.name.startswith("llcuda-load") for t in threading.enumerate())
+
+
+def test_check_errors_come_in_order_and_leave_no_threads(binaries, tiny_model):
+    """The model, the GPUs and the library are checked at the same time; their errors come in that order."""
+    no_lib = Binaries(bin_dir=binaries.bin_dir, lib_dir=None, source="test", build_info={"backend": "cpu"})
+    with pytest.raises(ModelNotFoundError):
+        InProcessEngine(binaries=no_lib).load_model("/no/such/model.gguf")
+    assert _no_load_threads()
+    with pytest.raises(LlcudaError, match="no lib/ folder"):
+        InProcessEngine(binaries=no_lib).load_model(tiny_model)
+    assert _no_load_threads()
+    cuda = Binaries(bin_dir=binaries.bin_dir, lib_dir=None, source="test",
+                    build_info={"backend": "cuda", "cuda_archs": ["1-real"]})  # kernels for no real GPU
+    with pytest.raises(ModelNotFoundError):
+        InProcessEngine(binaries=cuda).load_model("/no/such/model.gguf")
+    with pytest.raises(GPUCompatibilityError):  # no GPU here, or one the build has no kernels for
+        InProcessEngine(binaries=cuda).load_model(tiny_model)
+    with pytest.raises(ConfigError, match="tensor_split"):  # the split is checked with the GPUs, before the library
+        InProcessEngine(binaries=no_lib).load_model(tiny_model, tensor_split="3,1")
+    assert _no_load_threads()
+
+
+def test_a_failed_check_keeps_the_loaded_model(binaries, tiny_model):
+    with InProcessEngine(binaries=binaries).load_model(tiny_model, ctx_size=512, threads=1) as engine:
+        with pytest.raises(ModelNotFoundError):
+            engine.load_model("/no/such/model.gguf")
+        assert engine.is_loaded and engine.infer(PROMPT, max_tokens=2, ignore_eos=True).tokens_generated == 2
+        engine.load_model(tiny_model, ctx_size=512, threads=1)  # the library is loaded once; the model again
+        assert engine.is_loaded and engine.load_timings["library_s"] < 0.5
 
 
 # -- real models --------------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +52,55 @@ def test_parse_nvidia_smi_and_visible_devices():
     assert [g.index for g in gpu.visible(gpus, "GPU-bbbb,0")] == [1, 0]
     assert gpu.visible(gpus, "") == []
     assert gpu.visible(gpus, None) == gpus
+
+
+def _nvml_loads() -> bool:
+    try:
+        ctypes.CDLL(gpu.NVML_LIBRARY)
+    except OSError:
+        return False
+    return True
+
+
+def _fake_nvidia_smi(folder: Path) -> Path:
+    """An ``nvidia-smi`` that answers the query with SMI and prints a header (the fallback's two calls)."""
+    folder.mkdir()
+    smi = folder / "nvidia-smi"
+    smi.write_text('#!/bin/sh\nif [ -n "$1" ]; then printf \'%s\' "$SMI_QUERY"; else '
+                   'echo "| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |"; fi\n')
+    smi.chmod(0o755)
+    return folder
+
+
+@pytest.mark.skipif(_nvml_loads(), reason="libnvidia-ml loads here: NVML answers, nothing falls back")
+def test_detect_falls_back_to_nvidia_smi_without_nvml(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PATH", str(_fake_nvidia_smi(tmp_path / "bin")))
+    monkeypatch.setenv("SMI_QUERY", SMI)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with caplog.at_level(logging.DEBUG, logger="llcuda.gpu"):
+        report = gpu.detect()
+    assert report.source == "nvidia-smi" and report.error is None
+    assert [g.name for g in report.gpus] == ["NVIDIA H100 80GB HBM3", "Tesla T4"]
+    assert report.driver_cuda_version == "12.4" and report.gpus[0].driver_version == "550.54.15"
+    assert any("NVML unavailable" in r.getMessage() and "reading nvidia-smi" in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb")  # applied to whichever source answered
+    assert [g.uuid for g in gpu.detect().gpus] == ["GPU-bbbb"]
+
+
+@pytest.mark.skipif(_nvml_loads(), reason="libnvidia-ml loads here")
+def test_detect_without_nvml_or_nvidia_smi_says_why(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    report = gpu.detect()
+    assert report.gpus == () and report.source is None and report.driver_cuda_version is None
+    assert report.error and "nvidia-smi not found" in report.error and f"NVML: {gpu.NVML_LIBRARY}" in report.error
+
+
+def test_nvml_cuda_version_reads_like_nvidia_smi():
+    assert gpu.cuda_version_text(12040) == "12.4"
+    assert gpu.cuda_version_text(12080) == "12.8"
+    assert gpu.cuda_version_text(13000) == "13.0"
+    assert gpu.cuda_version_text(11020) == "11.2"
 
 
 @pytest.mark.parametrize(
@@ -105,6 +157,24 @@ def test_config_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert config.offline() is True
     assert config.offline(False) is False
+
+
+def test_load_mode_precedence_and_values(monkeypatch):
+    monkeypatch.delenv("LLCUDA_LOAD_MODE", raising=False)
+    assert config.load_mode() == "auto"
+    assert [config.load_mode(m) for m in ("auto", "mmap", "none", "direct_io", "Direct-IO")] == [
+        "auto", "mmap", "none", "direct_io", "direct_io"]
+    monkeypatch.setenv("LLCUDA_LOAD_MODE", "none")
+    assert config.load_mode() == "none"
+    assert config.load_mode("mmap") == "mmap"  # the argument wins
+    with pytest.raises(ConfigError, match="^load_mode='mlock' must be one of 'auto', 'mmap', 'none', 'direct_io'"):
+        config.load_mode("mlock")
+    monkeypatch.setenv("LLCUDA_LOAD_MODE", "fast")
+    with pytest.raises(ConfigError, match="^LLCUDA_LOAD_MODE='fast' must be one of"):
+        config.load_mode()
+    from llcuda.libllama import LOAD_MODES, SERVER_LOAD_MODES
+
+    assert set(config.LOAD_MODES) == set(LOAD_MODES) == set(SERVER_LOAD_MODES)
 
 
 def test_import_is_lazy_and_side_effect_free(tmp_path):

@@ -41,11 +41,13 @@ class InProcessBackend:
         self.model_path: Path | None = None
         self.load_seconds: float | None = None
         self.load_timings: dict[str, float] = {}
+        self.load_mode: str | None = None
 
     # -- loading -----------------------------------------------------------------------------
     def load(self, model: str | Path, *, offline: bool | None, pooling: str | None, gpu_layers: int,
              ctx_size: int, flash_attn: str, threads: int | None, split_mode: str | None,
-             tensor_split: Sequence[float] | None, main_gpu: int | None, **params: Any) -> None:
+             tensor_split: Sequence[float] | None, main_gpu: int | None, load_mode: str | None = None,
+             **params: Any) -> None:
         """Load ``model`` with libllama; ``params`` go to :meth:`InProcessEngine.load_model` as they are."""
         from ..inprocess import InProcessEngine
 
@@ -55,12 +57,13 @@ class InProcessBackend:
             self.unload()
             engine.load_model(model, offline=offline, gpu_layers=gpu_layers, ctx_size=ctx_size,
                               flash_attn=flash_attn, threads=threads, split_mode=split_mode,
-                              tensor_split=tensor_split, main_gpu=main_gpu, **params)
+                              tensor_split=tensor_split, main_gpu=main_gpu, load_mode=load_mode, **params)
             if engine.model_path is None:
                 raise LlcudaError("the in-process engine loaded no model; this is a bug in llcuda, please report it.")
             self._engine = engine
             self.model_name, self.model_path = engine.model_name, engine.model_path
             self.load_seconds, self.load_timings = engine.load_seconds, dict(engine.load_timings)
+            self.load_mode = engine.load_mode
             self._embed_settings = ServerSettings(
                 model_path=engine.model_path, ctx_size=ctx_size, gpu_layers=gpu_layers, flash_attn=flash_attn,
                 threads=threads, pooling=pooling, alias=engine.model_name, split_mode=split_mode,
