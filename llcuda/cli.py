@@ -278,7 +278,8 @@ def _doctor_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"binaries: NOT FOUND\n{b.get('error')}")
     g = report["gpu"]
     if g["gpus"]:
-        lines.append(f"GPUs (driver {g['gpus'][0]['driver_version']}, CUDA {g['driver_cuda_version']}):")
+        lines.append(f"GPUs (driver {g['gpus'][0]['driver_version']}, CUDA {g['driver_cuda_version']}, via "
+                     f"{g.get('source') or '?'}):")
         for gpu in g["gpus"]:
             lines.append(f"  [{gpu['index']}] {gpu['name']}  compute capability {gpu['compute_capability']}  "
                          f"{gpu['memory_free_mib']}/{gpu['memory_total_mib']} MiB free")

@@ -60,7 +60,7 @@ def _check_gpus(build_info: dict[str, Any], split_mode: str | None, tensor_split
     report = gpu.detect() if build_info.get("backend") == "cuda" else None
     for warning in gpu.check_compatibility(build_info, report):
         log.warning("%s", warning)
-    return report, split.prepare(build_info, split_mode, tensor_split, main_gpu)
+    return report, split.prepare(build_info, split_mode, tensor_split, main_gpu, report=report)
 
 
 class InProcessEngine:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError
-from .gpu import GPUInfo
+from .gpu import GPUInfo, GPUReport
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,16 @@ def prepare(
     tensor_split: Sequence[float] | None,
     main_gpu: int | None,
     rpc: Sequence[str] = (),
+    report: GPUReport | None = None,
 ) -> tuple[str | None, tuple[float, ...], int | None]:
-    """:func:`validate` against the GPUs these binaries will see, and log the split llama.cpp will make."""
-    from .gpu import detect
+    """:func:`validate` against the GPUs these binaries will see, and log the split llama.cpp will make.
+
+    ``report``: a detection the caller already made (one detection serves every check of a load).
+    """
+    from .gpu import detect  # at call time: tests replace it
 
     backend = build_info.get("backend")
-    gpus = detect().gpus if backend == "cuda" else ()
+    gpus = (report or detect()).gpus if backend == "cuda" else ()
     local = len(gpus) if backend == "cuda" else 0 if backend == "cpu" else None
     split_mode, shares, main_gpu = validate(split_mode, tensor_split, main_gpu, rpc=rpc, local_gpus=local)
     if local == 0 and not rpc and (split_mode or shares or main_gpu is not None):

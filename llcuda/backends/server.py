@@ -68,11 +68,12 @@ class ServerBackend:
 
         resolved = resolve_model(model, offline=offline)
         binaries = self._binaries or bootstrap.find_binaries()
-        for warning in gpu.check_compatibility(binaries.build_info):
+        report = gpu.detect() if binaries.build_info.get("backend") == "cuda" else None  # one detection for all
+        for warning in gpu.check_compatibility(binaries.build_info, report):
             log.warning("%s", warning)
         endpoints = rpc_workers.parse_endpoints(rpc)
         split_mode, split_shares, main_gpu = split.prepare(binaries.build_info, split_mode, tensor_split, main_gpu,
-                                                           endpoints)
+                                                           endpoints, report=report)
         if binaries.build_info.get("backend") == "cpu" and gpu_layers and not endpoints:
             log.info("CPU build of llama.cpp: layers run on the CPU (gpu_layers ignored)")
         settings = ServerSettings(
@@ -81,7 +82,7 @@ class ServerBackend:
             extra_args=tuple(extra_args), **options,
         )
         rpc_workers.check_workers(endpoints)  # before unloading: an unreachable worker keeps the old model
-        vram.check_memory(resolved.info, settings, binaries.build_info)  # before a CUDA out-of-memory crash
+        vram.check_memory(resolved.info, settings, binaries.build_info, report)  # before a CUDA out-of-memory crash
         server = LlamaServer(settings, binaries=binaries)  # validates: a bad argument leaves the old model running
         with self._lock:
             self.unload()
