@@ -16,7 +16,8 @@
 # One warm machine, several calls (a machine stays warm ~30 s after a call; files outside the carried
 # paths stay): stage `start` launches stage `pipeline` in its own process session, so it outlives the
 # call, and returns at once; `part` adds a piece of the real Gemma-3-270M file (.carry-part/, too big for
-# one call's 64 MiB); `wait` follows the pipeline for up to WAIT_SECONDS (540) and returns what it made.
+# one call's 64 MiB); `wait` follows the pipeline for up to WAIT_SECONDS (540) and returns what it made;
+# `update` (carry .carry-head) swaps in a newer commit's llcuda/ and tests/ before the pipeline uses them.
 #   start: carry [".carry", ".carry-head", ".carry-part", ".whl"]   then   part: carry [".carry-part"]
 #   pipeline: sm_90 build (recipe patches) + test-backend-ops ARGMAX, the 1B model beside it; the real
 #   Gemma reassembled and checked (sha256); pytest -m gpu on it; both matrices; diag; the prefix packed.
@@ -85,6 +86,11 @@ start)
 part)
     mkdir -p "$PIPE/parts" && mv .carry-part/* "$PIPE/parts/"
     echo "parts: $(ls -la "$PIPE/parts" | awk 'NR>1 {print $5, $9}' | tr '\n' ' ')"
+    tail -3 "$PIPE/pipeline.log"
+    exit 0
+    ;;
+update) # a newer commit's llcuda/ and tests/ (.carry-head/head.tar) for the pipeline's later steps
+    tar -xf .carry-head/head.tar -C "$PIPE/repo" llcuda tests && echo "pipeline repo: llcuda/ and tests/ updated"
     tail -3 "$PIPE/pipeline.log"
     exit 0
     ;;
