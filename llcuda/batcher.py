@@ -6,6 +6,13 @@ attached to the context (llama.cpp's *backend sampling*): the chosen token comes
 device instead of the logits. A request whose sampling differs from its sequence's chain gets a
 new chain (``llama_set_sampler``), after which llama.cpp re-reserves its graphs once (tens of ms
 on a GPU); greedy requests never change a chain.
+
+Host time per step counts like the device's (64 sequences: a few ms of GPU work per step). The
+per-token libllama calls of a step take a microsecond or less, so they are made with the GIL held
+(:func:`gil_holding`); callers (futures, stream readers) are woken only at the end of a step; the
+batch arrays are filled by slice. A woken caller that gets the GIL while the worker is in a
+GIL-releasing call can keep it until it blocks or for the switch interval (5 ms): with ctypes'
+usual calls, ending 64 requests in one step cost milliseconds.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import ctypes
 import heapq
 import logging
+import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from .errors import InferenceError, LlcudaError
@@ -25,6 +35,33 @@ from .libllama import LLAMA_DEFAULT_SEED, LLAMA_TOKEN_NULL, Batch, SamplerSeqCon
 log = logging.getLogger(__name__)
 
 STATS = ("steps", "tokens", "decode_call_s", "wait_s", "host_s", "sampler_changes")
+# Called per token or per request, each a few µs at most (llama_get_sampled_token_ith: a stream
+# synchronize each, ~3 µs on an H100 host); llama_decode, llama_synchronize and CPU sampling, which
+# take milliseconds, still release the GIL.
+GIL_HELD = ("llama_get_sampled_token_ith", "llama_vocab_is_eog", "llama_memory_seq_rm", "llama_sampler_reset")
+
+
+def gil_holding(lib: Any, names: Iterable[str] = GIL_HELD) -> SimpleNamespace:
+    """``lib``'s functions ``names`` called through ``ctypes.PyDLL``: the GIL stays held, so no other
+    thread can take it in the middle of a step.
+
+    They take pointers as ``c_void_p`` objects and int32s as Python ints, without per-call argument
+    conversion (a third of a call's cost); only functions of such arguments qualify.
+    """
+    py = ctypes.PyDLL(lib._name, handle=lib._handle)  # the same loaded library, not a second dlopen
+    funcs = {}
+    for name in names:
+        ours, theirs = getattr(py, name), getattr(lib, name)
+        if not all(t in (ctypes.c_void_p, c_int32) for t in theirs.argtypes):
+            raise LlcudaError(f"{name} takes {theirs.argtypes}, not only pointers and int32s: "
+                              "call it through the library itself.")
+        ours.restype = theirs.restype
+        funcs[name] = ours
+    return SimpleNamespace(**funcs)
+
+
+def _seq_of(req: Request) -> int:
+    return req.seq
 
 
 def new_chain(lib: Any, sampling: Sampling) -> int:
@@ -61,7 +98,15 @@ class Batcher:
     def __init__(self, lib: Any, ctx: Any, vocab: Any, chains: list[int], n_batch: int,
                  piece: Any) -> None:
         self._lib, self._ctx, self._vocab, self._piece = lib, ctx, vocab, piece
+        fast = gil_holding(lib)
+        self._sampled_token, self._vocab_is_eog, self._seq_rm, self._sampler_reset = (
+            fast.llama_get_sampled_token_ith, fast.llama_vocab_is_eog, fast.llama_memory_seq_rm,
+            fast.llama_sampler_reset)
         self._mem = lib.llama_get_memory(ctx)
+        # the same pointers as c_void_p objects, for those GIL-holding functions
+        self._ctx_p, self._vocab_p, self._mem_p = (ctypes.c_void_p(p) for p in (ctx, vocab, self._mem))
+        self._is_eog: dict[int, bool] = {}  # llama_vocab_is_eog of each token seen so far
+        self._pieces: dict[int, bytes] = {}  # piece(token) of each token seen by a request with stop strings
         self._chains = chains
         self._chain_sampling: list[Sampling] = [GREEDY] * len(chains)
         self.n_parallel, self.n_batch = len(chains), n_batch
@@ -71,6 +116,7 @@ class Batcher:
         self._queue: deque[Request] = deque()
         self._active: list[Request] = []
         self._free_seqs = list(range(self.n_parallel))  # a heap: the lowest free sequence id first
+        self._cancels = False  # a request was cancelled since the worker last looked
         self._closing = False
         self.backend_sampling: bool | None = None  # known after the first token
         self.stats: dict[str, float] = dict.fromkeys(STATS, 0)
@@ -78,13 +124,15 @@ class Batcher:
         self._worker.start()
 
     def _alloc_batch(self, n: int) -> None:
-        self._tok = (c_int32 * n)()
-        self._pos = (c_int32 * n)()
+        self._tok: Any = (c_int32 * n)()  # Any: filled by slice from lists of ints
+        self._pos: Any = (c_int32 * n)()
         self._nseq = (c_int32 * n)(*([1] * n))
-        self._seqv = (c_int32 * n)()
+        self._seqv: Any = (c_int32 * n)()
         self._seqp = (ctypes.POINTER(c_int32) * n)(
             *(ctypes.cast(ctypes.byref(self._seqv, 4 * i), ctypes.POINTER(c_int32)) for i in range(n)))
         self._out = (ctypes.c_int8 * n)()
+        self._out_bytes = memoryview(self._out).cast("B")  # output flags, set by slice from these bytes:
+        self._ones, self._zeros = b"\x01" * n, bytes(n)
         self._batch = Batch(0, self._tok, None, self._pos, self._nseq, self._seqp, self._out)
 
     def put(self, req: Request) -> None:
@@ -97,7 +145,7 @@ class Batcher:
     def cancel(self, req: Request) -> None:
         """Stop decoding ``req`` at the next step (its caller gave up)."""
         with self._cv:
-            req.cancelled = True
+            req.cancelled = self._cancels = True
             self._cv.notify()
 
     def load(self) -> tuple[int, int, bool]:
@@ -129,24 +177,25 @@ class Batcher:
                     self._queue.clear()
                     self._active.clear()
                     return
-                for req in [r for r in self._queue if r.cancelled]:
-                    self._queue.remove(req)
-                    req.end(InferenceError("cancelled"))
+                cancels, self._cancels = self._cancels, False
+                if cancels:
+                    for req in [r for r in self._queue if r.cancelled]:
+                        self._queue.remove(req)
+                        req.end(InferenceError("cancelled"))
                 new = []
                 while self._queue and self._free_seqs:
                     req = self._queue.popleft()
                     req.seq = heapq.heappop(self._free_seqs)
                     new.append(req)
             try:
-                for req in [r for r in self._active if r.cancelled]:
-                    self._active.remove(req)
-                    self._release(req)
-                    req.end(InferenceError("cancelled"))
-                for req in new:
-                    self._active.append(req)
-                    self._attach(req)
+                if cancels:
+                    self._finish([r for r in self._active if r.cancelled], InferenceError("cancelled"))
+                if new:
+                    for req in new:
+                        self._active.append(req)
+                        self._attach(req)
+                    self._active.sort(key=_seq_of)  # only a new request can break the order
                 if self._active:
-                    self._active.sort(key=lambda r: r.seq)
                     self._step()
             except Exception as exc:  # noqa: BLE001 - fails this step's requests; the engine goes on
                 log.warning("in-process decode step failed: %s", exc)
@@ -165,65 +214,101 @@ class Batcher:
         # Tokens go in ascending sequence-id order and ids are handed out lowest-first: with one KV
         # stream per sequence (kv_unified=False) llama.cpp puts only *consecutive* ids s, s+1, ... in
         # one ubatch (llama_batch_allocr::split_equal), so scattered ids would mean one graph per sequence.
-        lib, tok, pos, seqv, out = self._lib, self._tok, self._pos, self._seqv, self._out
+        # self._active is kept in that order (sorted when a request joins; removals keep it).
+        lib, ctx, flags = self._lib, self._ctx, self._out_bytes
+        tok, pos, seqv = self._tok, self._pos, self._seqv
         t0 = time.perf_counter()
-        n = 0
-        outputs: list[tuple[int, Request]] = []
+        toks: list[int] = []
+        poss: list[int] = []
+        seqs: list[int] = []
+        decoding: list[Request] = []
+        prefilling: list[Request] = []
         for req in self._active:  # one token for every decoding sequence
-            if req.prefilled == len(req.tokens):
-                tok[n], pos[n], seqv[n], out[n] = req.out[-1], len(req.tokens) + len(req.out) - 1, req.seq, 1
-                outputs.append((n, req))
-                n += 1
-        for req in self._active:  # prompt chunks fill the rest of the batch
-            left = len(req.tokens) - req.prefilled
-            if left == 0:
-                continue
-            take = min(left, self.n_batch - n)
+            n_prompt, out = len(req.tokens), req.out
+            if req.prefilled == n_prompt:
+                toks.append(out[-1])
+                poss.append(n_prompt + len(out) - 1)
+                seqs.append(req.seq)
+                decoding.append(req)
+            else:
+                prefilling.append(req)
+        n = len(decoding)
+        tok[:n], pos[:n], seqv[:n], flags[:n] = toks, poss, seqs, self._ones[:n]
+        outputs = list(enumerate(decoding))  # (batch row, request) of every token sampled in this step
+        first: list[Request] = []  # requests whose prompt ends in this batch
+        for req in prefilling:  # prompt chunks fill the rest of the batch
+            take = min(len(req.tokens) - req.prefilled, self.n_batch - n)
             if take <= 0:
                 break
-            p0 = req.prefilled
-            for j in range(take):
-                tok[n], pos[n], seqv[n], out[n] = req.tokens[p0 + j], p0 + j, req.seq, 0
-                n += 1
+            p0, end = req.prefilled, n + take
+            tok[n:end] = req.tokens[p0:p0 + take]
+            pos[n:end] = list(range(p0, p0 + take))
+            seqv[n:end] = [req.seq] * take
+            flags[n:end] = self._zeros[:take]
             req.prefilled += take
             if req.prefilled == len(req.tokens):
-                out[n - 1] = 1
-                outputs.append((n - 1, req))
+                flags[end - 1] = 1
+                outputs.append((end - 1, req))
+                first.append(req)
+            n = end
         self._batch.n_tokens = n
         t1 = time.perf_counter()
-        rc = lib.llama_decode(self._ctx, self._batch)
+        rc = lib.llama_decode(ctx, self._batch)
         t2 = time.perf_counter()
         if rc != 0:
             raise InferenceError(f"llama_decode failed with code {rc} for a batch of {n} tokens (1: the KV cache "
                                  "is full; lower n_parallel or max_tokens, or raise ctx_size).", log_tail=log_tail())
-        lib.llama_synchronize(self._ctx)
+        lib.llama_synchronize(ctx)
         t3 = time.perf_counter()
-        finished = []
-        for idx, req in outputs:
-            token = lib.llama_get_sampled_token_ith(self._ctx, idx)
+        for req in first:
+            req.first_token = t3
+        if n > len(decoding) and outputs:
+            # With prompt chunks the outputs can come out of batch order; the first read puts them back,
+            # swapping vocabulary-sized rows of the sampler buffers (tens of ms for 64 rows of a 262k
+            # vocabulary): this one read lets the GIL go meanwhile.
+            lib.llama_get_sampled_token_ith(ctx, outputs[0][0])
+        sampled_token, ctx_p = self._sampled_token, self._ctx_p
+        vocab_is_eog, vocab_p, is_eog, pieces = self._vocab_is_eog, self._vocab_p, self._is_eog, self._pieces
+        finished: list[Request] = []
+        streamed: list[tuple[queue.SimpleQueue[int | None], int]] = []
+        on_cpu = False
+        for row, req in outputs:
+            token = sampled_token(ctx_p, row)
             if token == LLAMA_TOKEN_NULL:  # the sampler chain could not run on the backend
-                self.backend_sampling = False
-                token = lib.llama_sampler_sample(self._chains[req.seq], self._ctx, idx)
-            elif self.backend_sampling is None:
-                self.backend_sampling = True
-            if req.first_token is None:
-                req.first_token = t3
-            req.out.append(token)
-            if not req.ignore_eos and lib.llama_vocab_is_eog(self._vocab, token):
-                req.finish = "stop"
-                finished.append(req)
-            elif req.stop and req.find_stop(self._piece(token)):
-                finished.append(req)  # not streamed: the text up to the stop string comes with the result
-            else:
-                if req.stream is not None:
-                    req.stream.put(token)
-                if len(req.out) >= req.max_tokens:
+                on_cpu = True
+                token = lib.llama_sampler_sample(self._chains[req.seq], ctx, row)
+            out = req.out
+            out.append(token)
+            if not req.ignore_eos:
+                eog = is_eog.get(token)
+                if eog is None:
+                    eog = is_eog[token] = bool(vocab_is_eog(vocab_p, token))
+                if eog:
+                    req.finish = "stop"
                     finished.append(req)
-        for req in finished:
-            self._active.remove(req)
-            self._release(req)
-            req.done = t3
-            req.end()
+                    continue
+            if req.stop:
+                piece = pieces.get(token)
+                if piece is None:
+                    piece = pieces[token] = self._piece(token)
+                if req.find_stop(piece):
+                    finished.append(req)  # not streamed: the text up to the stop string comes with the result
+                    continue
+            stream = req.stream
+            if stream is not None:
+                streamed.append((stream, token))
+            if len(out) >= req.max_tokens:
+                finished.append(req)
+        if on_cpu:
+            self.backend_sampling = False
+        elif self.backend_sampling is None and outputs:
+            self.backend_sampling = True
+        for stream, token in streamed:  # callers wake only now (see the module's docstring)
+            stream.put(token)
+        if finished:
+            for req in finished:
+                req.done = t3
+            self._finish(finished)
         t4 = time.perf_counter()
         stats = self.stats
         stats["steps"] += 1
@@ -231,6 +316,21 @@ class Batcher:
         stats["decode_call_s"] += t2 - t1
         stats["wait_s"] += t3 - t2
         stats["host_s"] += (t1 - t0) + (t4 - t3)
+
+    def _finish(self, reqs: list[Request], error: BaseException | None = None) -> None:
+        """Take ``reqs`` out of the batch, free their sequences, then wake their callers."""
+        if not reqs:
+            return
+        seq_rm, mem_p = self._seq_rm, self._mem_p
+        for req in reqs:
+            seq_rm(mem_p, req.seq, -1, -1)
+        gone = set(reqs)
+        self._active[:] = [r for r in self._active if r not in gone]
+        with self._cv:
+            for req in reqs:
+                heapq.heappush(self._free_seqs, req.seq)
+        for req in reqs:
+            req.end(error)
 
     def _attach(self, req: Request) -> None:
         """Give ``req``'s sequence a sampler chain for its sampling (a new one only when it differs)."""
@@ -242,9 +342,10 @@ class Batcher:
             lib.llama_sampler_free(self._chains[seq])
             self._chains[seq], self._chain_sampling[seq] = chain, req.sampling
             self.stats["sampler_changes"] += 1
-        lib.llama_sampler_reset(self._chains[seq])  # a seeded chain starts its random numbers afresh
+        # a seeded chain starts its random numbers afresh
+        self._sampler_reset(ctypes.c_void_p(self._chains[seq]))
 
     def _release(self, req: Request) -> None:
-        self._lib.llama_memory_seq_rm(self._mem, req.seq, -1, -1)
+        self._seq_rm(self._mem_p, req.seq, -1, -1)
         with self._cv:
             heapq.heappush(self._free_seqs, req.seq)

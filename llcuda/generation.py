@@ -11,7 +11,7 @@ import codecs
 import queue
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,11 +34,7 @@ class Sampling:
     @classmethod
     def make(cls, temperature: float, top_p: float, top_k: int, seed: int | None) -> Sampling:
         """Validated settings; every greedy request gets the same (greedy) value, whatever its top_p/top_k/seed."""
-        temperature = validation.number(temperature, "temperature", 0.0, 100.0)
-        top_p = validation.number(top_p, "top_p", 0.0, 1.0)
-        top_k = validation.integer(top_k, "top_k", 0, 1_000_000)
-        if seed is not None:
-            seed = validation.integer(seed, "seed", -1, 2**32 - 1)
+        temperature, top_p, top_k, seed = validation.sampling(temperature, top_p, top_k, seed)
         if temperature <= 0.0:
             return GREEDY
         return cls(temperature, top_p, top_k, None if seed in (None, -1, 2**32 - 1) else seed)
@@ -89,12 +85,13 @@ class Request:
         """Wake whoever waits: the stream's reader and the future (with ``error`` if it failed)."""
         if self.stream is not None:
             self.stream.put(None)
-        if self.future.done():
-            return
-        if error is None:
-            self.future.set_result(self)
-        else:
-            self.future.set_exception(error)
+        try:  # one lock round instead of done() and then set_*()
+            if error is None:
+                self.future.set_result(self)
+            else:
+                self.future.set_exception(error)
+        except InvalidStateError:  # it had ended (or its future was cancelled) already
+            pass
 
 
 def stop_words(stop: str | Sequence[str] | None) -> tuple[bytes, ...]:

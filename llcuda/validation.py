@@ -44,6 +44,21 @@ def integer(value: object, name: str, low: int, high: int) -> int:
     return value
 
 
+def sampling(temperature: object, top_p: object, top_k: object,
+             seed: object) -> tuple[float, float, int, int | None]:
+    """``(temperature, top_p, top_k, seed)`` checked, in that order (``seed`` None: a random one).
+
+    The one check of the sampling options, for both backends (``GenerationArgs.checked``) and the
+    in-process engine (``Sampling.make``).
+    """
+    return (
+        number(temperature, "temperature", 0.0, 100.0),
+        number(top_p, "top_p", 0.0, 1.0),
+        integer(top_k, "top_k", 0, 1_000_000),
+        None if seed is None else integer(seed, "seed", -1, 2**32 - 1),
+    )
+
+
 def stop(value: object) -> list[str]:
     if value is None:
         return []

@@ -38,15 +38,10 @@ class GenerationArgs:
                 seed: int | None = None, stop: str | Sequence[str] | None = None,
                 ignore_eos: bool = False) -> GenerationArgs:
         """Validated options; ConfigError names the first bad one."""
-        return cls(
-            max_tokens=validation.max_tokens(max_tokens),
-            temperature=validation.number(temperature, "temperature", 0.0, 100.0),
-            top_p=validation.number(top_p, "top_p", 0.0, 1.0),
-            top_k=validation.integer(top_k, "top_k", 0, 1_000_000),
-            seed=None if seed is None else validation.integer(seed, "seed", -1, 2**32 - 1),
-            stop=tuple(validation.stop(stop)),
-            ignore_eos=bool(ignore_eos),
-        )
+        max_tokens = validation.max_tokens(max_tokens)
+        temperature, top_p, top_k, seed = validation.sampling(temperature, top_p, top_k, seed)
+        return cls(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                   stop=tuple(validation.stop(stop)), ignore_eos=bool(ignore_eos))
 
 
 class Backend(Protocol):
