@@ -331,17 +331,17 @@ pipeline) # one background run on a warm machine (see stage start): everything i
         say "pytest -m gpu exit code $?: $(tail -1 "$OUT/pytest-gpu.log")"
     fi
     matrix "$MODEL" "$LABEL_1B" "$OUT/bench-1b.json" $((T0 + BUDGET - 420)) \
-        env,llama_bench,batched_bench,inproc-np1,inproc,load,import_time,llama_bench#2,inproc-np1#2,batched_bench#2,inproc#2,server-bs
+        ${PIPE_SECTIONS_1B:-env,llama_bench,batched_bench,inproc-np1,inproc,load,import_time,llama_bench#2,inproc-np1#2,batched_bench#2}
     matrix "$GEMMA" "$LABEL_GEMMA" "$OUT/bench-gemma.json" $((T0 + BUDGET - 200)) \
-        env,llama_bench,batched_bench,inproc-np1,inproc,llama_bench#2,inproc-np1#2,batched_bench@16+64#2,inproc@16+64#2,engine-default@1+16
-    [[ -f $GEMMA ]] && LLCUDA_BIN_DIR=$PREFIX/bin DIAG_LEVELS=64 timeout 150 \
+        ${PIPE_SECTIONS_GEMMA:-env,llama_bench,batched_bench,inproc-np1,inproc,llama_bench#2,inproc-np1#2,batched_bench@16+64#2,inproc@16+64#2}
+    [[ -f $GEMMA ]] && LLCUDA_BIN_DIR=$PREFIX/bin DIAG_LEVELS=64 timeout 100 \
         $PY benchmarks/diag_step.py "$GEMMA" "$OUT/diag-step-gemma.json" >"$W/diag.log" 2>&1
     mkdir -p "$W/report"
     for m in 1b gemma; do
         [[ -f $OUT/bench-$m.json ]] && $PY benchmarks/report.py "$OUT/bench-$m.json" --out "$W/report/bench-$m"
     done
     pack logs-pipeline.tgz home/logs model-1b.log llama-1b-Q4_K_M.gguf.quantize.log tbo-build.log diag.log report
-    pack_prefix
+    [[ ${PIPE_PACK_PREFIX:-0} == 1 ]] && pack_prefix  # the sm_90 prefix for later calls (~40 s)
     touch "$PIPE/done"
     ;;
 rebuild) # sm_90 build with the current recipe/patches, the prefix packed into $OUT, then the 1B matrix on it

@@ -134,11 +134,20 @@ _libs: dict[Path, Any] = {}
 LOG_LINES: deque[str] = deque(maxlen=2000)  # libllama's recent log lines (read with recent_log())
 
 
+GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 4, 5
+_last_level = [0]  # the level a GGML_LOG_LEVEL_CONT line continues
+
+
 @LOG_CALLBACK
 def _log_callback(level: int, text: bytes | None, _user: Any) -> None:
-    # Called from libllama's threads too: only append here, no logging machinery.
+    # Called from libllama's threads too: only append here, no logging machinery. Errors also go
+    # straight to stderr: ggml logs a CUDA error's cause, then aborts the process (GGML_ABORT).
+    if level != GGML_LOG_LEVEL_CONT:
+        _last_level[0] = level
     if text:
         LOG_LINES.append(text.decode("utf-8", "replace"))
+        if _last_level[0] == GGML_LOG_LEVEL_ERROR:
+            os.write(2, text)
 
 
 def recent_log() -> str:

@@ -6,6 +6,9 @@ the real Gemma-3-270M and SmolLM2-135M check chat templates and text (``realmode
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -375,3 +378,22 @@ def test_real_model_streams_whole_characters(real_pair):
     assert stream.result is not None and "".join(pieces) == stream.result.text
     if "\ufffd" not in stream.result.text:
         assert not any("\ufffd" in p for p in pieces)
+
+
+def test_libllama_errors_reach_stderr_at_once(binaries, tmp_path: Path) -> None:
+    # ggml logs a CUDA error's cause and then aborts the process: the cause must already be on stderr,
+    # not only in the in-memory log tail. Here a real libllama error (a missing file) in a child process.
+    code = (
+        "import sys\n"
+        "from llcuda import bootstrap\n"
+        "from llcuda.libllama import load_library, recent_log\n"
+        "lib = load_library(bootstrap.find_binaries())\n"
+        "assert not lib.llama_model_load_from_file(sys.argv[1].encode(), lib.llama_model_default_params())\n"
+        "assert 'failed to load model' in recent_log()\n"
+    )
+    missing = str(tmp_path / "missing.gguf")
+    done = subprocess.run([sys.executable, "-c", code, missing], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir)))
+    assert done.returncode == 0, done.stderr
+    assert f"failed to open GGUF file '{missing}'" in done.stderr
+    assert "llama_model_load_from_file_impl: failed to load model" in done.stderr
