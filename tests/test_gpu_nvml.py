@@ -34,9 +34,13 @@ def test_nvml_reports_what_nvidia_smi_reports():
         assert abs(ours.memory_free_mib - theirs.memory_free_mib) <= FREE_TOLERANCE_MIB, (ours, theirs)
 
 
-def test_nvml_leaves_cuda_out_of_the_process():
-    code = ("from llcuda import gpu; r = gpu.detect(); maps = open('/proc/self/maps').read(); "
-            "print(r.source, 'libnvidia-ml' in maps, 'libcuda.so' in maps)")
+def test_detection_creates_no_cuda_context():
+    # A CUDA context costs GPU memory and shows the process in nvidia-smi's compute apps; detection must not
+    # make one. (Whether libnvidia-ml maps libcuda.so is the driver's business: on the H100 image it did.)
+    code = ("import subprocess, os; from llcuda import gpu; r = gpu.detect(); "
+            "apps = subprocess.run(['nvidia-smi', '--query-compute-apps=pid', '--format=csv,noheader'], "
+            "capture_output=True, text=True, check=True).stdout.split(); "
+            "print(r.source, str(os.getpid()) in apps, 'libnvidia-ml' in open('/proc/self/maps').read())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["nvml", "True", "False"]
+    assert done.stdout.split() == ["nvml", "False", "True"]
