@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def plot(parts: list[dict[str, Any]], title: str, path: Path) -> None:
     ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
     ax.set_xlabel("concurrent requests")
     ax.set_ylabel("aggregate decode tokens/s")
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6.5, loc="upper left")
     fig.tight_layout()
