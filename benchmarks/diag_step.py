@@ -3,10 +3,11 @@
 
     LLCUDA_BIN_DIR=<build>/bin python benchmarks/diag_step.py model.gguf out.json
 
-Variants: the engine as shipped; the same with libllama's log lines going to a C no-op instead of the
-Python callback (every line costs a callback); CUDA graphs off; and a bare loop over libllama (no
-engine: consecutive sequence ids, one token each per step) with and without GPU (backend) samplers,
-which isolates what the samplers cost on the GPU and what the engine adds on the host.
+Variants: the engine with each of three libllama log sinks (the shipped one: recipe/llcuda_log.c's C filter
+where the binaries have it; every line through the Python callback; a C no-op); and a bare loop over
+libllama (no engine: consecutive sequence ids, one token each per step) with and without GPU (backend)
+samplers, which isolates what the samplers cost on the GPU and what the engine adds on the host.
+DIAG_VARIANTS=logs runs only the three engine variants, twice, interleaved.
 """
 
 from __future__ import annotations
@@ -116,15 +117,20 @@ def bare_loop(name: str, level: int, samplers: bool) -> None:
         lib.llama_sampler_free(chain)
 
 
-run_engine("engine")
+VARIANT = os.environ.get("DIAG_VARIANTS", "all")  # "logs": only the engine's three log sinks, interleaved
+lib = libllama.load_library(bootstrap.find_binaries())
+shipped = libllama._log_sink(bootstrap.find_binaries().lib_dir)  # the C filter where the binaries have it
+# libllama's log lines to a C function that ignores them (getpid takes no arguments and has no effect)
+noop = libllama.LOG_CALLBACK(ctypes.cast(ctypes.CDLL(None).getpid, ctypes.c_void_p).value)
+SINKS = (("engine", shipped), ("engine, every log line through the Python callback", libllama._log_callback),
+         ("engine, C no-op log callback", noop))
+for rep in range(2 if VARIANT == "logs" else 1):
+    for name, sink in SINKS:
+        lib.llama_log_set(sink, None)
+        run_engine(name + (f" (filter {'on' if libllama.log_filter_active() else 'absent'})" if sink is shipped else ""))
+lib.llama_log_set(shipped, None)
+if VARIANT == "logs":
+    sys.exit(0)
 for level in LEVELS:
     bare_loop("bare+gpu-samplers", level, True)
     bare_loop("bare, no samplers (logits out)", level, False)
-# libllama's log lines to a C function that ignores them (getpid takes no arguments and has no effect)
-lib = libllama.load_library(bootstrap.find_binaries())
-noop = libllama.LOG_CALLBACK(ctypes.cast(ctypes.CDLL(None).getpid, ctypes.c_void_p).value)
-lib.llama_log_set(noop, None)
-run_engine("engine, C no-op log callback")
-lib.llama_log_set(libllama._log_callback, None)
-os.environ["GGML_CUDA_DISABLE_GRAPHS"] = "1"
-run_engine("engine, GGML_CUDA_DISABLE_GRAPHS=1 (read at context creation)")

@@ -359,6 +359,18 @@ diag) # where a decode step's time goes at 16/64 sequences in-process (benchmark
     LLCUDA_BIN_DIR=$PREFIX/bin timeout $(($(left) - 10)) $PY benchmarks/diag_step.py "$MODEL" "$OUT/diag-step.json"
     say "diag exit $?"
     ;;
+logab) # the log sinks A/B (diag_step.py DIAG_VARIANTS=logs) and a short matrix, carried prefix, Gemma-shaped model
+    unpack_prefix
+    [[ -f $PREFIX/lib/libllcuda-log.so ]] || "${CC:-cc}" -O2 -fPIC -shared -Wl,-soname,libllcuda-log.so \
+        -o "$PREFIX/lib/libllcuda-log.so" recipe/llcuda_log.c  # prefixes built before the filter existed
+    vocab
+    gen_gemma && quantize_to "$W/gemma-f16.gguf" "$GEMMA" "$NPROC"
+    LLCUDA_BIN_DIR=$PREFIX/bin DIAG_VARIANTS=logs DIAG_LEVELS=${DIAG_LEVELS:-16,64} timeout $(($(left) - 60)) \
+        $PY benchmarks/diag_step.py "$GEMMA" "$OUT/diag-logs.json"
+    say "diag exit $?"
+    matrix "$GEMMA" "$LABEL_GEMMA" "$OUT/bench-gemma-logs.json" $((T0 + BUDGET - 25)) \
+        env,batched_bench@16+64,inproc@16+64,batched_bench@16+64#2,inproc@16+64#2
+    ;;
 build)  # one call: sm_90 build, the prefix packed into $OUT, the model, the RPC worker check, pytest -m gpu
     build_sm90_and_model
     build_facts

@@ -8,6 +8,7 @@ Nothing here runs at import: :func:`load_library` opens the library on first use
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from collections import deque
@@ -19,6 +20,7 @@ from .types import Binaries
 
 c_bool, c_int32, c_uint32, c_float, c_void_p, c_char_p = (
     ctypes.c_bool, ctypes.c_int32, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p, ctypes.c_char_p)
+log = logging.getLogger(__name__)
 c_int = ctypes.c_int  # C enums
 LLAMA_TOKEN_NULL = -1
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama_sampler_init_dist: a random seed, drawn again on every reset
@@ -134,7 +136,7 @@ _libs: dict[Path, Any] = {}
 LOG_LINES: deque[str] = deque(maxlen=2000)  # libllama's recent log lines (read with recent_log())
 
 
-GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 4, 5
+GGML_LOG_LEVEL_INFO, GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 2, 4, 5
 _last_level = [0]  # the level a GGML_LOG_LEVEL_CONT line continues
 
 
@@ -188,7 +190,36 @@ def load_library(binaries: Binaries) -> Any:
         for name, (restype, argtypes) in _FUNCTIONS.items():
             func = getattr(lib, name)
             func.restype, func.argtypes = restype, argtypes
-        lib.llama_log_set(_log_callback, None)
+        lib.llama_log_set(_log_sink(binaries.lib_dir), None)
         lib.llama_backend_init()
         _libs[path] = lib
         return lib
+
+
+LOG_FILTER_LIBRARY = "libllcuda-log.so"  # recipe/llcuda_log.c, built with the binaries
+_log_filter: dict[str, Any] = {}  # the filter library and its entry point, once loaded
+
+
+def _log_sink(lib_dir: Path) -> Any:
+    """What libllama logs to: the C filter of the binaries (debug lines stop there, in C, instead of
+    taking the GIL on every decode step) forwarding to the Python callback; the Python callback
+    alone where the binaries predate the filter."""
+    if "entry" not in _log_filter:
+        try:
+            filt = ctypes.CDLL(str(lib_dir / LOG_FILTER_LIBRARY))
+        except OSError:
+            log.debug("%s not in %s: libllama's debug lines go through Python", LOG_FILTER_LIBRARY, lib_dir)
+            return _log_callback
+        filt.llcuda_log_configure.restype, filt.llcuda_log_configure.argtypes = None, [LOG_CALLBACK, c_int]
+        filt.llcuda_log_configure(_log_callback, GGML_LOG_LEVEL_INFO)
+        _log_filter["library"] = filt
+        address = ctypes.cast(filt.llcuda_log_filter, ctypes.c_void_p).value
+        if not address:
+            return _log_callback
+        _log_filter["entry"] = LOG_CALLBACK(address)
+    return _log_filter["entry"]
+
+
+def log_filter_active() -> bool:
+    """Whether libllama's debug lines are dropped in C (the binaries' libllcuda-log.so was loaded)."""
+    return "entry" in _log_filter

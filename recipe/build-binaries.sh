@@ -130,6 +130,11 @@ for lib in "$BUILD_DIR"/bin/lib*.so*; do
 done
 shopt -u nullglob
 install -m 0644 "$SRC_DIR/LICENSE" "$PREFIX/share/licenses/llama.cpp/LICENSE"
+# llcuda's own log filter (llcuda_log.c, next to this script; rattler-build runs a copy of the script and
+# sets RECIPE_DIR): libllama's debug lines stop in C instead of reaching llcuda's Python callback.
+# shellcheck disable=SC2086  # CFLAGS/LDFLAGS are word lists
+"${CC:-cc}" ${CFLAGS:-} -O2 -fPIC -shared -Wl,-soname,libllcuda-log.so ${LDFLAGS:-} \
+    -o "$PREFIX/lib/libllcuda-log.so" "${RECIPE_DIR:-$(dirname "${BASH_SOURCE[0]}")}/llcuda_log.c"
 
 archs_json="[]"
 if [[ "$LLCUDA_CUDA" == "ON" ]]; then

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_source import REPO_ROOT, cache_root, fetch_source, read_pin, source_identity  # noqa: E402
 
 BUILD_SCRIPT = REPO_ROOT / "recipe" / "build-binaries.sh"
+LOG_FILTER_SOURCE = REPO_ROOT / "recipe" / "llcuda_log.c"  # compiled by the build script
 log = logging.getLogger("build_binaries")
 
 
@@ -30,6 +31,7 @@ def build_key(source_id: str, flags: dict[str, str]) -> str:
     digest = hashlib.sha256()
     digest.update(source_id.encode())
     digest.update(BUILD_SCRIPT.read_bytes())
+    digest.update(LOG_FILTER_SOURCE.read_bytes())
     digest.update(json.dumps(flags, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

@@ -85,7 +85,7 @@ CUDA_WHEELS = {
 }
 CUDA_LIB_STEMS = {stem for table in CUDA_WHEELS.values() for stem in table}
 # Always bundled from the prefix, NEEDED or not (ggml can load backends at run time).
-PREFIX_LIB_PATTERNS = ("libggml*.so*", "libllama*.so*", "libmtmd*.so*")
+PREFIX_LIB_PATTERNS = ("libggml*.so*", "libllama*.so*", "libmtmd*.so*", "libllcuda*.so*")
 ARCHES = {"Advanced Micro Devices X86-64": "x86_64", "AArch64": "aarch64"}
 
 

@@ -6,7 +6,9 @@ the real Gemma-3-270M and SmolLM2-135M check chat templates and text (``realmode
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -393,7 +395,39 @@ def test_libllama_errors_reach_stderr_at_once(binaries, tmp_path: Path) -> None:
     )
     missing = str(tmp_path / "missing.gguf")
     done = subprocess.run([sys.executable, "-c", code, missing], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir)))
+                          env=dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir)), check=False)
     assert done.returncode == 0, done.stderr
     assert f"failed to open GGUF file '{missing}'" in done.stderr
     assert "llama_model_load_from_file_impl: failed to load model" in done.stderr
+
+
+LOG_FILTER_CHECK = """
+import json, sys
+from llcuda.inprocess import InProcessEngine
+from llcuda.libllama import log_filter_active, recent_log
+with InProcessEngine().load_model(sys.argv[1], ctx_size=256, threads=1) as engine:
+    engine.infer("Hello", max_tokens=4, ignore_eos=True)
+    log = recent_log()
+print(json.dumps({"active": log_filter_active(), "debug": "assigned to device" in log,
+                  "info": "llama_model_loader: loaded meta data" in log}))
+"""
+
+
+def test_debug_log_lines_stop_in_the_c_filter(binaries, tiny_model: Path, tmp_path: Path) -> None:
+    # recipe/llcuda_log.c, built by the build script into lib/: libllama's debug lines (here
+    # "load_tensors: layer N assigned to device", LLAMA_LOG_DEBUG) never reach Python; info lines do.
+    # The same binaries without the library (older builds) send every line through Python.
+    assert binaries.lib_dir is not None and (binaries.lib_dir / "libllcuda-log.so").is_file(), \
+        "the build script did not build lib/libllcuda-log.so"
+    without = tmp_path / "prefix"
+    shutil.copytree(binaries.bin_dir.parent, without, symlinks=True)
+    (without / "lib" / "libllcuda-log.so").unlink()
+    seen = {}
+    for name, bin_dir in (("filter", binaries.bin_dir), ("python", without / "bin")):
+        done = subprocess.run([sys.executable, "-c", LOG_FILTER_CHECK, str(tiny_model)], capture_output=True,
+                              text=True, timeout=120, env=dict(os.environ, LLCUDA_BIN_DIR=str(bin_dir)),
+                              check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["filter"] == {"active": True, "debug": False, "info": True}
+    assert seen["python"] == {"active": False, "debug": True, "info": True}
