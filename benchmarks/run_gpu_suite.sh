@@ -341,7 +341,7 @@ pipeline) # one background run on a warm machine (see stage start): everything i
         [[ -f $OUT/bench-$m.json ]] && $PY benchmarks/report.py "$OUT/bench-$m.json" --out "$W/report/bench-$m"
     done
     pack logs-pipeline.tgz home/logs model-1b.log llama-1b-Q4_K_M.gguf.quantize.log tbo-build.log diag.log report
-    [[ ${PIPE_PACK_PREFIX:-0} == 1 ]] && pack_prefix  # the sm_90 prefix for later calls (~40 s)
+    [[ ${PIPE_PACK_PREFIX:-1} == 1 ]] && pack_prefix  # the sm_90 prefix for later calls (~40 s; 0 skips it)
     touch "$PIPE/done"
     ;;
 rebuild) # sm_90 build with the current recipe/patches, the prefix packed into $OUT, then the 1B matrix on it
