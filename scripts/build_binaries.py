@@ -67,8 +67,13 @@ def build(flags: dict[str, str], jobs: int | None = None) -> Path:
 
 
 def copy_prefix(src: Path, dest: Path) -> None:
-    """Copy bin/, lib/ and share/ of a built prefix into dest, keeping symlinks."""
+    """Copy bin/, lib/ and share/ of a built prefix into dest, keeping symlinks; what an earlier build
+    put there is replaced (a symlink already in dest would stop copytree)."""
     for sub in ("bin", "lib", "share"):
+        for item in (src / sub).rglob("*"):
+            target = dest / sub / item.relative_to(src / sub)
+            if target.is_symlink() or (target.exists() and item.is_symlink() and not target.is_dir()):
+                target.unlink()
         shutil.copytree(src / sub, dest / sub, symlinks=True, dirs_exist_ok=True)
 
 

@@ -102,3 +102,81 @@ def test_patch_set_changes_the_build_key(tmp_path: Path) -> None:
     one.write_text("--- a/x\n+++ b/x\n@@\n")
     assert llama_source.patch_set_id([one]) != first
     assert llama_source.patch_set_id([]) == "none"
+
+
+TOP_K = 8
+
+
+def _sampled_rows(lib, model, prompts: list[list[int]], together: bool) -> list[tuple[list[int], list[float]]]:
+    """(candidate ids, their logits) that a top-k chain on the backend leaves for each prompt's last token:
+    all prompts in one batch (outputs come back reordered), or each alone in a fresh context."""
+    import ctypes
+
+    from llcuda import libllama
+
+    for name, restype in (("llama_get_sampled_candidates_ith", ctypes.POINTER(ctypes.c_int32)),
+                          ("llama_get_sampled_candidates_count_ith", ctypes.c_uint32),
+                          ("llama_get_sampled_logits_ith", ctypes.POINTER(ctypes.c_float)),
+                          ("llama_get_sampled_logits_count_ith", ctypes.c_uint32)):
+        func = getattr(lib, name)
+        func.restype, func.argtypes = restype, [ctypes.c_void_p, ctypes.c_int32]
+    groups = [prompts] if together else [[p] for p in prompts]
+    rows: list[tuple[list[int], list[float]]] = []
+    for group in groups:
+        n_seq = len(group)
+        chains = []
+        configs = (libllama.SamplerSeqConfig * n_seq)()
+        for seq in range(n_seq):
+            chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(TOP_K))
+            chains.append(chain)
+            configs[seq].seq_id, configs[seq].sampler = seq, chain
+        params = lib.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 256 * n_seq, 256, 256, n_seq
+        params.n_threads = params.n_threads_batch = 1
+        params.samplers, params.n_samplers = configs, n_seq
+        ctx = lib.llama_init_from_model(model, params)
+        n = sum(len(p) for p in group)
+        tok, pos = (ctypes.c_int32 * n)(), (ctypes.c_int32 * n)()
+        nseq, seqv, out = (ctypes.c_int32 * n)(*([1] * n)), (ctypes.c_int32 * n)(), (ctypes.c_int8 * n)()
+        seqp = (ctypes.POINTER(ctypes.c_int32) * n)(
+            *(ctypes.cast(ctypes.byref(seqv, 4 * i), ctypes.POINTER(ctypes.c_int32)) for i in range(n)))
+        k, last = 0, []
+        for seq, prompt in enumerate(group):
+            for p, token in enumerate(prompt):
+                tok[k], pos[k], seqv[k], out[k] = token, p, seq, int(p == len(prompt) - 1)
+                k += 1
+            last.append(k - 1)
+        assert lib.llama_decode(ctx, libllama.Batch(n, tok, None, pos, nseq, seqp, out)) == 0
+        for row in last:
+            count = lib.llama_get_sampled_candidates_count_ith(ctx, row)
+            assert count == TOP_K == lib.llama_get_sampled_logits_count_ith(ctx, row), "top-k did not run on the backend"
+            ids = lib.llama_get_sampled_candidates_ith(ctx, row)
+            logits = lib.llama_get_sampled_logits_ith(ctx, row)
+            rows.append(([ids[i] for i in range(count)], [logits[i] for i in range(count)]))
+        lib.llama_free(ctx)
+        for chain in chains:
+            lib.llama_sampler_free(chain)
+    return rows
+
+
+def test_reordered_outputs_keep_each_rows_sampled_entries(binaries, tiny_model: Path) -> None:
+    # Patch 0004 swaps only the entries a row holds when llama.cpp puts a batch's outputs back in order.
+    # Prompts of different lengths ending in one batch come out of the per-sequence ubatches in another
+    # order (the shortest first), so their rows are swapped; each must still hold its own top-k.
+    from llcuda import libllama
+
+    lib = libllama.load_library(binaries)
+    params = lib.llama_model_default_params()
+    model = lib.llama_model_load_from_file(str(tiny_model).encode(), params)
+    assert model
+    try:
+        prompts = [[1, *range(300 + 40 * s, 300 + 40 * s + length)] for s, length in enumerate((11, 2, 7, 4))]
+        together = _sampled_rows(lib, model, prompts, together=True)
+        alone = _sampled_rows(lib, model, prompts, together=False)
+    finally:
+        lib.llama_model_free(model)
+    for (ids, logits), (want_ids, want_logits) in zip(together, alone):
+        assert sorted(ids) == sorted(want_ids)
+        assert sorted(logits) == pytest.approx(sorted(want_logits), rel=1e-3, abs=1e-3)
+    assert len({tuple(sorted(ids)) for ids, _ in together}) > 1, "the prompts must sample different candidates"
