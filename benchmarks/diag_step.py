@@ -77,12 +77,8 @@ def bare_loop(name: str, level: int, samplers: bool) -> None:
             configs[s].seq_id, configs[s].sampler = s, chain
         cp.samplers, cp.n_samplers = configs, 64
     ctx = lib.llama_init_from_model(model, cp)
-    n = level * 8
-    tok, pos = (ctypes.c_int32 * n)(), (ctypes.c_int32 * n)()
-    nseq, seqv, out = (ctypes.c_int32 * n)(*([1] * n)), (ctypes.c_int32 * n)(), (ctypes.c_int8 * n)()
-    seqp = (ctypes.POINTER(ctypes.c_int32) * n)(
-        *(ctypes.cast(ctypes.byref(seqv, 4 * i), ctypes.POINTER(ctypes.c_int32)) for i in range(n)))
-    batch = libllama.Batch(0, tok, None, pos, nseq, seqp, out)
+    arrays = libllama.new_batch(level * 8)
+    batch, tok, pos, seqv, out = arrays.batch, arrays.token, arrays.pos, arrays.seq, arrays.logits
     for rep in range(2):  # the first pass warms up
         lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
         k = 0

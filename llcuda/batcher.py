@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import InferenceError, LlcudaError
 from .generation import GREEDY, Request, Sampling
-from .libllama import LLAMA_DEFAULT_SEED, LLAMA_TOKEN_NULL, Batch, SamplerSeqConfig, c_int32, log_tail
+from .libllama import LLAMA_DEFAULT_SEED, LLAMA_TOKEN_NULL, SamplerSeqConfig, c_int32, log_tail, new_batch
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +124,11 @@ class Batcher:
         self._worker.start()
 
     def _alloc_batch(self, n: int) -> None:
-        self._tok: Any = (c_int32 * n)()  # Any: filled by slice from lists of ints
-        self._pos: Any = (c_int32 * n)()
-        self._nseq = (c_int32 * n)(*([1] * n))
-        self._seqv: Any = (c_int32 * n)()
-        self._seqp = (ctypes.POINTER(c_int32) * n)(
-            *(ctypes.cast(ctypes.byref(self._seqv, 4 * i), ctypes.POINTER(c_int32)) for i in range(n)))
-        self._out = (ctypes.c_int8 * n)()
+        arrays = new_batch(n)
+        self._batch, self._tok, self._pos, self._seqv, self._out = (
+            arrays.batch, arrays.token, arrays.pos, arrays.seq, arrays.logits)
         self._out_bytes = memoryview(self._out).cast("B")  # output flags, set by slice from these bytes:
         self._ones, self._zeros = b"\x01" * n, bytes(n)
-        self._batch = Batch(0, self._tok, None, self._pos, self._nseq, self._seqp, self._out)
 
     def put(self, req: Request) -> None:
         with self._cv:

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,28 @@ class Batch(ctypes.Structure):
         ("pos", ctypes.POINTER(c_int32)), ("n_seq_id", ctypes.POINTER(c_int32)),
         ("seq_id", ctypes.POINTER(ctypes.POINTER(c_int32))), ("logits", ctypes.POINTER(ctypes.c_int8)),
     ]
+
+
+@dataclass(frozen=True)
+class BatchArrays:
+    """A llama_batch with room for ``n`` tokens of one sequence each, and the arrays behind it: fill
+    ``token``/``pos``/``seq``/``logits`` (each token's output flag) up to ``n_tokens``, then set
+    ``batch.n_tokens``."""
+
+    batch: Batch
+    token: Any  # c_int32 arrays (Any: filled by index or by slice from lists of ints)
+    pos: Any
+    seq: Any
+    logits: Any  # c_int8
+
+
+def new_batch(n: int) -> BatchArrays:
+    token, pos, seq = (c_int32 * n)(), (c_int32 * n)(), (c_int32 * n)()
+    n_seq = (c_int32 * n)(*([1] * n))
+    seq_ptrs = (ctypes.POINTER(c_int32) * n)(  # token i's sequence-id list: one id, seq[i]
+        *(ctypes.cast(ctypes.byref(seq, 4 * i), ctypes.POINTER(c_int32)) for i in range(n)))
+    logits = (ctypes.c_int8 * n)()
+    return BatchArrays(Batch(0, token, None, pos, n_seq, seq_ptrs, logits), token, pos, seq, logits)
 
 
 class ChainParams(ctypes.Structure):

@@ -136,21 +136,20 @@ def _sampled_rows(lib, model, prompts: list[list[int]], together: bool) -> list[
         params.n_threads = params.n_threads_batch = 1
         params.samplers, params.n_samplers = configs, n_seq
         ctx = lib.llama_init_from_model(model, params)
-        n = sum(len(p) for p in group)
-        tok, pos = (ctypes.c_int32 * n)(), (ctypes.c_int32 * n)()
-        nseq, seqv, out = (ctypes.c_int32 * n)(*([1] * n)), (ctypes.c_int32 * n)(), (ctypes.c_int8 * n)()
-        seqp = (ctypes.POINTER(ctypes.c_int32) * n)(
-            *(ctypes.cast(ctypes.byref(seqv, 4 * i), ctypes.POINTER(ctypes.c_int32)) for i in range(n)))
+        arrays = libllama.new_batch(sum(len(p) for p in group))
         k, last = 0, []
         for seq, prompt in enumerate(group):
             for p, token in enumerate(prompt):
-                tok[k], pos[k], seqv[k], out[k] = token, p, seq, int(p == len(prompt) - 1)
+                arrays.token[k], arrays.pos[k], arrays.seq[k] = token, p, seq
+                arrays.logits[k] = int(p == len(prompt) - 1)
                 k += 1
             last.append(k - 1)
-        assert lib.llama_decode(ctx, libllama.Batch(n, tok, None, pos, nseq, seqp, out)) == 0
+        arrays.batch.n_tokens = k
+        assert lib.llama_decode(ctx, arrays.batch) == 0
         for row in last:
             count = lib.llama_get_sampled_candidates_count_ith(ctx, row)
-            assert count == TOP_K == lib.llama_get_sampled_logits_count_ith(ctx, row), "top-k did not run on the backend"
+            logits_count = lib.llama_get_sampled_logits_count_ith(ctx, row)
+            assert count == TOP_K == logits_count, "top-k did not run on the backend"
             ids = lib.llama_get_sampled_candidates_ith(ctx, row)
             logits = lib.llama_get_sampled_logits_ith(ctx, row)
             rows.append(([ids[i] for i in range(count)], [logits[i] for i in range(count)]))
