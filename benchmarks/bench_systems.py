@@ -95,6 +95,7 @@ def per_step(stats: dict[str, float]) -> dict[str, float]:
     steps = max(1, int(stats.get("steps", 0)))
     out = {k: stats[k] / steps * 1e6 for k in STEP_KEYS if k in stats}
     out["steps"] = stats.get("steps", 0)
+    out["bulk_reads"] = stats.get("bulk_reads", 0)  # steps whose sampled tokens came in one call (patch 0005)
     return out
 
 

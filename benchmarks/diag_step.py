@@ -7,7 +7,8 @@ Variants: the engine with each of three libllama log sinks (the shipped one: rec
 where the binaries have it; every line through the Python callback; a C no-op); and a bare loop over
 libllama (no engine: consecutive sequence ids, one token each per step) with and without GPU (backend)
 samplers, which isolates what the samplers cost on the GPU and what the engine adds on the host.
-DIAG_VARIANTS=logs runs only the three engine variants, twice, interleaved.
+DIAG_VARIANTS=logs runs only the three engine variants, twice, interleaved; DIAG_VARIANTS=core the engine
+with the shipped sink and the two bare loops. DIAG_LEVELS (default 16,64) picks the levels.
 """
 
 from __future__ import annotations
@@ -51,33 +52,37 @@ def engine_wave(eng: InProcessEngine, level: int) -> dict:
             "log_sample": sorted(set(line.strip()[:90] for line in list(libllama.LOG_LINES)))[:6]}
 
 
-def run_engine(name: str, **kw: object) -> None:
-    eng = InProcessEngine().load_model(MODEL, n_parallel=64, ctx_size=64 * 256, flash_attn="on", **kw)
-    for level in LEVELS:
-        emit({"variant": name, **engine_wave(eng, level)})
+def run_engine(name: str, n_parallel: int = 64, levels: tuple[int, ...] = LEVELS, **kw: object) -> None:
+    eng = InProcessEngine().load_model(MODEL, n_parallel=n_parallel, ctx_size=n_parallel * 256, flash_attn="on",
+                                       **kw)
+    for level in levels:
+        emit({"variant": name, "n_parallel": n_parallel, **engine_wave(eng, level)})
     eng.unload()
 
 
-def bare_loop(name: str, level: int, samplers: bool) -> None:
-    """libllama alone: ``level`` sequences 0..level-1, 8-token prompts, then TOKENS steps of one token each."""
+def bare_loop(name: str, level: int, samplers: bool, n_seq: int = 64) -> None:
+    """libllama alone: ``level`` sequences 0..level-1, 8-token prompts, then TOKENS steps of one token each,
+    in a context of ``n_seq`` sequences (a greedy chain each with ``samplers``)."""
     lib = libllama.load_library(bootstrap.find_binaries())
     mp = lib.llama_model_default_params()
     mp.n_gpu_layers = 99
     model = lib.llama_model_load_from_file(MODEL.encode(), mp)
     chains = []
     cp = lib.llama_context_default_params()
-    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 64 * 256, 2048, 512, 64
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_seq * 256, 2048, 512, n_seq
     cp.flash_attn_type, cp.no_perf = 1, True
     if samplers:
-        configs = (libllama.SamplerSeqConfig * 64)()
-        for s in range(64):
+        configs = (libllama.SamplerSeqConfig * n_seq)()
+        for s in range(n_seq):
             chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
             chains.append(chain)
             configs[s].seq_id, configs[s].sampler = s, chain
-        cp.samplers, cp.n_samplers = configs, 64
+        cp.samplers, cp.n_samplers = configs, n_seq
     ctx = lib.llama_init_from_model(model, cp)
     arrays = libllama.new_batch(level * 8)
+    bulk = hasattr(lib, "llama_get_sampled_tokens")
+    rows, sampled = (ctypes.c_int32 * level)(*range(level)), (ctypes.c_int32 * level)()
     batch, tok, pos, seqv, out = arrays.batch, arrays.token, arrays.pos, arrays.seq, arrays.logits
     for rep in range(2):  # the first pass warms up
         lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
@@ -101,11 +106,13 @@ def bare_loop(name: str, level: int, samplers: bool) -> None:
             lib.llama_synchronize(ctx)
             t_call += t1 - t0
             t_wait += time.perf_counter() - t1
-            if samplers:
+            if samplers and bulk and level > 1:  # one call, as the engine reads them (patch 0005)
+                lib.llama_get_sampled_tokens(ctx, rows, level, sampled)
+            elif samplers:
                 for s in range(level):
                     lib.llama_get_sampled_token_ith(ctx, s)
         wall = time.perf_counter() - t
-    emit({"variant": name, "level": level, "tps": level * TOKENS / wall, "us_step": wall / TOKENS * 1e6,
+    emit({"variant": name, "n_seq_max": n_seq, "level": level, "tps": level * TOKENS / wall, "us_step": wall / TOKENS * 1e6,
           "us_decode_call": t_call / TOKENS * 1e6, "us_wait": t_wait / TOKENS * 1e6})
     lib.llama_free(ctx)
     lib.llama_model_free(model)
@@ -113,13 +120,15 @@ def bare_loop(name: str, level: int, samplers: bool) -> None:
         lib.llama_sampler_free(chain)
 
 
-VARIANT = os.environ.get("DIAG_VARIANTS", "all")  # "logs": only the engine's three log sinks, interleaved
+VARIANT = os.environ.get("DIAG_VARIANTS", "all")  # "logs": the three log sinks, interleaved; "core": see above
 lib = libllama.load_library(bootstrap.find_binaries())
 shipped = libllama._log_sink(bootstrap.find_binaries().lib_dir)  # the C filter where the binaries have it
 # libllama's log lines to a C function that ignores them (getpid takes no arguments and has no effect)
 noop = libllama.LOG_CALLBACK(ctypes.cast(ctypes.CDLL(None).getpid, ctypes.c_void_p).value)
 SINKS = (("engine", shipped), ("engine, every log line through the Python callback", libllama._log_callback),
          ("engine, C no-op log callback", noop))
+if VARIANT == "core":  # the engine with the shipped sink only, then the bare loops
+    SINKS = SINKS[:1]
 for rep in range(2 if VARIANT == "logs" else 1):
     for name, sink in SINKS:
         lib.llama_log_set(sink, None)
@@ -130,3 +139,7 @@ if VARIANT == "logs":
 for level in LEVELS:
     bare_loop("bare+gpu-samplers", level, True)
     bare_loop("bare, no samplers (logits out)", level, False)
+if VARIANT == "core" and 1 in LEVELS:  # single stream in a one-sequence context, as the single-stream rows
+    run_engine("engine", n_parallel=1, levels=(1,))
+    bare_loop("bare+gpu-samplers", 1, True, n_seq=1)
+    bare_loop("bare, no samplers (logits out)", 1, False, n_seq=1)

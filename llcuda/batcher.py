@@ -34,10 +34,10 @@ from .libllama import LLAMA_DEFAULT_SEED, LLAMA_TOKEN_NULL, SamplerSeqConfig, c_
 
 log = logging.getLogger(__name__)
 
-STATS = ("steps", "tokens", "decode_call_s", "wait_s", "host_s", "sampler_changes")
+STATS = ("steps", "tokens", "decode_call_s", "wait_s", "host_s", "sampler_changes", "bulk_reads")
 # Called per token or per request, each a few µs at most (llama_get_sampled_token_ith: a stream
-# synchronize each, ~3 µs on an H100 host); llama_decode, llama_synchronize and CPU sampling, which
-# take milliseconds, still release the GIL.
+# synchronize each, ~3 µs on an H100 host, hence llama_get_sampled_tokens, one call per step, where the
+# build has it); llama_decode, llama_synchronize and CPU sampling, which take milliseconds, still release the GIL.
 GIL_HELD = ("llama_get_sampled_token_ith", "llama_vocab_is_eog", "llama_memory_seq_rm", "llama_sampler_reset")
 
 
@@ -98,10 +98,13 @@ class Batcher:
     def __init__(self, lib: Any, ctx: Any, vocab: Any, chains: list[int], n_batch: int,
                  piece: Any) -> None:
         self._lib, self._ctx, self._vocab, self._piece = lib, ctx, vocab, piece
-        fast = gil_holding(lib)
+        bulk = hasattr(lib, "llama_get_sampled_tokens")  # llcuda's builds (patch 0005), not stock llama.cpp
+        fast = gil_holding(lib, GIL_HELD + (("llama_get_sampled_tokens",) if bulk else ()))
         self._sampled_token, self._vocab_is_eog, self._seq_rm, self._sampler_reset = (
             fast.llama_get_sampled_token_ith, fast.llama_vocab_is_eog, fast.llama_memory_seq_rm,
             fast.llama_sampler_reset)
+        # one call reads a step's sampled tokens (one backend synchronization instead of one per row)
+        self._sampled_tokens = fast.llama_get_sampled_tokens if bulk else None
         self._mem = lib.llama_get_memory(ctx)
         # the same pointers as c_void_p objects, for those GIL-holding functions
         self._ctx_p, self._vocab_p, self._mem_p = (ctypes.c_void_p(p) for p in (ctx, vocab, self._mem))
@@ -129,6 +132,10 @@ class Batcher:
             arrays.batch, arrays.token, arrays.pos, arrays.seq, arrays.logits)
         self._out_bytes = memoryview(self._out).cast("B")  # output flags, set by slice from these bytes:
         self._ones, self._zeros = b"\x01" * n, bytes(n)
+        # the batch rows whose sampled tokens a step reads, and those tokens (llama_get_sampled_tokens)
+        self._rows, self._sampled = (c_int32 * n)(), (c_int32 * n)()
+        self._rows_p, self._sampled_p = ctypes.c_void_p(ctypes.addressof(self._rows)), ctypes.c_void_p(
+            ctypes.addressof(self._sampled))
 
     def put(self, req: Request) -> None:
         with self._cv:
@@ -262,13 +269,12 @@ class Batcher:
             # swapping vocabulary-sized rows of the sampler buffers (tens of ms for 64 rows of a 262k
             # vocabulary): this one read lets the GIL go meanwhile.
             lib.llama_get_sampled_token_ith(ctx, outputs[0][0])
-        sampled_token, ctx_p = self._sampled_token, self._ctx_p
+        tokens = self._read_sampled(outputs)
         vocab_is_eog, vocab_p, is_eog, pieces = self._vocab_is_eog, self._vocab_p, self._is_eog, self._pieces
         finished: list[Request] = []
         streamed: list[tuple[queue.SimpleQueue[int | None], int]] = []
         on_cpu = False
-        for row, req in outputs:
-            token = sampled_token(ctx_p, row)
+        for (row, req), token in zip(outputs, tokens):
             if token == LLAMA_TOKEN_NULL:  # the sampler chain could not run on the backend
                 on_cpu = True
                 token = lib.llama_sampler_sample(self._chains[req.seq], ctx, row)
@@ -311,6 +317,19 @@ class Batcher:
         stats["decode_call_s"] += t2 - t1
         stats["wait_s"] += t3 - t2
         stats["host_s"] += (t1 - t0) + (t4 - t3)
+
+    def _read_sampled(self, outputs: list[tuple[int, Request]]) -> list[int]:
+        """The sampled token of each (batch row, request) of ``outputs`` (LLAMA_TOKEN_NULL where the
+        chain ran on the CPU instead): one libllama call where the build has llama_get_sampled_tokens."""
+        n = len(outputs)
+        if self._sampled_tokens is None or n < 2:
+            sampled_token, ctx_p = self._sampled_token, self._ctx_p
+            return [sampled_token(ctx_p, row) for row, _ in outputs]
+        self._rows[:n] = [row for row, _ in outputs]
+        if self._sampled_tokens(self._ctx_p, self._rows_p, n, self._sampled_p) != n:
+            raise InferenceError(f"llama_get_sampled_tokens could not read {n} sampled tokens.", log_tail=log_tail())
+        self.stats["bulk_reads"] += 1
+        return self._sampled[:n]
 
     def _finish(self, reqs: list[Request], error: BaseException | None = None) -> None:
         """Take ``reqs`` out of the batch, free their sequences, then wake their callers."""

@@ -152,6 +152,13 @@ _FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
     "llama_sampler_free": (None, [c_void_p]),
 }
 
+# Functions that only llcuda's patched builds have (recipe/patches), declared where the library has them;
+# callers check with hasattr (a stock llama.cpp build lacks them).
+_OPTIONAL_FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
+    # patch 0005: the sampled tokens of many batch rows with one backend synchronization
+    "llama_get_sampled_tokens": (c_int32, [c_void_p, c_void_p, c_int32, c_void_p]),
+}
+
 _lib_lock = threading.Lock()
 _libs: dict[Path, Any] = {}
 
@@ -212,6 +219,12 @@ def load_library(binaries: Binaries) -> Any:
                               "installed for a CUDA build, or reinstall llcuda's binaries.") from exc
         for name, (restype, argtypes) in _FUNCTIONS.items():
             func = getattr(lib, name)
+            func.restype, func.argtypes = restype, argtypes
+        for name, (restype, argtypes) in _OPTIONAL_FUNCTIONS.items():
+            func = getattr(lib, name, None)
+            if func is None:
+                log.debug("%s lacks %s (not an llcuda build of llama.cpp)", path, name)
+                continue
             func.restype, func.argtypes = restype, argtypes
         lib.llama_log_set(_log_sink(binaries.lib_dir), None)
         lib.llama_backend_init()

@@ -135,6 +135,8 @@ def test_batch_of_8_is_decoded_together(local):
     assert [r.text for r in results] == alone
     steps = local.inprocess_stats["steps"]
     assert steps < 2 * single_steps, f"{steps} steps for 8 requests, {single_steps} for one: not batched"
+    # patch 0005: each step with several sampled rows read them in one call (the texts above check the tokens)
+    assert local.inprocess_stats["bulk_reads"] >= 15, local.inprocess_stats
     metrics = local.get_metrics()
     assert metrics.requests == SLOTS + 0 and metrics.tokens_generated == 16 * SLOTS
 

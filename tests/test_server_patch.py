@@ -179,3 +179,73 @@ def test_reordered_outputs_keep_each_rows_sampled_entries(binaries, tiny_model: 
         assert sorted(ids) == sorted(want_ids)
         assert sorted(logits) == pytest.approx(sorted(want_logits), rel=1e-3, abs=1e-3)
     assert len({tuple(sorted(ids)) for ids, _ in together}) > 1, "the prompts must sample different candidates"
+
+
+def test_sampled_tokens_of_many_rows_come_in_one_call(binaries, tiny_model: Path) -> None:
+    # Patch 0005: llama_get_sampled_tokens(ctx, rows, n, out) gives what llama_get_sampled_token_ith gives
+    # row by row, with one synchronization. Prompts of different lengths ending in one batch make llama.cpp
+    # reorder the outputs, and the bulk read is the first read after the batch (the one that reorders).
+    import ctypes
+
+    from llcuda import libllama
+
+    lib = libllama.load_library(binaries)
+    assert hasattr(lib, "llama_get_sampled_tokens"), "the build lacks patch 0005"
+    model = lib.llama_model_load_from_file(str(tiny_model).encode(), lib.llama_model_default_params())
+    assert model
+    prompts = [[1, *range(300 + 40 * s, 300 + 40 * s + length)] for s, length in enumerate((11, 2, 7, 4, 9))]
+
+    def decode(group: list[list[int]]) -> tuple[object, list[object], list[int]]:
+        n_seq = len(group)
+        chains, configs = [], (libllama.SamplerSeqConfig * n_seq)()
+        for seq in range(n_seq):
+            chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            chains.append(chain)
+            configs[seq].seq_id, configs[seq].sampler = seq, chain
+        params = lib.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 256 * n_seq, 256, 256, n_seq
+        params.n_threads = params.n_threads_batch = 1
+        params.samplers, params.n_samplers = configs, n_seq
+        ctx = lib.llama_init_from_model(model, params)
+        arrays = libllama.new_batch(sum(len(p) for p in group))
+        k, last = 0, []
+        for seq, prompt in enumerate(group):
+            for p, token in enumerate(prompt):
+                arrays.token[k], arrays.pos[k], arrays.seq[k] = token, p, seq
+                arrays.logits[k] = int(p == len(prompt) - 1)
+                k += 1
+            last.append(k - 1)
+        arrays.batch.n_tokens = k
+        assert lib.llama_decode(ctx, arrays.batch) == 0
+        return ctx, chains, last
+
+    def free(ctx: object, chains: list[object]) -> None:
+        lib.llama_free(ctx)
+        for chain in chains:
+            lib.llama_sampler_free(chain)
+
+    try:
+        alone = []
+        for prompt in prompts:
+            ctx, chains, last = decode([prompt])
+            alone.append(lib.llama_get_sampled_token_ith(ctx, last[0]))
+            free(ctx, chains)
+        ctx, chains, last = decode(prompts)
+        try:
+            rows = (ctypes.c_int32 * len(last))(*reversed(last))  # any order of rows
+            out = (ctypes.c_int32 * len(last))()
+            assert lib.llama_get_sampled_tokens(ctx, rows, len(last), out) == len(last)
+            bulk = list(reversed(out))
+            one_by_one = [lib.llama_get_sampled_token_ith(ctx, row) for row in last]
+            assert lib.llama_get_sampled_tokens(ctx, rows, -1, out) == -1
+            assert lib.llama_get_sampled_tokens(ctx, None, 2, out) == -1
+            assert lib.llama_get_sampled_tokens(ctx, rows, 0, out) == 0
+            no_output = (ctypes.c_int32 * 1)(0)  # the first prompt token: no output requested there
+            assert lib.llama_get_sampled_tokens(ctx, no_output, 1, out) == 1 and out[0] == libllama.LLAMA_TOKEN_NULL
+        finally:
+            free(ctx, chains)
+    finally:
+        lib.llama_model_free(model)
+    assert bulk == one_by_one == alone
+    assert len(set(alone)) > 1, "the prompts must sample different tokens"
