@@ -107,12 +107,46 @@ def test_patch_set_changes_the_build_key(tmp_path: Path) -> None:
 TOP_K = 8
 
 
+def _decode_prompts(lib, model, group: list[list[int]], sampler) -> tuple[object, list[object], list[int]]:
+    """A context with one backend chain per prompt (``sampler()`` makes each chain's sampler), the prompts
+    decoded in one batch (output at each prompt's last token): (context, chains, batch rows of those outputs)."""
+    from llcuda import libllama
+
+    n_seq = len(group)
+    chains, configs = [], (libllama.SamplerSeqConfig * n_seq)()
+    for seq in range(n_seq):
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        lib.llama_sampler_chain_add(chain, sampler())
+        chains.append(chain)
+        configs[seq].seq_id, configs[seq].sampler = seq, chain
+    params = lib.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 256 * n_seq, 256, 256, n_seq
+    params.n_threads = params.n_threads_batch = 1
+    params.samplers, params.n_samplers = configs, n_seq
+    ctx = lib.llama_init_from_model(model, params)
+    arrays = libllama.new_batch(sum(len(p) for p in group))
+    k, last = 0, []
+    for seq, prompt in enumerate(group):
+        for p, token in enumerate(prompt):
+            arrays.token[k], arrays.pos[k], arrays.seq[k] = token, p, seq
+            arrays.logits[k] = int(p == len(prompt) - 1)
+            k += 1
+        last.append(k - 1)
+    arrays.batch.n_tokens = k
+    assert lib.llama_decode(ctx, arrays.batch) == 0
+    return ctx, chains, last
+
+
+def _free(lib, ctx, chains) -> None:
+    lib.llama_free(ctx)
+    for chain in chains:
+        lib.llama_sampler_free(chain)
+
+
 def _sampled_rows(lib, model, prompts: list[list[int]], together: bool) -> list[tuple[list[int], list[float]]]:
     """(candidate ids, their logits) that a top-k chain on the backend leaves for each prompt's last token:
     all prompts in one batch (outputs come back reordered), or each alone in a fresh context."""
     import ctypes
-
-    from llcuda import libllama
 
     for name, restype in (("llama_get_sampled_candidates_ith", ctypes.POINTER(ctypes.c_int32)),
                           ("llama_get_sampled_candidates_count_ith", ctypes.c_uint32),
@@ -123,29 +157,7 @@ def _sampled_rows(lib, model, prompts: list[list[int]], together: bool) -> list[
     groups = [prompts] if together else [[p] for p in prompts]
     rows: list[tuple[list[int], list[float]]] = []
     for group in groups:
-        n_seq = len(group)
-        chains = []
-        configs = (libllama.SamplerSeqConfig * n_seq)()
-        for seq in range(n_seq):
-            chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(TOP_K))
-            chains.append(chain)
-            configs[seq].seq_id, configs[seq].sampler = seq, chain
-        params = lib.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 256 * n_seq, 256, 256, n_seq
-        params.n_threads = params.n_threads_batch = 1
-        params.samplers, params.n_samplers = configs, n_seq
-        ctx = lib.llama_init_from_model(model, params)
-        arrays = libllama.new_batch(sum(len(p) for p in group))
-        k, last = 0, []
-        for seq, prompt in enumerate(group):
-            for p, token in enumerate(prompt):
-                arrays.token[k], arrays.pos[k], arrays.seq[k] = token, p, seq
-                arrays.logits[k] = int(p == len(prompt) - 1)
-                k += 1
-            last.append(k - 1)
-        arrays.batch.n_tokens = k
-        assert lib.llama_decode(ctx, arrays.batch) == 0
+        ctx, chains, last = _decode_prompts(lib, model, group, lambda: lib.llama_sampler_init_top_k(TOP_K))
         for row in last:
             count = lib.llama_get_sampled_candidates_count_ith(ctx, row)
             logits_count = lib.llama_get_sampled_logits_count_ith(ctx, row)
@@ -153,9 +165,7 @@ def _sampled_rows(lib, model, prompts: list[list[int]], together: bool) -> list[
             ids = lib.llama_get_sampled_candidates_ith(ctx, row)
             logits = lib.llama_get_sampled_logits_ith(ctx, row)
             rows.append(([ids[i] for i in range(count)], [logits[i] for i in range(count)]))
-        lib.llama_free(ctx)
-        for chain in chains:
-            lib.llama_sampler_free(chain)
+        _free(lib, ctx, chains)
     return rows
 
 
@@ -196,34 +206,10 @@ def test_sampled_tokens_of_many_rows_come_in_one_call(binaries, tiny_model: Path
     prompts = [[1, *range(300 + 40 * s, 300 + 40 * s + length)] for s, length in enumerate((11, 2, 7, 4, 9))]
 
     def decode(group: list[list[int]]) -> tuple[object, list[object], list[int]]:
-        n_seq = len(group)
-        chains, configs = [], (libllama.SamplerSeqConfig * n_seq)()
-        for seq in range(n_seq):
-            chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            chains.append(chain)
-            configs[seq].seq_id, configs[seq].sampler = seq, chain
-        params = lib.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 256 * n_seq, 256, 256, n_seq
-        params.n_threads = params.n_threads_batch = 1
-        params.samplers, params.n_samplers = configs, n_seq
-        ctx = lib.llama_init_from_model(model, params)
-        arrays = libllama.new_batch(sum(len(p) for p in group))
-        k, last = 0, []
-        for seq, prompt in enumerate(group):
-            for p, token in enumerate(prompt):
-                arrays.token[k], arrays.pos[k], arrays.seq[k] = token, p, seq
-                arrays.logits[k] = int(p == len(prompt) - 1)
-                k += 1
-            last.append(k - 1)
-        arrays.batch.n_tokens = k
-        assert lib.llama_decode(ctx, arrays.batch) == 0
-        return ctx, chains, last
+        return _decode_prompts(lib, model, group, lib.llama_sampler_init_greedy)
 
     def free(ctx: object, chains: list[object]) -> None:
-        lib.llama_free(ctx)
-        for chain in chains:
-            lib.llama_sampler_free(chain)
+        _free(lib, ctx, chains)
 
     try:
         alone = []
