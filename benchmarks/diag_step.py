@@ -8,7 +8,9 @@ where the binaries have it; every line through the Python callback; a C no-op); 
 libllama (no engine: consecutive sequence ids, one token each per step) with and without GPU (backend)
 samplers, which isolates what the samplers cost on the GPU and what the engine adds on the host.
 DIAG_VARIANTS=logs runs only the three engine variants, twice, interleaved; DIAG_VARIANTS=core the engine
-with the shipped sink and the two bare loops. DIAG_LEVELS (default 16,64) picks the levels.
+with the shipped sink and the two bare loops. DIAG_LEVELS (default 16,64) picks the levels. For a profiler:
+DIAG_VARIANTS=bare1 (one sequence; DIAG_SAMPLERS=0 without samplers) and DIAG_VARIANTS=engine.
+DIAG_CLIENTS=threads submits an engine wave from one client thread per request instead of batch_infer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ctypes
 import json
 import os
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,6 +29,7 @@ from llcuda.fastpath import InProcessEngine  # noqa: E402
 MODEL, OUT = sys.argv[1], sys.argv[2]
 LEVELS = tuple(int(x) for x in os.environ.get("DIAG_LEVELS", "16,64").split(","))
 TOKENS = int(os.environ.get("DIAG_TOKENS", "128"))
+CLIENTS = os.environ.get("DIAG_CLIENTS", "batch")  # "threads": one client thread per request
 rows: list[dict] = []
 
 
@@ -36,13 +40,32 @@ def emit(row: dict) -> None:
         json.dump(rows, fh, indent=1)
 
 
+def _threaded(eng: InProcessEngine, prompts: list[str]) -> list:
+    barrier = threading.Barrier(len(prompts))
+    results: list = [None] * len(prompts)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        results[i] = eng.infer(prompts[i], max_tokens=TOKENS, ignore_eos=True)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results
+
+
 def engine_wave(eng: InProcessEngine, level: int) -> dict:
     prompts = [f"Story {i}. Write a long story about a lighthouse keeper and an old map." for i in range(level)]
     eng.batch_infer(prompts[:level], max_tokens=16, ignore_eos=True)  # warm-up at this level
     eng.reset_stats()
     libllama.LOG_LINES.clear()
     t = time.perf_counter()
-    results = eng.batch_infer(prompts, max_tokens=TOKENS, ignore_eos=True)
+    if CLIENTS == "threads":  # one client thread per request, released together (as bench_systems does)
+        results = _threaded(eng, prompts)
+    else:
+        results = eng.batch_infer(prompts, max_tokens=TOKENS, ignore_eos=True)
     wall = time.perf_counter() - t
     s = eng.stats
     steps = max(1, s["steps"])
@@ -121,6 +144,13 @@ def bare_loop(name: str, level: int, samplers: bool, n_seq: int = 64) -> None:
 
 
 VARIANT = os.environ.get("DIAG_VARIANTS", "all")  # "logs": the three log sinks, interleaved; "core": see above
+if VARIANT == "bare1":  # one bare loop only, for a profiler: one sequence, samplers per DIAG_SAMPLERS
+    with_samplers = os.environ.get("DIAG_SAMPLERS", "1") == "1"
+    bare_loop("bare+gpu-samplers" if with_samplers else "bare, no samplers (logits out)", 1, with_samplers, n_seq=1)
+    sys.exit(0)
+if VARIANT == "engine":  # the engine alone at DIAG_LEVELS (64 sequences), for a profiler
+    run_engine("engine")
+    sys.exit(0)
 lib = libllama.load_library(bootstrap.find_binaries())
 shipped = libllama._log_sink(bootstrap.find_binaries().lib_dir)  # the C filter where the binaries have it
 # libllama's log lines to a C function that ignores them (getpid takes no arguments and has no effect)

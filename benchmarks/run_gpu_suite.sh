@@ -457,6 +457,32 @@ diag) # where a decode step's time goes at 16/64 sequences in-process (benchmark
     LLCUDA_BIN_DIR=$PREFIX/bin timeout $(($(left) - 10)) $PY benchmarks/diag_step.py "$MODEL" "$OUT/diag-step.json"
     say "diag exit $?"
     ;;
+prof) # native CPU profiles (py-spy --native, carried in .whl) of decode steps, carried prefix, Gemma-shaped model:
+    # one sequence with and without GPU samplers, and the engine at 64; collapsed stacks, one file each
+    unpack_prefix
+    vocab
+    gen_gemma && quantize_to "$W/gemma-f16.gguf" "$GEMMA" "$NPROC"
+    SPY=$W/site/bin/py-spy
+    prof() { # prof <name> <env...>: diag_step.py under py-spy
+        local name=$1
+        shift
+        env "$@" timeout 150 "$SPY" record --native -r 1000 -f raw -o "$OUT/prof-$name.txt" -- \
+            $PY benchmarks/diag_step.py "$GEMMA" "$W/prof-$name.json" >"$W/prof-$name.log" 2>&1
+        say "prof $name exit $?"
+        $PY -c 'import json, sys
+for r in json.load(open(sys.argv[1])):
+    print("   ", r["variant"], "level", r["level"], "tok/s", round(r["tps"]), "decode call us", round(r["us_decode_call"]),
+          "wait us", round(r.get("us_wait", 0)), "host us", round(r.get("us_host", 0)))' "$W/prof-$name.json"
+        tail -3 "$W/prof-$name.log"
+    }
+    n=${PROF_TOKENS:-4000}
+    prof np1-samplers DIAG_VARIANTS=bare1 DIAG_SAMPLERS=1 DIAG_TOKENS=$n
+    prof np1-logits DIAG_VARIANTS=bare1 DIAG_SAMPLERS=0 DIAG_TOKENS=$n
+    prof engine64 DIAG_VARIANTS=engine DIAG_LEVELS=64 DIAG_TOKENS=$((n / 16))
+    prof engine16-threads DIAG_VARIANTS=engine DIAG_LEVELS=16,16,16 DIAG_TOKENS=$((n / 16)) DIAG_CLIENTS=threads
+    prof engine16-batch DIAG_VARIANTS=engine DIAG_LEVELS=16,16,16 DIAG_TOKENS=$((n / 16))
+    prof np1-samplers-nographs DIAG_VARIANTS=bare1 DIAG_SAMPLERS=1 DIAG_TOKENS=$n GGML_CUDA_DISABLE_GRAPHS=1
+    ;;
 logab) # the log sinks A/B (diag_step.py DIAG_VARIANTS=logs) and a short matrix, carried prefix, Gemma-shaped model
     unpack_prefix
     [[ -f $PREFIX/lib/libllcuda-log.so ]] || "${CC:-cc}" -O2 -fPIC -shared -Wl,-soname,libllcuda-log.so \

@@ -5,12 +5,37 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+# LLCUDA_HOME as the run started, before `isolated_home` points it at a temporary folder: the
+# build caches (source, CPU build) that scripts/setup.sh filled live there.
+_USER_LLCUDA_HOME = os.environ.get("LLCUDA_HOME")
+
+
+@contextmanager
+def _env_replaced(env: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def build_env(**extra: str) -> dict[str, str]:
+    """Environment for the build scripts: this one with the user's LLCUDA_HOME (their build cache)."""
+    env = {k: v for k, v in os.environ.items() if k != "LLCUDA_HOME"}
+    if _USER_LLCUDA_HOME is not None:
+        env["LLCUDA_HOME"] = _USER_LLCUDA_HOME
+    env.update(extra)
+    return env
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -42,7 +67,8 @@ def llama_src() -> Path:
     """The pinned llama.cpp source tree (fetched into the user cache on first use)."""
     from llama_source import fetch_source
 
-    return fetch_source()
+    with _env_replaced(build_env()):
+        return fetch_source()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import build_env
 
 REPO = Path(__file__).resolve().parent.parent
 # The module fixture builds and smoke-tests a wheel: allow it more than the suite-wide 300 s on 2 busy cores.
@@ -69,7 +70,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> SimpleN
         capture_output=True,
         text=True,
         timeout=600,
-        env={**{k: v for k, v in os.environ.items() if k != "LLCUDA_BIN_DIR"}, "PYTHON": sys.executable},
+        env={k: v for k, v in build_env(PYTHON=sys.executable).items() if k != "LLCUDA_BIN_DIR"},
     )
     wheels = sorted(out.glob("*.whl"))
     assert wheels, f"no wheel built:\n{proc.stderr[-4000:]}"
