@@ -9,7 +9,8 @@ libllama (no engine: consecutive sequence ids, one token each per step) with and
 samplers, which isolates what the samplers cost on the GPU and what the engine adds on the host.
 DIAG_VARIANTS=logs runs only the three engine variants, twice, interleaved; DIAG_VARIANTS=core the engine
 with the shipped sink and the two bare loops. DIAG_LEVELS (default 16,64) picks the levels. For a profiler:
-DIAG_VARIANTS=bare1 (one sequence; DIAG_SAMPLERS=0 without samplers) and DIAG_VARIANTS=engine.
+DIAG_VARIANTS=bare1 (one sequence; DIAG_SAMPLERS=0 without samplers, DIAG_KEEP=0 without the sampled
+logits' copy) and DIAG_VARIANTS=engine. DIAG_THREADS sets the bare loops' CPU threads.
 DIAG_CLIENTS=threads submits an engine wave from one client thread per request instead of batch_infer.
 """
 
@@ -29,6 +30,7 @@ from llcuda.fastpath import InProcessEngine  # noqa: E402
 MODEL, OUT = sys.argv[1], sys.argv[2]
 LEVELS = tuple(int(x) for x in os.environ.get("DIAG_LEVELS", "16,64").split(","))
 TOKENS = int(os.environ.get("DIAG_TOKENS", "128"))
+THREADS = int(os.environ.get("DIAG_THREADS", "0"))  # CPU threads of the bare loops (0: llama.cpp's default)
 CLIENTS = os.environ.get("DIAG_CLIENTS", "batch")  # "threads": one client thread per request
 rows: list[dict] = []
 
@@ -38,6 +40,29 @@ def emit(row: dict) -> None:
     print(json.dumps(row), flush=True)
     with open(OUT, "w") as fh:
         json.dump(rows, fh, indent=1)
+
+
+def environment() -> dict:
+    """What ran: machine, GPU, the llama.cpp build (build-info.json) and its patches, the model."""
+    import hashlib
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    from llcuda import gpu
+
+    binaries = bootstrap.find_binaries()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
+                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    patches = sorted(Path(__file__).resolve().parent.parent.glob("recipe/patches/*.patch"))
+    return {"variant": "environment", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cpu": cpu, "nproc": os.cpu_count(), "gpus": [g.name for g in gpu.detect().gpus] or "none (CPU)",
+            "build_info": bootstrap.read_build_info(binaries.bin_dir), "git_head": head,
+            "llama_cpp_patches": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in patches},
+            "model": os.path.basename(MODEL), "model_bytes": os.path.getsize(MODEL), "tokens": TOKENS,
+            "levels": LEVELS, "variants": os.environ.get("DIAG_VARIANTS", "all")}
 
 
 def _threaded(eng: InProcessEngine, prompts: list[str]) -> list:
@@ -83,9 +108,10 @@ def run_engine(name: str, n_parallel: int = 64, levels: tuple[int, ...] = LEVELS
     eng.unload()
 
 
-def bare_loop(name: str, level: int, samplers: bool, n_seq: int = 64) -> None:
+def bare_loop(name: str, level: int, samplers: bool, n_seq: int = 64, keep_sampled_data: bool = True) -> None:
     """libllama alone: ``level`` sequences 0..level-1, 8-token prompts, then TOKENS steps of one token each,
-    in a context of ``n_seq`` sequences (a greedy chain each with ``samplers``)."""
+    in a context of ``n_seq`` sequences (a greedy chain each with ``samplers``). ``keep_sampled_data=False``:
+    the sampled rows' logits are not copied to the host (patch 0006), as the engine does."""
     lib = libllama.load_library(bootstrap.find_binaries())
     mp = lib.llama_model_default_params()
     mp.n_gpu_layers = 99
@@ -94,6 +120,8 @@ def bare_loop(name: str, level: int, samplers: bool, n_seq: int = 64) -> None:
     cp = lib.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_seq * 256, 2048, 512, n_seq
     cp.flash_attn_type, cp.no_perf = 1, True
+    if THREADS:
+        cp.n_threads = cp.n_threads_batch = THREADS
     if samplers:
         configs = (libllama.SamplerSeqConfig * n_seq)()
         for s in range(n_seq):
@@ -103,6 +131,8 @@ def bare_loop(name: str, level: int, samplers: bool, n_seq: int = 64) -> None:
             configs[s].seq_id, configs[s].sampler = s, chain
         cp.samplers, cp.n_samplers = configs, n_seq
     ctx = lib.llama_init_from_model(model, cp)
+    if not keep_sampled_data:
+        lib.llama_set_keep_sampled_data(ctx, False)
     arrays = libllama.new_batch(level * 8)
     bulk = hasattr(lib, "llama_get_sampled_tokens")
     rows, sampled = (ctypes.c_int32 * level)(*range(level)), (ctypes.c_int32 * level)()
@@ -144,9 +174,13 @@ def bare_loop(name: str, level: int, samplers: bool, n_seq: int = 64) -> None:
 
 
 VARIANT = os.environ.get("DIAG_VARIANTS", "all")  # "logs": the three log sinks, interleaved; "core": see above
+emit(environment())
 if VARIANT == "bare1":  # one bare loop only, for a profiler: one sequence, samplers per DIAG_SAMPLERS
     with_samplers = os.environ.get("DIAG_SAMPLERS", "1") == "1"
-    bare_loop("bare+gpu-samplers" if with_samplers else "bare, no samplers (logits out)", 1, with_samplers, n_seq=1)
+    keep = os.environ.get("DIAG_KEEP", "1") == "1"  # 0: sampled logits not copied (patch 0006)
+    name = "bare+gpu-samplers" + ("" if keep else ", sampled logits not copied")
+    bare_loop(name if with_samplers else "bare, no samplers (logits out)", 1, with_samplers, n_seq=1,
+              keep_sampled_data=keep)
     sys.exit(0)
 if VARIANT == "engine":  # the engine alone at DIAG_LEVELS (64 sequences), for a profiler
     run_engine("engine")
@@ -166,10 +200,15 @@ for rep in range(2 if VARIANT == "logs" else 1):
 lib.llama_log_set(shipped, None)
 if VARIANT == "logs":
     sys.exit(0)
+SKIP = hasattr(lib, "llama_set_keep_sampled_data")  # patch 0006
 for level in LEVELS:
     bare_loop("bare+gpu-samplers", level, True)
+    if SKIP:
+        bare_loop("bare+gpu-samplers, sampled logits not copied", level, True, keep_sampled_data=False)
     bare_loop("bare, no samplers (logits out)", level, False)
 if VARIANT == "core" and 1 in LEVELS:  # single stream in a one-sequence context, as the single-stream rows
     run_engine("engine", n_parallel=1, levels=(1,))
     bare_loop("bare+gpu-samplers", 1, True, n_seq=1)
+    if SKIP:
+        bare_loop("bare+gpu-samplers, sampled logits not copied", 1, True, n_seq=1, keep_sampled_data=False)
     bare_loop("bare, no samplers (logits out)", 1, False, n_seq=1)

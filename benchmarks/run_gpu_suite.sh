@@ -47,9 +47,7 @@ build_facts() {  # build-info, library sizes, and the archs inside libggml-cuda 
     cp "$PREFIX/share/llcuda/build-info.json" "$OUT/build-info-$(basename "$PREFIX").json"
     say "build-info: $(tr -d '\n' <"$PREFIX/share/llcuda/build-info.json" | head -c 600)"
     ls -la "$PREFIX"/lib/*.so* | awk '{print $5, $9}'
-    say "cuobjdump --list-elf / --list-ptx libggml-cuda.so (arch: count of images):"
-    cuobjdump --list-elf "$PREFIX"/lib/libggml-cuda.so* 2>/dev/null | grep -o 'sm_[0-9a-z]*' | sort | uniq -c
-    cuobjdump --list-ptx "$PREFIX"/lib/libggml-cuda.so* 2>/dev/null | grep -o 'sm_[0-9a-z]*' | sort | uniq -c
+    say "build facts (elf_images / ptx_images: cuobjdump's count of images per arch in libggml-cuda.so):"
     $PY - "$PREFIX" "${BUILD_SECONDS:-0}" "$OUT/build-facts.json" <<'PYFACTS'
 import json, os, re, shutil, subprocess, sys
 prefix, seconds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -209,11 +207,16 @@ progress() {  # print ninja's [done/total] of a build log every 30 s while $1 ru
     return 0
 }
 
+build_env() { # build_env <prefix> <build dir> [archs]: the build script's environment, into BUILD_ENV
+    BUILD_ENV=(SRC_DIR="$SRC" PREFIX="$1" LLCUDA_BUILD_DIR="$2" LLAMA_BUILD_NUMBER=11434 LLCUDA_CUDA="$CUDA_BUILD"
+               CPU_COUNT="$NPROC")
+    [[ -n "${3:-}" ]] && BUILD_ENV+=(LLCUDA_CUDA_ARCHS="$3")
+    return 0
+}
+
 build() {  # build <prefix> <build dir> <archs or ""> <log>: the project's own build script, timed
-    local archs=()
-    [[ -n "$3" ]] && archs=(LLCUDA_CUDA_ARCHS="$3")
-    env SRC_DIR="$SRC" PREFIX="$1" LLCUDA_BUILD_DIR="$2" LLAMA_BUILD_NUMBER=11434 LLCUDA_CUDA=$CUDA_BUILD \
-        CPU_COUNT="$NPROC" "${archs[@]}" bash recipe/build-binaries.sh >"$4" 2>&1
+    build_env "$1" "$2" "$3"
+    env "${BUILD_ENV[@]}" bash recipe/build-binaries.sh >"$4" 2>&1
 }
 
 unpack_source() {
@@ -353,8 +356,8 @@ archs_bg_start() { # the default arch list (the build script's own) in its own p
     unpack_source
     mkdir -p "$PIPE/archs"
     date +%s >"$PIPE/archs/started"
-    setsid nice -n 19 env SRC_DIR="$SRC" PREFIX="$W/prefix-all" LLCUDA_BUILD_DIR="$W/build-all" \
-        LLAMA_BUILD_NUMBER=11434 LLCUDA_CUDA=$CUDA_BUILD CPU_COUNT="$NPROC" \
+    build_env "$W/prefix-all" "$W/build-all" # no archs: the build script's default list
+    setsid nice -n 19 env "${BUILD_ENV[@]}" \
         bash -c 'bash recipe/build-binaries.sh; echo $? >"$0"' "$PIPE/archs/rc" >"$W/build-all.log" 2>&1 </dev/null &
     ARCHS_PID=$!
     echo $ARCHS_PID >"$PIPE/archs/pid"
@@ -470,7 +473,7 @@ prof) # native CPU profiles (py-spy --native, carried in .whl) of decode steps, 
             $PY benchmarks/diag_step.py "$GEMMA" "$W/prof-$name.json" >"$W/prof-$name.log" 2>&1
         say "prof $name exit $?"
         $PY -c 'import json, sys
-for r in json.load(open(sys.argv[1])):
+for r in [r for r in json.load(open(sys.argv[1])) if "level" in r]:
     print("   ", r["variant"], "level", r["level"], "tok/s", round(r["tps"]), "decode call us", round(r["us_decode_call"]),
           "wait us", round(r.get("us_wait", 0)), "host us", round(r.get("us_host", 0)))' "$W/prof-$name.json"
         tail -3 "$W/prof-$name.log"
@@ -595,9 +598,8 @@ archs) # the default arch list, built for as long as the call allows; the GPU te
     arch_seconds=$(($(left) - 110))
     say "default arch list (recipe/build-binaries.sh's default), -j$NPROC, for at most $arch_seconds s"
     t=$(date +%s)
-    (timeout -s INT $arch_seconds env SRC_DIR="$SRC" PREFIX="$W/prefix-all" LLCUDA_BUILD_DIR="$W/build-all" \
-        LLAMA_BUILD_NUMBER=11434 LLCUDA_CUDA=$CUDA_BUILD CPU_COUNT="$NPROC" bash recipe/build-binaries.sh \
-        >"$W/build-all.log" 2>&1) &
+    build_env "$W/prefix-all" "$W/build-all" # no archs: the build script's default list
+    (timeout -s INT $arch_seconds env "${BUILD_ENV[@]}" bash recipe/build-binaries.sh >"$W/build-all.log" 2>&1) &
     arch=$!
     progress $arch "$W/build-all.log" &
     (

@@ -106,6 +106,11 @@ class Batcher:
         # one call reads a step's sampled tokens (one backend synchronization instead of one per row)
         self._sampled_tokens = fast.llama_get_sampled_tokens if bulk else None
         self._mem = lib.llama_get_memory(ctx)
+        # Only the sampled tokens are read, never a chain's logits: where the build can (patch 0006), rows
+        # sampled on the backend no longer copy theirs to the host (n_vocab floats per sequence and step).
+        self.sampled_data_kept = not hasattr(lib, "llama_set_keep_sampled_data")
+        if not self.sampled_data_kept:
+            lib.llama_set_keep_sampled_data(ctx, False)
         # the same pointers as c_void_p objects, for those GIL-holding functions
         self._ctx_p, self._vocab_p, self._mem_p = (ctypes.c_void_p(p) for p in (ctx, vocab, self._mem))
         self._is_eog: dict[int, bool] = {}  # llama_vocab_is_eog of each token seen so far

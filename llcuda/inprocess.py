@@ -263,7 +263,8 @@ class InProcessEngine:
         if not alive:
             raise LlcudaError("the in-process worker thread has stopped; load the model again.")
         return {"status": "ok", "backend": "inprocess", "model": self.model_name, "running": running,
-                "queued": queued, "slots": batcher.n_parallel, "backend_sampling": batcher.backend_sampling}
+                "queued": queued, "slots": batcher.n_parallel, "backend_sampling": batcher.backend_sampling,
+                "sampled_logits_copied": batcher.sampled_data_kept}
 
     # -- tokens and templates ----------------------------------------------------------------
     def _need_model(self) -> None:

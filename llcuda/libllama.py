@@ -157,6 +157,8 @@ _FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
 _OPTIONAL_FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
     # patch 0005: the sampled tokens of many batch rows with one backend synchronization
     "llama_get_sampled_tokens": (c_int32, [c_void_p, c_void_p, c_int32, c_void_p]),
+    # patch 0006: rows sampled on the backend skip copying their chain's logits (a vocabulary row each)
+    "llama_set_keep_sampled_data": (None, [c_void_p, c_bool]),
 }
 
 _lib_lock = threading.Lock()

@@ -207,6 +207,7 @@ def test_chat_needs_a_template_llama_cpp_knows(local):
 def test_health_timings_and_metrics(local):
     health = local.health()
     assert health["status"] == "ok" and health["backend"] == "inprocess" and health["slots"] == SLOTS
+    assert health["sampled_logits_copied"] is False, "llcuda's builds (patch 0006) skip the sampled logits' copy"
     timings = local.load_timings
     phases = ("checks_s", "model_s", "context_s", "warmup_s")  # one after another
     assert set(timings) == {*phases, "resolve_s", "detect_s", "library_s"}

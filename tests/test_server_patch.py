@@ -107,9 +107,10 @@ def test_patch_set_changes_the_build_key(tmp_path: Path) -> None:
 TOP_K = 8
 
 
-def _decode_prompts(lib, model, group: list[list[int]], sampler) -> tuple[object, list[object], list[int]]:
+def _decode_prompts(lib, model, group: list[list[int]], sampler, before_decode=None) -> tuple[object, list[object], list[int]]:
     """A context with one backend chain per prompt (``sampler()`` makes each chain's sampler), the prompts
-    decoded in one batch (output at each prompt's last token): (context, chains, batch rows of those outputs)."""
+    decoded in one batch (output at each prompt's last token): (context, chains, batch rows of those outputs).
+    ``before_decode(ctx)`` runs between making the context and the decode."""
     from llcuda import libllama
 
     n_seq = len(group)
@@ -133,6 +134,8 @@ def _decode_prompts(lib, model, group: list[list[int]], sampler) -> tuple[object
             k += 1
         last.append(k - 1)
     arrays.batch.n_tokens = k
+    if before_decode is not None:
+        before_decode(ctx)
     assert lib.llama_decode(ctx, arrays.batch) == 0
     return ctx, chains, last
 
@@ -143,9 +146,8 @@ def _free(lib, ctx, chains) -> None:
         lib.llama_sampler_free(chain)
 
 
-def _sampled_rows(lib, model, prompts: list[list[int]], together: bool) -> list[tuple[list[int], list[float]]]:
-    """(candidate ids, their logits) that a top-k chain on the backend leaves for each prompt's last token:
-    all prompts in one batch (outputs come back reordered), or each alone in a fresh context."""
+def _declare_sampled_data(lib) -> None:
+    """Types of libllama's readers of a row's backend-sampled candidates and logits (llcuda declares none)."""
     import ctypes
 
     for name, restype in (("llama_get_sampled_candidates_ith", ctypes.POINTER(ctypes.c_int32)),
@@ -154,6 +156,12 @@ def _sampled_rows(lib, model, prompts: list[list[int]], together: bool) -> list[
                           ("llama_get_sampled_logits_count_ith", ctypes.c_uint32)):
         func = getattr(lib, name)
         func.restype, func.argtypes = restype, [ctypes.c_void_p, ctypes.c_int32]
+
+
+def _sampled_rows(lib, model, prompts: list[list[int]], together: bool) -> list[tuple[list[int], list[float]]]:
+    """(candidate ids, their logits) that a top-k chain on the backend leaves for each prompt's last token:
+    all prompts in one batch (outputs come back reordered), or each alone in a fresh context."""
+    _declare_sampled_data(lib)
     groups = [prompts] if together else [[p] for p in prompts]
     rows: list[tuple[list[int], list[float]]] = []
     for group in groups:
@@ -235,3 +243,48 @@ def test_sampled_tokens_of_many_rows_come_in_one_call(binaries, tiny_model: Path
         lib.llama_model_free(model)
     assert bulk == one_by_one == alone
     assert len(set(alone)) > 1, "the prompts must sample different tokens"
+
+
+def test_rows_sampled_on_the_backend_skip_their_logits_copy_when_asked(binaries, tiny_model: Path) -> None:
+    # Patch 0006: llama_set_keep_sampled_data(ctx, false) stops the copy of a row's chain logits (for a
+    # greedy chain, the whole vocabulary row) when the backend chose its token; rows whose chain chose
+    # none (top-k alone: the CPU finishes the sampling) still get theirs. The sampled tokens are the same.
+    from llcuda import libllama
+
+    lib = libllama.load_library(binaries)
+    assert hasattr(lib, "llama_set_keep_sampled_data"), "the build lacks patch 0006"
+    _declare_sampled_data(lib)
+    model = lib.llama_model_load_from_file(str(tiny_model).encode(), lib.llama_model_default_params())
+    assert model
+    n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))
+    prompts = [[1, *range(300 + 40 * s, 300 + 40 * s + length)] for s, length in enumerate((11, 2, 7, 4))]
+
+    def rows(keep: bool, sampler) -> list[tuple[int, int, bool]]:
+        """(sampled token, count of the row's sampled logits, whether their pointer is set) per prompt."""
+        ctx, chains, last = _decode_prompts(lib, model, prompts, sampler,
+                                            before_decode=lambda c: lib.llama_set_keep_sampled_data(c, keep))
+        try:
+            out = []
+            for row in last:
+                count = lib.llama_get_sampled_logits_count_ith(ctx, row)
+                logits = lib.llama_get_sampled_logits_ith(ctx, row)
+                if count == n_vocab:  # the greedy row itself: its token is the argmax of what was copied
+                    values = logits[:n_vocab]
+                    assert values.index(max(values)) == lib.llama_get_sampled_token_ith(ctx, row)
+                out.append((lib.llama_get_sampled_token_ith(ctx, row), count, bool(logits)))
+            return out
+        finally:
+            _free(lib, ctx, chains)
+
+    try:
+        greedy_kept = rows(True, lib.llama_sampler_init_greedy)
+        greedy_skipped = rows(False, lib.llama_sampler_init_greedy)
+        top_k_skipped = rows(False, lambda: lib.llama_sampler_init_top_k(TOP_K))
+    finally:
+        lib.llama_model_free(model)
+    assert [count for _, count, _ in greedy_kept] == [n_vocab] * len(prompts), "default: the whole row is copied"
+    assert all(present for _, _, present in greedy_kept)
+    assert [(count, present) for _, count, present in greedy_skipped] == [(0, False)] * len(prompts)
+    assert [token for token, _, _ in greedy_skipped] == [token for token, _, _ in greedy_kept]
+    assert len({token for token, _, _ in greedy_kept}) > 1, "the prompts must sample different tokens"
+    assert [(token, count) for token, count, _ in top_k_skipped] == [(libllama.LLAMA_TOKEN_NULL, TOP_K)] * len(prompts)
