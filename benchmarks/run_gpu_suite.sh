@@ -28,7 +28,7 @@
 #
 # Carried (git-ignored): .carry/ (llama-src.tgz, ggml-vocab-llama-bpe.gguf.gz, llama_cpp_python-*-trim.tar.gz,
 # gemma-3-270m-Q4_K_M.skeleton.gguf.gz), .carry-cuda/prefix-sm90.tar.xz.* (stage build's output), .whl/
-# (gguf, diskcache): carry = [".carry", ".carry-cuda", ".whl"]. Work folder $LLCUDA_WORK (default /tmp/llw).
+# (gguf, diskcache, py-spy; benchmarks/make_carry.sh makes them all): carry = [".carry", ".carry-cuda", ".whl"]. Work folder $LLCUDA_WORK (default /tmp/llw).
 # SUITE_CPU=1 checks a stage on a machine without a GPU: the carried prefix is unpacked, then a copy of the
 # CPU build in SUITE_CPU_PREFIX runs instead; tiny models, bench_matrix.py --quick, a CPU-only build.
 set -uo pipefail
