@@ -17,14 +17,18 @@ DIAG_CLIENTS=threads submits an engine wave from one client thread per request i
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
+import platform
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llcuda import bootstrap, libllama  # noqa: E402
+from llcuda import bootstrap, gpu, libllama  # noqa: E402
 from llcuda.fastpath import InProcessEngine  # noqa: E402
 
 MODEL, OUT = sys.argv[1], sys.argv[2]
@@ -44,13 +48,6 @@ def emit(row: dict) -> None:
 
 def environment() -> dict:
     """What ran: machine, GPU, the llama.cpp build (build-info.json) and its patches, the model."""
-    import hashlib
-    import platform
-    import subprocess
-    from pathlib import Path
-
-    from llcuda import gpu
-
     binaries = bootstrap.find_binaries()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())

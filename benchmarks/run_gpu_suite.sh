@@ -28,7 +28,8 @@
 #
 # Carried (git-ignored): .carry/ (llama-src.tgz, ggml-vocab-llama-bpe.gguf.gz, llama_cpp_python-*-trim.tar.gz,
 # gemma-3-270m-Q4_K_M.skeleton.gguf.gz), .carry-cuda/prefix-sm90.tar.xz.* (stage build's output), .whl/
-# (gguf, diskcache, py-spy; benchmarks/make_carry.sh makes them all): carry = [".carry", ".carry-cuda", ".whl"]. Work folder $LLCUDA_WORK (default /tmp/llw).
+# (gguf, diskcache, py-spy; benchmarks/make_carry.sh makes them all): carry = [".carry", ".carry-cuda", ".whl"].
+# Work folder $LLCUDA_WORK (default /tmp/llw).
 # SUITE_CPU=1 checks a stage on a machine without a GPU: the carried prefix is unpacked, then a copy of the
 # CPU build in SUITE_CPU_PREFIX runs instead; tiny models, bench_matrix.py --quick, a CPU-only build.
 set -uo pipefail
@@ -461,7 +462,8 @@ diag) # where a decode step's time goes at 16/64 sequences in-process (benchmark
     say "diag exit $?"
     ;;
 prof) # native CPU profiles (py-spy --native, carried in .whl) of decode steps, carried prefix, Gemma-shaped model:
-    # one sequence with and without GPU samplers, and the engine at 64; collapsed stacks, one file each
+    # one sequence with and without GPU samplers (and without CUDA graphs), the engine at 64, and 16 requests
+    # from 16 client threads beside one batch_infer; collapsed stacks, one file each (PROF_TOKENS: steps)
     unpack_prefix
     vocab
     gen_gemma && quantize_to "$W/gemma-f16.gguf" "$GEMMA" "$NPROC"
