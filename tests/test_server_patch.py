@@ -216,15 +216,12 @@ def test_sampled_tokens_of_many_rows_come_in_one_call(binaries, tiny_model: Path
     def decode(group: list[list[int]]) -> tuple[object, list[object], list[int]]:
         return _decode_prompts(lib, model, group, lib.llama_sampler_init_greedy)
 
-    def free(ctx: object, chains: list[object]) -> None:
-        _free(lib, ctx, chains)
-
     try:
         alone = []
         for prompt in prompts:
             ctx, chains, last = decode([prompt])
             alone.append(lib.llama_get_sampled_token_ith(ctx, last[0]))
-            free(ctx, chains)
+            _free(lib, ctx, chains)
         ctx, chains, last = decode(prompts)
         try:
             rows = (ctypes.c_int32 * len(last))(*reversed(last))  # any order of rows
@@ -238,7 +235,7 @@ def test_sampled_tokens_of_many_rows_come_in_one_call(binaries, tiny_model: Path
             no_output = (ctypes.c_int32 * 1)(0)  # the first prompt token: no output requested there
             assert lib.llama_get_sampled_tokens(ctx, no_output, 1, out) == 1 and out[0] == libllama.LLAMA_TOKEN_NULL
         finally:
-            free(ctx, chains)
+            _free(lib, ctx, chains)
     finally:
         lib.llama_model_free(model)
     assert bulk == one_by_one == alone
@@ -266,12 +263,13 @@ def test_rows_sampled_on_the_backend_skip_their_logits_copy_when_asked(binaries,
         try:
             out = []
             for row in last:
+                token = lib.llama_get_sampled_token_ith(ctx, row)
                 count = lib.llama_get_sampled_logits_count_ith(ctx, row)
                 logits = lib.llama_get_sampled_logits_ith(ctx, row)
                 if count == n_vocab:  # the greedy row itself: its token is the argmax of what was copied
                     values = logits[:n_vocab]
-                    assert values.index(max(values)) == lib.llama_get_sampled_token_ith(ctx, row)
-                out.append((lib.llama_get_sampled_token_ith(ctx, row), count, bool(logits)))
+                    assert values.index(max(values)) == token
+                out.append((token, count, bool(logits)))
             return out
         finally:
             _free(lib, ctx, chains)
