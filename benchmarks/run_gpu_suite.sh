@@ -523,10 +523,11 @@ bench) # the benchmark matrix on the 1B model, then on the Gemma-3-270M-shaped m
     p2=$!
     wait $p1 $p2
     # 1B: the most telling rows first; the ceilings again in the middle and at the end (tg128 moved ±4.5 %)
+    # (BENCH_SECTIONS_1B / BENCH_SECTIONS_GEMMA: other sections)
     matrix "$MODEL" "$LABEL_1B" "$OUT/bench-1b.json" $((T0 + BUDGET - 100)) \
-        env,llama_bench,batched_bench,inproc-np1,inproc,server-default,server-bs,engine-default,llama_bench#2,load,import_time,inproc-kvu,inproc-np1#2,batched_bench#2,llama_bench#3
+        ${BENCH_SECTIONS_1B:-env,llama_bench,batched_bench,inproc-np1,inproc,server-default,server-bs,engine-default,llama_bench#2,load,import_time,inproc-kvu,inproc-np1#2,batched_bench#2,llama_bench#3}
     matrix "$GEMMA" "$LABEL_GEMMA" "$OUT/bench-gemma.json" $((T0 + BUDGET - 20)) \
-        env,llama_bench,batched_bench@1+16+64,inproc-np1,inproc@16+64,engine-default@16,server-bs@16,llama_bench#2
+        ${BENCH_SECTIONS_GEMMA:-env,llama_bench,batched_bench@1+16+64,inproc-np1,inproc@16+64,engine-default@16,server-bs@16,llama_bench#2}
     mkdir -p "$W/report"
     for m in 1b gemma; do
         [[ -f $OUT/bench-$m.json ]] && $PY benchmarks/report.py "$OUT/bench-$m.json" --out "$W/report/bench-$m"
