@@ -37,6 +37,9 @@ SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "inproc": ("inproc", {}),
     "inproc-kvu": ("inproc", {"kv_unified": True}),
     "inproc-np1": ("inproc", {"single_only": True}),
+    # CPU threads beside a fully offloaded model: one thread, and OpenMP's workers sleeping instead of spinning
+    "inproc-np1-t1": ("inproc", {"single_only": True, "threads": 1}),
+    "inproc-np1-passive": ("inproc", {"single_only": True, "env": {"OMP_WAIT_POLICY": "PASSIVE"}}),
 }
 STEP_KEYS = ("decode_call_s", "wait_s", "host_s")
 
@@ -188,6 +191,7 @@ def _inner_stats(engine: Any) -> Any:
 
 def run_system(a: Any, name: str, levels: list[int]) -> dict[str, Any]:
     kind, settings = SYSTEMS[name]
+    os.environ.update(settings.get("env", {}))  # before libllama (and its OpenMP runtime) is loaded
     if settings.get("single_only"):
         levels = []
     top = max(levels or [1])
@@ -240,6 +244,8 @@ def run_system(a: Any, name: str, levels: list[int]) -> dict[str, Any]:
             "flash_attn": "on",
             "kv_unified": settings.get("kv_unified", False),
         }
+        if "threads" in settings:
+            load["threads"] = settings["threads"]
         try:
             engine = InferenceEngine(backend="inprocess")
             out["api"] = "InferenceEngine(backend='inprocess')"
