@@ -29,12 +29,15 @@ LABELS = {
     "inproc": "llcuda InferenceEngine(backend='inprocess')",
     "inproc-kvu": "llcuda InferenceEngine(backend='inprocess'), kv_unified",
     "inproc-np1": "llcuda InferenceEngine(backend='inprocess'), n_parallel=1",
+    "inproc-np1-t1": "llcuda InferenceEngine(backend='inprocess'), n_parallel=1, threads=1",
+    "inproc-np1-passive": "llcuda InferenceEngine(backend='inprocess'), n_parallel=1, OMP_WAIT_POLICY=PASSIVE",
     "fastpath": "llcuda fastpath.InProcessEngine (64 seqs)",
     "fastpath-kvu": "llcuda fastpath.InProcessEngine, kv_unified (64 seqs)",
     "fastpath-np1": "llcuda fastpath.InProcessEngine (1 seq)",
     "llama_cpp_python": "llama-cpp-python (in-process, its own llama.cpp)",
 }
 LLCUDA = ("engine", "inproc", "fastpath")
+EXPERIMENTS = ("inproc-np1-t1", "inproc-np1-passive")  # settings tried beside the defaults: shown, not judged
 
 
 def base(spec: str) -> str:
@@ -238,13 +241,14 @@ def build(
                     f"{m['server_prompt_ms']:.1f} ms, HTTP + JSON {m['http_overhead_ms']:.1f} ms per request"
                 )
 
-    lines += [
-        "",
-        "## load_model → ready (fresh interpreter each; each backend's defaults, and in-process load modes)",
-        "",
-        "| call | variant | median s | min–max s | phases (median s) |",
-        "|---|---|---:|---|---|",
-    ]
+    if any("load" in c["sections"] for c in parts):
+        lines += [
+            "",
+            "## load_model → ready (fresh interpreter each; each backend's defaults, and in-process load modes)",
+            "",
+            "| call | variant | median s | min–max s | phases (median s) |",
+            "|---|---|---:|---|---|",
+        ]
     for c in parts:
         ld = c["sections"].get("load", {})
         for backend in ld.get("variants", ("inprocess", "server")):  # calls before session 3: no variants
@@ -284,7 +288,8 @@ def build(
         ratios: dict[bool, list[float]] = {True: [], False: []}  # n_parallel=1 row or not
         for c in same:
             for name, v in c["systems"].items():
-                if not base(name).startswith(LLCUDA) or "inprocess" not in label(name) or "kv_unified" in label(name):
+                if not base(name).startswith(LLCUDA) or "inprocess" not in label(name) or "kv_unified" in label(name) \
+                        or base(name) in EXPERIMENTS:
                     continue
                 if key == "single":
                     val, ref = v.get("single", {}).get("median", {}).get("decode_tps"), c["ceil"]["tg"]
@@ -329,19 +334,22 @@ def build(
     if failed:
         lines += ["", "## Sections that failed or were skipped", ""]
         lines += [f"- {cid}: `{k}`: {why}" for cid, k, why in failed]
-    if diag:
+    if diag:  # diag_concurrency.py rows name a "config"; diag_step.py rows a "variant" (and lead with the machine)
         lines += [
             "",
-            "## In-process engine variants (benchmarks/diag_concurrency.py, 64-token requests)",
+            "## In-process engine and bare libllama loops (benchmarks/diag_step.py, diag_concurrency.py)",
             "",
             *([diag_note, ""] if diag_note else []),
-            "| config | N | tok/s | llama_decode call µs/step | GPU wait µs/step | Python µs/step |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| variant | sequences in the context | N | tok/s | llama_decode call µs/step | GPU wait µs/step "
+            "| Python µs/step |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {r['config']} | {r['level']} | {fmt(r['tps'])} | {r['us_decode_call']:,.0f} | {r['us_wait']:,.0f} | "
-            f"{r['us_host']:,.0f} |"
+            f"| {r.get('config') or r.get('variant')} | {r.get('n_parallel') or r.get('n_seq_max') or '–'} "
+            f"| {r['level']} | {fmt(r['tps'])} | {r['us_decode_call']:,.0f} | {r['us_wait']:,.0f} | "
+            f"{format(r['us_host'], ',.0f') if 'us_host' in r else '–'} |"
             for r in diag
+            if "level" in r
         ]
     lines.append("")
     return "\n".join(lines), parts
