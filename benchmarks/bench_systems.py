@@ -191,7 +191,7 @@ def _inner_stats(engine: Any) -> Any:
 
 def run_system(a: Any, name: str, levels: list[int]) -> dict[str, Any]:
     kind, settings = SYSTEMS[name]
-    os.environ.update(settings.get("env", {}))  # before libllama (and its OpenMP runtime) is loaded
+    os.environ.update(settings.get("env", {}))  # each section runs in its own process; set before libllama loads
     if settings.get("single_only"):
         levels = []
     top = max(levels or [1])
