@@ -37,7 +37,8 @@ LABELS = {
     "llama_cpp_python": "llama-cpp-python (in-process, its own llama.cpp)",
 }
 LLCUDA = ("engine", "inproc", "fastpath")
-EXPERIMENTS = ("inproc-np1-t1", "inproc-np1-passive")  # settings tried beside the defaults: shown, not judged
+# settings tried beside the defaults (kv_unified, one CPU thread, passive OpenMP wait): shown, not judged
+EXPERIMENTS = ("inproc-kvu", "inproc-np1-t1", "inproc-np1-passive")
 
 
 def base(spec: str) -> str:
@@ -288,8 +289,7 @@ def build(
         ratios: dict[bool, list[float]] = {True: [], False: []}  # n_parallel=1 row or not
         for c in same:
             for name, v in c["systems"].items():
-                if not base(name).startswith(LLCUDA) or "inprocess" not in label(name) or "kv_unified" in label(name) \
-                        or base(name) in EXPERIMENTS:
+                if not base(name).startswith(LLCUDA) or "inprocess" not in label(name) or base(name) in EXPERIMENTS:
                     continue
                 if key == "single":
                     val, ref = v.get("single", {}).get("median", {}).get("decode_tps"), c["ceil"]["tg"]
