@@ -13,7 +13,7 @@ from typing import Any
 
 from llcuda import config
 from llcuda.errors import ConfigError, LlcudaError
-from llcuda.processes.llama_server import is_loopback
+from llcuda.processes.process import is_loopback
 
 log = logging.getLogger("llcuda.cli.main")
 
