@@ -17,8 +17,8 @@ DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
 DEFAULT_SERVER_START_TIMEOUT_S = 120.0
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
-BACKENDS = ("server", "inprocess")
-DEFAULT_BACKEND = "server"
+BACKENDS = ("serve", "inprocess", "llama-server")
+DEFAULT_BACKEND = "serve"
 LOAD_MODES = ("auto", "mmap", "none", "direct_io")  # how llama.cpp reads the weights (llama_model_params.load_mode)
 DEFAULT_LOAD_MODE = "auto"
 
@@ -128,15 +128,17 @@ def request_timeout(explicit: float | None = None) -> float:
 
 
 def backend(explicit: str | None = None) -> str:
-    """Which engine ``InferenceEngine`` runs: the argument, else ``LLCUDA_BACKEND``, else "server".
+    """Which engine ``InferenceEngine`` runs: the argument, else ``LLCUDA_BACKEND``, else "serve".
 
-    "server": llama-server in a child process (crash isolation, OpenAI API, embeddings, restarts);
-    "inprocess": libllama in this process (the fastest decode; see README "Backends").
+    "serve": llcuda's engine in a ``llcuda serve`` child process (the fast engine with crash isolation);
+    "inprocess": the same engine in this process (no HTTP); "llama-server": llama.cpp's own server
+    (its tool-call parsing, multimodal models, web UI). See docs/backends-and-engine.md.
     """
     value = explicit if explicit is not None else _env("LLCUDA_BACKEND")
     if value is None:
         return DEFAULT_BACKEND
-    name = value.strip().lower().replace("-", "").replace("_", "")
+    name = value.strip().lower().replace("_", "-")
+    name = "inprocess" if name == "in-process" else name
     if name not in BACKENDS:
         where = "backend" if explicit is not None else "LLCUDA_BACKEND"
         raise ConfigError(f"{where}={value!r} must be one of {', '.join(map(repr, BACKENDS))}.")
