@@ -6,6 +6,9 @@
     model = resolve_model("gemma-3-1b-Q4_K_M")  # downloads once, then uses the cache
     model.path, model.info.architecture
 
+``describe_model(spec)`` gives the facts ``llcuda models show`` prints (architecture, parameters,
+quantization, context length, chat template …) from the GGUF header of a local or cached model.
+
 Nothing here touches the network or the disk at import time, and ``requests`` is imported only
 when a download starts.
 """
@@ -13,6 +16,7 @@ when a download starts.
 from __future__ import annotations
 
 from ..config import DEFAULT_MODEL
+from .describe import describe_model
 from .gguf import GGUFInfo, read_gguf_info, supported_architectures, validate_gguf, validate_gguf_bytes
 from .registry import ModelEntry, find_entry, registry, suggest
 from .resolve import ResolvedModel, cached_path, import_model, pull, resolve_model
@@ -26,6 +30,7 @@ __all__ = [
     "ModelEntry",
     "ResolvedModel",
     "cached_path",
+    "describe_model",
     "find_entry",
     "import_model",
     "pull",
