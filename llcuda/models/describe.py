@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import config
-from ..errors import InvalidModelError, ModelNotFoundError
-from . import cache
-from .gguf import GGUFInfo, read_gguf_info, split_paths, validate_gguf
+from llcuda import config
+from llcuda.errors import InvalidModelError, ModelNotFoundError
+from llcuda.models import cache
+from llcuda.models.gguf import GGUFInfo, read_gguf_info, split_paths, validate_gguf
 
 TEMPLATE_LINE_MAX = 120
 
@@ -29,7 +29,7 @@ def _locate(spec: str | os.PathLike[str], download: bool) -> Path:
     local = Path(text).expanduser()
     if text and local.is_file():
         return local
-    from .resolve import cached_path, resolve_model
+    from llcuda.models.resolve import cached_path, resolve_model
 
     path = cached_path(text) if text else None
     if path is not None:
