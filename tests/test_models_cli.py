@@ -126,7 +126,7 @@ def test_show(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
                 ("quantization", "F32 (tensors: F32 100%)"), ("context length", "2048"),
                 ("embedding length", "64"), ("layers", "1"), ("attention heads", "?"), ("vocabulary", "4"),
                 ("chat template", "yes: {% for m in messages %}")]
-    assert out.startswith("test-llama\n")
+    assert out.startswith("Shown (test-llama)\n")
     for label, value in expected:
         assert f"\n  {label:17} {value}\n" in out, (label, out)
     assert "source" not in out and "cannot load" not in out

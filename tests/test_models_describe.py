@@ -148,6 +148,7 @@ def test_cached_hub_spec_without_network_and_download_on_request(server: FakeHub
 
 
 @pytest.mark.realmodel
+@pytest.mark.slow  # gguf-py's reader takes a while over a 262k-token vocabulary
 @pytest.mark.parametrize("name, arch, layers", [(DEFAULT_MODEL, "gemma3", 18), (SMOLLM2_MODEL, "llama", 30)])
 def test_real_models_in_the_user_cache(name: str, arch: str, layers: int,
                                        monkeypatch: pytest.MonkeyPatch) -> None:

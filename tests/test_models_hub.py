@@ -171,6 +171,9 @@ def test_revisions(server: FakeHub, home: Path, tmp_path: Path) -> None:
     assert resolve_model("hf.co/org/rev:Q4_K_M").path.read_bytes() == main["m-Q4_K_M.gguf"]
     with pytest.raises(ModelNotFoundError, match="Revision 'v9' does not exist in org/rev"):
         resolve_model("org/rev@v9:Q4_K_M")
+    server.rename_repo("org/old-name", "org/rev")  # the hub redirects a renamed repository's requests
+    renamed = resolve_model("org/old-name:Q4_K_M")
+    assert renamed.path.read_bytes() == main["m-Q4_K_M.gguf"] and renamed.path.parent.name == "old-name"
 
 
 def test_unknown_repositories(server: FakeHub, home: Path) -> None:

@@ -133,7 +133,8 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
         return "?" if value is None else str(value)
 
     total = max(facts["parameters"], 1)
-    share = ", ".join(f"{name} {n / total:.0%}" for name, n in facts["tensor_types"].items())
+    share = ", ".join(f"{name} {n / total:.0%}" if n / total >= 0.005 else f"{name} <1%"
+                      for name, n in facts["tensor_types"].items())
     heads = known(facts["heads"]) + (f" ({facts['kv_heads']} for keys/values)" if facts["kv_heads"] else "")
     rows = [
         ("path", facts["path"] + (f" (+{facts['files'] - 1} more parts)" if facts["files"] > 1 else "")),
@@ -156,7 +157,8 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
         rows.append(("sha256", facts["sha256"]))
     if facts["problem"]:
         rows.append(("cannot load", facts["problem"]))
-    out.write(f"{facts['model_name'] or facts['name']}\n")
+    title = facts["model_name"]
+    out.write(facts["name"] + (f" ({title})" if title and title != facts["name"] else "") + "\n")
     out.writelines(f"  {label:17} {value}\n" for label, value in rows)
     if args.template and facts["chat_template"]:
         out.write(facts["chat_template"].rstrip("\n") + "\n")
