@@ -76,9 +76,7 @@ def home_dir() -> Path:
     raw = _env("LLCUDA_HOME")
     if raw:
         return Path(raw).expanduser()
-    xdg = _env("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "llcuda"
+    return _cache_base() / "llcuda"
 
 
 def models_dir() -> Path:
@@ -97,9 +95,35 @@ def hf_endpoint() -> str:
     return (_env("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
 
 
+def _cache_base() -> Path:
+    xdg = _env("XDG_CACHE_HOME")
+    return Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+
+
+def hf_home() -> Path:
+    """``HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``, as in huggingface_hub."""
+    raw = _env("HF_HOME")
+    return Path(raw).expanduser() if raw else _cache_base() / "huggingface"
+
+
+def hf_token_path() -> Path:
+    """Where ``hf auth login`` stores the token: ``HF_TOKEN_PATH``, else ``<hf_home>/token``."""
+    raw = _env("HF_TOKEN_PATH")
+    return Path(raw).expanduser() if raw else hf_home() / "token"
+
+
 def hf_token() -> str | None:
-    """The Hugging Face token (``HF_TOKEN``). Never log it."""
-    return _env("HF_TOKEN") or _env("HUGGING_FACE_HUB_TOKEN")
+    """The Hugging Face token: ``HF_TOKEN`` (or the older ``HUGGING_FACE_HUB_TOKEN``), else the
+    first line of :func:`hf_token_path`, else None. Read on every call; never log it."""
+    token = _env("HF_TOKEN") or _env("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    try:
+        text = hf_token_path().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # no file, or unreadable: same as not logged in
+        return None
+    first = text.strip().split("\n", 1)[0].strip()
+    return first or None
 
 
 def pypi_index() -> str:
