@@ -67,8 +67,10 @@ def _engine(args: argparse.Namespace) -> Any:
     return engine
 
 
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in options.sampling_option_names() if hasattr(args, name)}
+def _sampling(args: argparse.Namespace, chat: bool = False) -> dict[str, Any]:
+    """The sampling keyword arguments of the parsed flags (a chat turn always ends at end-of-generation)."""
+    names = [n for n in options.sampling_option_names() if hasattr(args, n) and not (chat and n == "ignore_eos")]
+    return {name: getattr(args, name) for name in names}
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -100,7 +102,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         def turn(text: str) -> None:
             messages.append({"role": "user", "content": text})
-            stream = engine.chat(messages, stream=True, **_sampling(args))
+            stream = engine.chat(messages, stream=True, **_sampling(args, chat=True))
             for piece in stream:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
