@@ -1,0 +1,1 @@
+"""libllama in this process: ctypes bindings, the engine, its batcher and request state, chat templates."""
