@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from llcuda import InferenceEngine, config
+from llcuda import config
+from llcuda.engine import InferenceEngine
 from llcuda.errors import ConfigError, GPUCompatibilityError, InferenceError, LlcudaError, ModelNotFoundError
-from llcuda.inprocess import InProcessEngine
-from llcuda.libllama import recent_log
+from llcuda.libllama.bindings import recent_log
+from llcuda.libllama.engine import InProcessEngine
 from llcuda.models import DEFAULT_MODEL, SMOLLM2_MODEL
-from llcuda.types import Binaries
+from llcuda.system.binaries import Binaries
 
 SLOTS = 8
 PROMPT = "The weather today"
@@ -198,10 +199,16 @@ def test_no_model_loaded(binaries):
         _ = engine.url
 
 
-def test_chat_needs_a_template_llama_cpp_knows(local):
-    # The tiny model's template is Jinja that llama.cpp's built-in templates do not recognise.
-    with pytest.raises(ConfigError, match="do not recognise tiny-llama's template.*backend='server'"):
-        local.chat([{"role": "user", "content": "Hi"}])
+def test_chat_renders_the_models_jinja_template_as_the_server_does(local, tiny_engine):
+    # The tiny model's template (scripts/random_gguf.py) is Jinja that llama.cpp's built-in templates do not
+    # know; both backends render it and tokenize the result with one BOS, so greedy replies are equal.
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    reply = local.chat(messages, max_tokens=12, temperature=0.0)
+    assert reply.text == tiny_engine.chat(messages, max_tokens=12, temperature=0.0).text
+    parts = [messages[0], {"role": "user", "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}]}]
+    assert local.chat(parts, max_tokens=12, temperature=0.0).text == reply.text
+    with pytest.raises(ConfigError, match="text only"):
+        local.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
 
 
 def test_health_timings_and_metrics(local):
@@ -391,7 +398,7 @@ def test_libllama_errors_reach_stderr_at_once(binaries, tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from llcuda import bootstrap\n"
-        "from llcuda.libllama import load_library, recent_log\n"
+        "from llcuda.libllama.bindings import load_library, recent_log\n"
         "lib = load_library(bootstrap.find_binaries())\n"
         "assert not lib.llama_model_load_from_file(sys.argv[1].encode(), lib.llama_model_default_params())\n"
         "assert 'failed to load model' in recent_log()\n"
@@ -406,8 +413,8 @@ def test_libllama_errors_reach_stderr_at_once(binaries, tmp_path: Path) -> None:
 
 LOG_FILTER_CHECK = """
 import json, sys
-from llcuda.inprocess import InProcessEngine
-from llcuda.libllama import log_filter_active, recent_log
+from llcuda.libllama.engine import InProcessEngine
+from llcuda.libllama.bindings import log_filter_active, recent_log
 with InProcessEngine().load_model(sys.argv[1], ctx_size=256, threads=1) as engine:
     engine.infer("Hello", max_tokens=4, ignore_eos=True)
     log = recent_log()

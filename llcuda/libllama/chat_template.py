@@ -36,12 +36,12 @@ import jinja2.nodes
 import jinja2.parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from ..errors import ConfigError
-from ..models.gguf import read_gguf_info, read_token_texts
+from llcuda.errors import ConfigError
+from llcuda.models.gguf import read_gguf_info, read_token_texts
 
 StrPath = Union[str, "os.PathLike[str]"]
 COMPILED_CACHE_SIZE = 64  # compiled templates kept, keyed by source (a process rarely sees more than a few)
-_FIX = "pass a chat template of your own, or use backend='llama-server'"
+_FIX = "pass a chat template of your own, or use backend='server'"
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | str | None = None,
