@@ -38,6 +38,7 @@ from llcuda.libllama.bindings import (
     log_tail,
     set_device_order,
 )
+from llcuda.libllama.chat_template import ChatTemplate
 from llcuda.libllama.request import Request, Sampling, stop_words, stream_pieces
 from llcuda.metrics import MetricsRecorder
 from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
@@ -87,6 +88,20 @@ def _check_gpus(build_info: dict[str, Any], split_mode: str | None, tensor_split
     return report, split.prepare(build_info, split_mode, tensor_split, main_gpu, report=report)
 
 
+def _text_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checked messages, each content a string (lists of text parts joined): this engine reads text only."""
+    checked = validation.messages(messages)
+    for i, message in enumerate(checked):
+        content = message["content"]
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise ConfigError(f"messages[{i}]['content'] has a part that is not text; the in-process backend "
+                                  "takes text only (use backend='server' for other content).")
+            message["content"] = "".join(p["text"] for p in content)
+    return checked
+
+
 class InProcessEngine:
     """A model in this process, decoded by one worker thread with continuous batching.
 
@@ -110,6 +125,7 @@ class InProcessEngine:
         self._model: Any = None
         self._vocab: Any = None
         self._batcher: Batcher | None = None
+        self._template: ChatTemplate | None = None
         self.model_name: str | None = None
         self.model_path: Path | None = None
         self.load_mode: str | None = None
@@ -249,7 +265,7 @@ class InProcessEngine:
             batcher.close()
         if self._model:
             self._lib.llama_model_free(self._model)
-        self._model = self._vocab = None
+        self._model = self._vocab = self._template = None
 
     close = unload
 
@@ -301,39 +317,19 @@ class InProcessEngine:
         self._need_model()
         return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True,
-                            tools: Sequence[dict[str, Any]] | None = None, **template_kwargs: Any) -> str:
-        """``messages`` as one prompt, rendered with the model's Jinja chat template."""
-        from llcuda.libllama.chat_template import render_for_model
-
+    def chat_template(self) -> ChatTemplate:
+        """The model's Jinja chat template (read from its GGUF once); ConfigError if it has none."""
         self._need_model()
-        return render_for_model(self, messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                                **template_kwargs)
+        if self._template is None and self.model_path is not None:
+            self._template = ChatTemplate.from_gguf(self.model_path, name=self.model_name)
+        if self._template is None:
+            raise LlcudaError("no model is loaded; call load_model(...) first.")
+        return self._template
 
-    def meta(self, key: str) -> str | None:
-        """A string from the model's GGUF metadata (e.g. ``tokenizer.chat_template``), or None."""
-        self._need_model()
-        size = 4096
-        for _ in range(2):
-            buf = ctypes.create_string_buffer(size)
-            n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, size)
-            if n < 0:
-                return None
-            if n < size:
-                return buf.raw[:n].decode("utf-8", errors="replace")
-            size = n + 1
-        return None
-
-    def token_text(self, token: int) -> str:
-        return self.piece(token, special=True).decode("utf-8", errors="replace")
-
-    @property
-    def bos_token(self) -> str:
-        return self.token_text(self._lib.llama_vocab_bos(self._vocab)) if self._vocab is not None else ""
-
-    @property
-    def eos_token(self) -> str:
-        return self.token_text(self._lib.llama_vocab_eos(self._vocab)) if self._vocab is not None else ""
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], **variables: Any) -> str:
+        """``messages`` as one prompt ending where the assistant's turn begins, in the model's chat
+        template; ``variables`` reach the template (e.g. ``enable_thinking=False``)."""
+        return self.chat_template().render(_text_messages(messages), **variables)
 
     def prompt_tokens(self, text: str) -> list[int]:
         """``text`` as llama-server tokenizes a prompt: special tokens parsed, BOS added where the model
@@ -403,8 +399,9 @@ class InProcessEngine:
 
     def chat(self, messages: Sequence[dict[str, Any]], options: SamplingOptions | None = None, *,
              stream: bool = False, **overrides: Any) -> InferResult | TokenStream:
-        """One assistant turn for ``messages`` in the model's chat template."""
-        tokens = self.prompt_tokens(self.apply_chat_template(messages))
+        """One assistant turn for ``messages`` in the model's chat template (ConfigError if it has none)."""
+        text = self.apply_chat_template(messages)
+        tokens = self.tokenize(text, add_special=self.chat_template().add_special(text), parse_special=True)
         opts = _sampling(options, {"max_tokens": CHAT_MAX_TOKENS, **overrides} if options is None else overrides)
         return self.infer_stream(tokens, opts) if stream else self.infer(tokens, opts)
 
