@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 from llcuda.errors import InferenceError, LlcudaError
 from llcuda.libllama.bindings import (
@@ -71,11 +71,19 @@ def _seq_of(req: Request) -> int:
     return req.seq
 
 
-def new_chain(lib: Any, sampling: Sampling) -> int:
-    """A sampler chain like llama-server's default one (top-k, top-p, min-p 0.05, temperature, dist)."""
+def new_chain(lib: Any, sampling: Sampling, vocab: Any = None) -> int:
+    """A sampler chain like llama-server's default one (top-k, top-p, min-p, temperature, dist),
+    after the grammar sampler of ``sampling.grammar`` (which needs the ``vocab``) if it has one.
+    A chain with a grammar cannot run on the device: its tokens are sampled on the CPU."""
     params = lib.llama_sampler_chain_default_params()
     params.no_perf = True
     chain = lib.llama_sampler_chain_init(params)
+    if sampling.grammar is not None:
+        grammar = lib.llama_sampler_init_grammar(vocab, sampling.grammar.encode("utf-8"), b"root")
+        if not grammar:
+            lib.llama_sampler_free(chain)
+            raise InferenceError("llama.cpp could not parse the request's grammar.", log_tail=log_tail())
+        lib.llama_sampler_chain_add(chain, grammar)
     if sampling.greedy:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         return int(chain)
@@ -83,7 +91,8 @@ def new_chain(lib: Any, sampling: Sampling) -> int:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(sampling.top_k))
     if sampling.top_p < 1.0:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(sampling.top_p, 1))
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(0.05, 1))
+    if sampling.min_p > 0.0:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(sampling.min_p, 1))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(sampling.temperature))
     seed = LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
@@ -133,6 +142,7 @@ class Batcher:
         self._free_seqs = list(range(self.n_parallel))  # a heap: the lowest free sequence id first
         self._cancels = False  # a request was cancelled since the worker last looked
         self._closing = False
+        self._listeners: tuple[Callable[[], None], ...] = ()  # add_step_listener
         self.backend_sampling: bool | None = None  # known after the first token
         self.stats: dict[str, float] = dict.fromkeys(STATS, 0)
         self._worker = threading.Thread(target=self._loop, name="llcuda-inprocess", daemon=True)
@@ -178,8 +188,33 @@ class Batcher:
             self._lib.llama_sampler_free(chain)
         self._chains = []
 
+    def add_step_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` in the worker thread after every pass of the decode loop that may have
+        put tokens (or the final None) into requests' streams: once per decode step, after the step's
+        tokens went into the streams and its finished requests ended; also after requests were
+        cancelled, failed, or ended by :meth:`close`. One call per step lets a reader in another
+        thread wake all its streams at once instead of once per token. It must be quick and must not
+        block; its exceptions are logged and ignored."""
+        self._listeners = (*self._listeners, listener)
+
+    def remove_step_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners = tuple(f for f in self._listeners if f is not listener)
+
+    def _tell_listeners(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the decode loop
+                log.exception("step listener %r failed", listener)
+
     # -- the worker --------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._decode_until_closed()
+        finally:
+            self._tell_listeners()  # the requests close() ended
+
+    def _decode_until_closed(self) -> None:
         while True:
             with self._cv:
                 while not self._queue and not self._active and not self._closing:
@@ -223,6 +258,8 @@ class Batcher:
                             heapq.heappush(self._free_seqs, req.seq)
                     req.end(error)
                 self._active.clear()
+            if self._listeners:
+                self._tell_listeners()
 
     def _step(self) -> None:
         # Tokens go in ascending sequence-id order and ids are handed out lowest-first: with one KV
@@ -362,7 +399,7 @@ class Batcher:
         """Give ``req``'s sequence a sampler chain for its sampling (a new one only when it differs)."""
         lib, seq = self._lib, req.seq
         if self._chain_sampling[seq] != req.sampling:
-            chain = new_chain(lib, req.sampling)
+            chain = new_chain(lib, req.sampling, self._vocab)
             if not lib.llama_set_sampler(self._ctx, seq, chain):
                 log.info("sampler chain for sequence %d runs on the CPU (not offloadable)", seq)
             lib.llama_sampler_free(self._chains[seq])

@@ -37,7 +37,8 @@ from llcuda.libllama.bindings import (
     log_tail,
     set_device_order,
 )
-from llcuda.libllama.request import Request, Sampling, stop_words, stream_pieces
+from llcuda.libllama.embedder import Embedder
+from llcuda.libllama.request import Request, Sampling, TokenSink, stop_words, stream_pieces
 from llcuda.metrics import MetricsRecorder
 from llcuda.processes.llama_server import ServerSettings
 from llcuda.results import InferResult, TokenStream
@@ -100,6 +101,8 @@ class InProcessEngine:
         self._model: Any = None
         self._vocab: Any = None
         self._batcher: Batcher | None = None
+        self._embedder: Embedder | None = None
+        self._grammars: dict[str, bool] = {}  # grammars that parsed (check_grammar)
         self.model_name: str | None = None
         self.model_path: Path | None = None
         self.load_mode: str | None = None
@@ -125,6 +128,7 @@ class InProcessEngine:
         kv_unified: bool = False,
         offline: bool | None = None,
         load_mode: str | None = None,
+        embeddings: bool = False,
     ) -> InProcessEngine:
         """Load ``model`` (anything ``InferenceEngine.load_model`` takes) and start the worker.
 
@@ -137,6 +141,8 @@ class InProcessEngine:
         ``load_mode``: how llama.cpp reads the weights: "auto" (its default, mmap), "mmap", "none"
         (plain reads; with CUDA, asynchronous uploads through pinned buffers, often faster for a fully
         offloaded model) or "direct_io"; default ``LLCUDA_LOAD_MODE``, else "auto".
+
+        ``embeddings``: also create an embeddings context beside the generating one, for :meth:`embed`.
         """
         validation.integer(gpu_layers, "gpu_layers", -1, 100_000)
         validation.integer(n_parallel, "n_parallel", 1, 256)
@@ -211,6 +217,12 @@ class InProcessEngine:
             raise LlcudaError("libllama could not create a context (out of GPU memory? lower ctx_size or "
                               f"n_parallel). Its log ends:\n{tail}")
         self._batcher = Batcher(lib, ctx, self._vocab, chains, n_batch, self.piece)
+        if embeddings:
+            try:
+                self._embedder = Embedder(lib, self._model, self._batcher.n_ctx_seq, threads)
+            except LlcudaError:
+                self.unload()
+                raise
         self.model_name, self.model_path, self.load_mode = resolved.name, resolved.path, mode
         timings["context_s"] = time.perf_counter() - t
 
@@ -256,6 +268,10 @@ class InProcessEngine:
         batcher, self._batcher = self._batcher, None
         if batcher is not None:
             batcher.close()
+        embedder, self._embedder = self._embedder, None
+        if embedder is not None:
+            embedder.close()
+        self._grammars.clear()
         if self._model:
             self._lib.llama_model_free(self._model)
         self._model = self._vocab = None
@@ -321,12 +337,21 @@ class InProcessEngine:
     def submit(self, prompt: str | Sequence[int], max_tokens: int = 128, *, temperature: float = 0.0,
                top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
                stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
-               stream: bool = False) -> Request:
-        """Queue one request (text, or token ids); ``request.future`` resolves when it ends. Thread-safe."""
+               stream: bool | TokenSink = False, min_p: float = 0.05, grammar: str | None = None) -> Request:
+        """Queue one request (text, or token ids); ``request.future`` resolves when it ends. Thread-safe.
+
+        ``stream``: True puts the generated tokens (then None) into a ``queue.SimpleQueue`` as
+        ``request.stream``; any other :class:`~llcuda.libllama.request.TokenSink` gets them instead.
+        ``grammar``: GBNF text (a ``root`` rule) that the output must follow (ConfigError if it does
+        not parse); such requests are sampled on the CPU.
+        """
         tokens = self.tokenize(validation.prompt(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
         max_tokens = validation.max_tokens(max_tokens)
-        req = Request(tokens, max_tokens, Sampling.make(temperature, top_p, top_k, seed), stop_words(stop),
-                      bool(ignore_eos), queue.SimpleQueue() if stream else None)
+        sampling = Sampling.make(temperature, top_p, top_k, seed, min_p=min_p, grammar=grammar)
+        if grammar is not None:
+            self.check_grammar(grammar)
+        sink: TokenSink | None = queue.SimpleQueue() if stream is True else (stream or None)
+        req = Request(tokens, max_tokens, sampling, stop_words(stop), bool(ignore_eos), sink)
         batcher = self._batcher
         if batcher is None:
             raise LlcudaError("no model is loaded; call load_model(...) first.")
@@ -344,6 +369,49 @@ class InProcessEngine:
         """Stop decoding ``req`` at the next step (its caller gave up)."""
         if self._batcher is not None:
             self._batcher.cancel(req)
+
+    def check_grammar(self, grammar: str) -> None:
+        """ConfigError unless llama.cpp parses the GBNF ``grammar`` (results are remembered)."""
+        self._need_model()
+        if grammar in self._grammars:
+            return
+        sampler = self._lib.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
+        if not sampler:
+            raise ConfigError(f"llama.cpp could not parse the grammar (GBNF with a root rule). Its log ends:\n"
+                              f"{log_tail(8)}")
+        self._lib.llama_sampler_free(sampler)
+        if len(self._grammars) > 256:
+            self._grammars.clear()
+        self._grammars[grammar] = True
+
+    def add_step_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs in the decode thread after each decode step (see
+        :meth:`llcuda.libllama.batcher.Batcher.add_step_listener`)."""
+        if self._batcher is None:
+            raise LlcudaError("no model is loaded; call load_model(...) first.")
+        self._batcher.add_step_listener(listener)
+
+    def remove_step_listener(self, listener: Callable[[], None]) -> None:
+        if self._batcher is not None:
+            self._batcher.remove_step_listener(listener)
+
+    @property
+    def embeddings(self) -> bool:
+        """Whether :meth:`embed` works (the model was loaded with ``embeddings=True``)."""
+        return self._embedder is not None
+
+    def embed(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list[list[float]], int]:
+        """L2-normalised pooled embeddings of ``inputs`` (texts, or token lists), and the tokens they took.
+
+        Needs a model loaded with ``embeddings=True``. Thread-safe; inputs are embedded one at a time.
+        """
+        embedder = self._embedder
+        if embedder is None:
+            raise ConfigError("embeddings are off for this model; load it with embeddings=True "
+                              "(llcuda serve --embeddings).")
+        token_lists = [self.tokenize(validation.prompt(x, f"input[{i}]")) if isinstance(x, str)
+                       else [int(t) for t in x] for i, x in enumerate(inputs)]
+        return embedder.embed(token_lists), sum(len(t) for t in token_lists)
 
     def infer(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, top_p: float = 0.95,
               top_k: int = 40, seed: int | None = None, stop: str | Sequence[str] | None = None, *,
