@@ -21,12 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from processes import alive, gone
 from fault_server import FaultServer, Reply
+from processes import alive, gone
 
 from llcuda import (
     ConfigError,
-    InferenceEngine,
     InferenceError,
     InvalidModelError,
     LlcudaError,
@@ -34,8 +33,9 @@ from llcuda import (
     RequestTimeoutError,
     ServerStartError,
 )
-from llcuda import server as server_module
-from llcuda.client import LlamaClient
+from llcuda.engine import InferenceEngine
+from llcuda.processes import llama_server as server_module
+from llcuda.processes.client import LlamaClient
 
 DEADLINE_S = 30.0
 

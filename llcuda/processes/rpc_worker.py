@@ -31,10 +31,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bootstrap, config
-from .errors import BinaryNotFoundError, ConfigError, ServerStartError, ServerTimeoutError
-from .server import free_port, is_loopback, new_log_path, read_log_tail, spawn_process, stop_process
-from .types import Binaries
+from llcuda import config
+from llcuda.errors import BinaryNotFoundError, ConfigError, ServerStartError, ServerTimeoutError
+from llcuda.processes.llama_server import (
+    free_port,
+    is_loopback,
+    new_log_path,
+    read_log_tail,
+    spawn_process,
+    stop_process,
+)
+from llcuda.system import binaries as bootstrap
+from llcuda.system.binaries import Binaries
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,14 @@ import tempfile
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import bootstrap, config
-from .errors import ConfigError, ServerStartError, ServerTimeoutError
-from .types import Binaries, ServerSettings
+from llcuda import config
+from llcuda.errors import ConfigError, ServerStartError, ServerTimeoutError
+from llcuda.system import binaries as bootstrap
+from llcuda.system.binaries import Binaries
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,40 @@ LOG_TAIL_LINES = 40
 PORT_RETRIES = 3
 _PR_SET_PDEATHSIG = 1
 _BIND_FAILURE_MARKERS = ("couldn't bind", "address already in use", "failed to bind")
+
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How to start one llama-server. See ``llama-server --help`` for each flag."""
+
+    model_path: Path
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: a free port is chosen
+    ctx_size: int = 4096  # total context; each slot gets ctx_size / n_parallel
+    gpu_layers: int = 99  # -ngl; 99 offloads every layer (ignored by a CPU build)
+    n_parallel: int = 4  # server slots = concurrent requests decoded together
+    flash_attn: str = "auto"  # on | off | auto
+    batch_size: int | None = None
+    ubatch_size: int | None = None
+    threads: int | None = None
+    embeddings: bool = False
+    pooling: str | None = None
+    api_key: str | None = None
+    allow_unauthenticated: bool = False  # allow a non-loopback host without an api_key
+    alias: str | None = None
+    split_mode: str | None = None  # none | layer | row
+    tensor_split: tuple[float, ...] = ()
+    main_gpu: int | None = None
+    rpc: tuple[str, ...] = ()
+    backend_sampling: bool = False
+    extra_args: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # never show the API key
+        shown = {k: v for k, v in self.__dict__.items() if k != "api_key"}
+        shown["api_key"] = "***" if self.api_key else None
+        return f"ServerSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
 
 _live_servers: weakref.WeakSet[LlamaServer] = weakref.WeakSet()
 
