@@ -250,6 +250,22 @@ class InProcessEngine:
         return self._batcher.n_ctx_seq if self._batcher else 0
 
     @property
+    def n_vocab(self) -> int:
+        """Tokens in the model's vocabulary (valid token ids are 0 to n_vocab - 1)."""
+        return int(self._lib.llama_vocab_n_tokens(self._vocab)) if self._vocab is not None else 0
+
+    def check_tokens(self, tokens: Sequence[int], name: str = "prompt") -> list[int]:
+        """``tokens`` as a list of ints, ConfigError unless each is a token id of the vocabulary."""
+        self._need_model()
+        checked = [int(t) for t in tokens]
+        n_vocab = self.n_vocab
+        bad = next((t for t in checked if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise ConfigError(f"{name} has token id {bad}, outside the vocabulary (0 to {n_vocab - 1}); send ids "
+                              "from this model's tokenizer.")
+        return checked
+
+    @property
     def backend_sampling(self) -> bool | None:
         """True once a token came back from the device's sampler; False if one was sampled on the CPU."""
         return self._batcher.backend_sampling if self._batcher else None
@@ -345,7 +361,7 @@ class InProcessEngine:
         ``grammar``: GBNF text (a ``root`` rule) that the output must follow (ConfigError if it does
         not parse); such requests are sampled on the CPU.
         """
-        tokens = self.tokenize(validation.prompt(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
+        tokens = self.tokenize(validation.prompt(prompt)) if isinstance(prompt, str) else self.check_tokens(prompt)
         max_tokens = validation.max_tokens(max_tokens)
         sampling = Sampling.make(temperature, top_p, top_k, seed, min_p=min_p, grammar=grammar)
         if grammar is not None:
@@ -410,7 +426,7 @@ class InProcessEngine:
             raise ConfigError("embeddings are off for this model; load it with embeddings=True "
                               "(llcuda serve --embeddings).")
         token_lists = [self.tokenize(validation.prompt(x, f"input[{i}]")) if isinstance(x, str)
-                       else [int(t) for t in x] for i, x in enumerate(inputs)]
+                       else self.check_tokens(x, f"input[{i}]") for i, x in enumerate(inputs)]
         return embedder.embed(token_lists), sum(len(t) for t in token_lists)
 
     def infer(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, top_p: float = 0.95,

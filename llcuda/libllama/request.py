@@ -104,9 +104,8 @@ class Request:
         return True
 
     def end(self, error: BaseException | None = None) -> None:
-        """Wake whoever waits: the stream's reader and the future (with ``error`` if it failed)."""
-        if self.stream is not None:
-            self.stream.put(None)
+        """Wake whoever waits: the future (with ``error`` if it failed), then the stream's reader, which
+        finds the future done once it reads the final None."""
         try:  # one lock round instead of done() and then set_*()
             if error is None:
                 self.future.set_result(self)
@@ -114,6 +113,8 @@ class Request:
                 self.future.set_exception(error)
         except InvalidStateError:  # it had ended (or its future was cancelled) already
             pass
+        if self.stream is not None:
+            self.stream.put(None)
 
 
 def stop_words(stop: str | Sequence[str] | None) -> tuple[bytes, ...]:
