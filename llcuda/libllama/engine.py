@@ -37,6 +37,7 @@ from llcuda.libllama.bindings import (
     log_tail,
     set_device_order,
 )
+from llcuda.libllama.chat_template import ChatTemplate
 from llcuda.libllama.embedder import Embedder
 from llcuda.libllama.request import Request, Sampling, TokenSink, stop_words, stream_pieces
 from llcuda.metrics import MetricsRecorder
@@ -78,6 +79,20 @@ def _check_gpus(build_info: dict[str, Any], split_mode: str | None, tensor_split
     return report, split.prepare(build_info, split_mode, tensor_split, main_gpu, report=report)
 
 
+def _text_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checked messages, each content a string (lists of text parts joined): this engine reads text only."""
+    checked = validation.messages(messages)
+    for i, message in enumerate(checked):
+        content = message["content"]
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise ConfigError(f"messages[{i}]['content'] has a part that is not text; the in-process backend "
+                                  "takes text only (use backend='server' for other content).")
+            message["content"] = "".join(p["text"] for p in content)
+    return checked
+
+
 class InProcessEngine:
     """A model in this process, decoded by one worker thread with continuous batching.
 
@@ -103,6 +118,7 @@ class InProcessEngine:
         self._batcher: Batcher | None = None
         self._embedder: Embedder | None = None
         self._grammars: dict[str, bool] = {}  # grammars that parsed (check_grammar)
+        self._template: ChatTemplate | None = None
         self.model_name: str | None = None
         self.model_path: Path | None = None
         self.load_mode: str | None = None
@@ -290,7 +306,7 @@ class InProcessEngine:
         self._grammars.clear()
         if self._model:
             self._lib.llama_model_free(self._model)
-        self._model = self._vocab = None
+        self._model = self._vocab = self._template = None
 
     close = unload
 
@@ -342,12 +358,19 @@ class InProcessEngine:
         self._need_model()
         return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]]) -> str:
-        """``messages`` as one prompt, in the model's chat template (llama.cpp's built-in templates)."""
-        from llcuda.libllama.chat_template import apply
-
+    def chat_template(self) -> ChatTemplate:
+        """The model's Jinja chat template (read from its GGUF once); ConfigError if it has none."""
         self._need_model()
-        return apply(self._lib, self._model, self.model_name or "the model", messages)
+        if self._template is None and self.model_path is not None:
+            self._template = ChatTemplate.from_gguf(self.model_path, name=self.model_name)
+        if self._template is None:
+            raise LlcudaError("no model is loaded; call load_model(...) first.")
+        return self._template
+
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], **variables: Any) -> str:
+        """``messages`` as one prompt ending where the assistant's turn begins, in the model's chat
+        template; ``variables`` reach the template (e.g. ``enable_thinking=False``)."""
+        return self.chat_template().render(_text_messages(messages), **variables)
 
     # -- requests ----------------------------------------------------------------------------
     def submit(self, prompt: str | Sequence[int], max_tokens: int = 128, *, temperature: float = 0.0,
@@ -461,7 +484,8 @@ class InProcessEngine:
              top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
              stop: str | Sequence[str] | None = None, *, stream: bool = False) -> InferResult | TokenStream:
         """One assistant turn for ``messages`` in the model's chat template (ConfigError if it has none)."""
-        tokens = self.tokenize(self.apply_chat_template(messages), add_special=True, parse_special=True)
+        text = self.apply_chat_template(messages)
+        tokens = self.tokenize(text, add_special=self.chat_template().add_special(text), parse_special=True)
         if stream:
             return self.infer_stream(tokens, max_tokens, temperature, top_p, top_k, seed, stop)
         return self.result(self.submit(tokens, max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
