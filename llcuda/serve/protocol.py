@@ -17,13 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llcuda.options import SamplingOptions
 from llcuda import options as validation
 from llcuda.errors import ConfigError
 
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_P = 0.95
-DEFAULT_TOP_K = 40
-DEFAULT_MIN_P = 0.05
+_DEFAULTS = SamplingOptions()  # the one set of defaults: the Python API's
+DEFAULT_TEMPERATURE = _DEFAULTS.temperature
+DEFAULT_TOP_P = _DEFAULTS.top_p
+DEFAULT_TOP_K = _DEFAULTS.top_k
+DEFAULT_MIN_P = _DEFAULTS.min_p
 DONE = b"data: [DONE]\n\n"
 
 
@@ -115,7 +117,7 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
         value = body.get(name)
         if value is None or (value == -1 and not isinstance(value, bool)):  # -1: llama-server's "no limit"
             continue
-        return int(_checked(name, validation.max_tokens, value))
+        return int(_checked(name, validation.check_max_tokens, value))
     return None
 
 
@@ -173,7 +175,7 @@ def generation(body: Mapping[str, Any]) -> Generation:
     seed = body.get("seed")
     if seed is not None:
         seed = _checked("seed", validation.integer, seed, "seed", -(2**63), 2**64 - 1) % 2**32  # a 32-bit seed
-    stop = _checked("stop", validation.stop, body.get("stop"))
+    stop = _checked("stop", validation.check_stop, body.get("stop"))
     ignore_eos = body.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise bad_request("ignore_eos must be true or false.", param="ignore_eos")
