@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from llcuda import BinaryNotFoundError, BuildMismatchError, bootstrap
-from llcuda.types import Binaries
+from llcuda import BinaryNotFoundError, BuildMismatchError
+from llcuda.system import binaries as bootstrap
+from llcuda.system.binaries import Binaries
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -182,7 +183,7 @@ def test_another_build_on_path_is_refused(clean_env, tmp_path, output):
 def test_an_unknown_build_is_used_with_a_warning(clean_env, tmp_path, caplog):
     _script_server(tmp_path / "mute" / "bin", "usage: llama-server [options]")
     clean_env.setenv("PATH", str(tmp_path / "mute" / "bin"))
-    with caplog.at_level(logging.WARNING, logger="llcuda.bootstrap"):
+    with caplog.at_level(logging.WARNING, logger="llcuda.system.binaries"):
         found = bootstrap.find_binaries()
     assert found.bin_dir == tmp_path / "mute" / "bin"
     assert "cannot tell which llama.cpp build" in caplog.text and "b11434" in caplog.text
@@ -207,7 +208,7 @@ def newer_library(tmp_path, binaries) -> Path:
 
 
 def test_the_in_process_engine_refuses_a_library_of_another_build(newer_library, tmp_path):
-    from llcuda.libllama import load_library
+    from llcuda.libllama.bindings import load_library
 
     assert bootstrap.library_build(newer_library) == 11500
     with pytest.raises(BuildMismatchError, match=r"libllama-common reports b11500"):

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from llcuda import InferenceEngine, gpu
-from llcuda.client import LlamaClient
+from llcuda.engine import InferenceEngine
 from llcuda.errors import GPUCompatibilityError
+from llcuda.processes.client import LlamaClient
+from llcuda.system import gpu
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parent.parent
@@ -144,7 +145,7 @@ with InProcessEngine() as engine:
 
 def test_in_process_engine_runs_on_cuda_with_backend_sampling(binaries, gpu_model: Path):
     # In a fresh interpreter, as llcuda's benchmarks use it: loading libllama inside this pytest process,
-    # after the server tests, crashed on the H100 (2026-11-25; cause not found, see benchmarks/results/NOTES.md).
+    # after the server tests, crashed on an H100 (cause not found; docs/design-notes.md).
     env = dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", IN_PROCESS_CHECK, str(gpu_model)], capture_output=True, text=True,
                           env=env, timeout=300)
@@ -160,7 +161,7 @@ INFERENCE_ENGINE_INPROCESS_CHECK = """
 import json, re, sys
 from concurrent.futures import ThreadPoolExecutor
 from llcuda import InferenceEngine
-from llcuda.libllama import recent_log
+from llcuda.libllama.bindings import recent_log
 engine = InferenceEngine(backend="inprocess")
 engine.load_model(sys.argv[1], n_parallel=16, ctx_size=16 * 512, flash_attn="on")
 report = {"load_seconds": engine.load_seconds, "load_timings": engine.load_timings}

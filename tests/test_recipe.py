@@ -16,7 +16,7 @@ pytest.importorskip("rattler_build", reason="needs the `conda` extra: pip instal
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-import conda_recipe
+import conda_recipe  # noqa: E402  (scripts/ is on sys.path from here on)
 
 try:
     import tomllib
@@ -58,9 +58,9 @@ def test_context_keeps_the_llama_pin() -> None:
 
 def test_llcuda_loads_the_same_pin() -> None:
     """llcuda refuses binaries of another build than LLAMA_CPP_BUILD: it must be the one packaged."""
-    from llcuda import bootstrap
+    from llcuda.system import binaries
 
-    assert bootstrap.LLAMA_CPP_BUILD == BUILD
+    assert binaries.LLAMA_CPP_BUILD == BUILD
 
 
 def test_llama_source_reads_the_same_pin() -> None:
@@ -255,8 +255,8 @@ def test_python_is_one_noarch_build_with_a_range_pin(rendered: list[dict]) -> No
     assert run[2] == {
         "pin_subpackage": {"name": "llcuda-binaries", "lower_bound": "x.x.x", "upper_bound": "x.x"}
     }
-    assert python["build"]["python"]["entry_points"] == ["llcuda = llcuda.cli:main"]
-    assert PYPROJECT["project"]["scripts"] == {"llcuda": "llcuda.cli:main"}
+    assert python["build"]["python"]["entry_points"] == ["llcuda = llcuda.cli.main:main"]
+    assert PYPROJECT["project"]["scripts"] == {"llcuda": "llcuda.cli.main:main"}
     tests = python["tests"]
     assert tests[0]["python"]["imports"] == ["llcuda"]
     doctor = next(t for t in tests if "script" in t)

@@ -1,0 +1,441 @@
+"""In-process inference through libllama (ctypes): no server, no HTTP, sampling on the GPU.
+
+``InferenceEngine(backend="inprocess")`` uses this engine; it can also be used on its own::
+
+    from llcuda.libllama.engine import InProcessEngine
+    with InProcessEngine().load_model("model.gguf", n_parallel=16) as engine:
+        print(engine.infer("Hello", max_tokens=64).text)                 # greedy by default here
+        results = engine.batch_infer(["a", "b", "c"], max_tokens=64)   # decoded together
+
+Loading happens here; decoding in :class:`llcuda.libllama.batcher.Batcher` (one worker thread, continuous
+batching, a sampler chain per sequence on the device); request text, stop strings and streaming
+in :mod:`llcuda.libllama.request`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from llcuda import config
+from llcuda import options as validation
+from llcuda.errors import ConfigError, LlcudaError, RequestTimeoutError
+from llcuda.libllama.batcher import STATS, Batcher, greedy_configs
+from llcuda.libllama.bindings import (
+    FLASH_ATTN,
+    LOAD_MODES,
+    SPLIT_MODES,
+    c_int32,
+    load_library,
+    log_tail,
+    set_device_order,
+)
+from llcuda.libllama.request import Request, Sampling, stop_words, stream_pieces
+from llcuda.metrics import MetricsRecorder
+from llcuda.processes.llama_server import ServerSettings
+from llcuda.results import InferResult, TokenStream
+from llcuda.system import binaries as bootstrap
+from llcuda.system import gpu
+from llcuda.system import memory as vram
+from llcuda.system import placement as split
+from llcuda.system.binaries import Binaries
+
+if TYPE_CHECKING:
+    from llcuda.models import ResolvedModel
+
+log = logging.getLogger(__name__)
+
+PER_SEQUENCE_CTX = 4096  # InProcessEngine's default context per sequence
+T = TypeVar("T")
+
+
+def _timed(func: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """``func(*args)`` and the seconds it took."""
+    t = time.perf_counter()
+    return func(*args), time.perf_counter() - t
+
+
+def _resolve(model: str | Path, offline: bool | None) -> ResolvedModel:
+    from llcuda.models import resolve_model  # ~0.05 s to import: inside the timed, overlapped part
+
+    return resolve_model(model, offline=offline)
+
+
+def _check_gpus(build_info: dict[str, Any], split_mode: str | None, tensor_split: Sequence[float] | None,
+                main_gpu: int | None) -> tuple[gpu.GPUReport | None, tuple[str | None, tuple[float, ...], int | None]]:
+    """The GPUs (one detection for both checks), their compatibility with the build, and the split."""
+    report = gpu.detect() if build_info.get("backend") == "cuda" else None
+    for warning in gpu.check_compatibility(build_info, report):
+        log.warning("%s", warning)
+    return report, split.prepare(build_info, split_mode, tensor_split, main_gpu, report=report)
+
+
+class InProcessEngine:
+    """A model in this process, decoded by one worker thread with continuous batching.
+
+    After loading: ``load_seconds``, ``load_mode`` (how the weights were read), ``load_timings``
+    (seconds per phase, which add up to ``load_seconds``: ``checks_s``, ``model_s``, ``context_s``,
+    ``warmup_s``; and the three parts of ``checks_s``, which run at the same time: ``resolve_s``
+    (finding the model, reading its metadata), ``detect_s`` (GPUs and their checks) and
+    ``library_s`` (opening libllama, initialising CUDA)), ``backend_sampling`` (True once a token
+    came back from the device's sampler) and ``stats`` (decode steps, tokens, sampler-chain changes,
+    and the seconds spent in the ``llama_decode`` call, waiting for the device and in Python;
+    ``reset_stats()`` clears them). ``request_timeout``: seconds to wait for a token (default
+    ``LLCUDA_REQUEST_TIMEOUT`` or 600).
+    """
+
+    def __init__(self, *, binaries: Binaries | None = None, request_timeout: float | None = None,
+                 metrics: MetricsRecorder | None = None) -> None:
+        self._binaries = binaries
+        self._timeout = config.request_timeout(request_timeout)
+        self.metrics = metrics or MetricsRecorder()
+        self._lib: Any = None
+        self._model: Any = None
+        self._vocab: Any = None
+        self._batcher: Batcher | None = None
+        self.model_name: str | None = None
+        self.model_path: Path | None = None
+        self.load_mode: str | None = None
+        self.load_seconds: float | None = None
+        self.load_timings: dict[str, float] = {}
+        self._stats_before: dict[str, float] = dict.fromkeys(STATS, 0)
+
+    # -- loading -----------------------------------------------------------------------------
+    def load_model(
+        self,
+        model: str | Path | None = None,
+        *,
+        gpu_layers: int = 99,
+        ctx_size: int | None = None,
+        n_parallel: int = 1,
+        flash_attn: str = "on",
+        threads: int | None = None,
+        batch_size: int | None = None,
+        ubatch_size: int | None = None,
+        split_mode: str | None = None,
+        tensor_split: Sequence[float] | None = None,
+        main_gpu: int | None = None,
+        kv_unified: bool = False,
+        offline: bool | None = None,
+        load_mode: str | None = None,
+    ) -> InProcessEngine:
+        """Load ``model`` (anything ``InferenceEngine.load_model`` takes) and start the worker.
+
+        ``ctx_size`` is the whole KV cache (default 4096 tokens per sequence); each of the
+        ``n_parallel`` sequences gets ``ctx_size / n_parallel`` tokens, or all of it with
+        ``kv_unified=True`` (one cache shared by every sequence: faster below full occupancy, but a
+        full cache fails the requests of that decode step). Replaces a model loaded before, once the
+        new one passed the checks (model found, GPUs compatible, memory enough, libllama loaded).
+
+        ``load_mode``: how llama.cpp reads the weights: "auto" (its default, mmap), "mmap", "none"
+        (plain reads; with CUDA, asynchronous uploads through pinned buffers, often faster for a fully
+        offloaded model) or "direct_io"; default ``LLCUDA_LOAD_MODE``, else "auto".
+        """
+        validation.integer(gpu_layers, "gpu_layers", -1, 100_000)
+        validation.integer(n_parallel, "n_parallel", 1, 256)
+        if flash_attn not in FLASH_ATTN:
+            raise ConfigError(f"flash_attn={flash_attn!r} must be 'on', 'off' or 'auto'.")
+        n_ctx = validation.integer(ctx_size or PER_SEQUENCE_CTX * n_parallel, "ctx_size", 16, 1 << 24)
+        n_batch = validation.integer(batch_size or 2048, "batch_size", 1, 1 << 20)
+        n_ubatch = min(validation.integer(ubatch_size or 512, "ubatch_size", 1, 1 << 20), n_batch)
+        if threads is not None:
+            validation.integer(threads, "threads", 1, 1024)
+        mode = config.load_mode(load_mode)
+        model = model if model is not None else config.default_model()
+        t0 = time.perf_counter()
+        try:
+            binaries = self._binaries or bootstrap.find_binaries()
+        except LlcudaError:
+            _resolve(model, offline)  # a model that cannot be found is reported first, as before
+            raise
+        build_info = binaries.build_info
+        timings: dict[str, float] = {}
+        set_device_order()  # before the threads: the library thread would set it otherwise
+        # Three parts at once: the GPU check and the library load (C code, without the GIL) run while
+        # this thread resolves the model (Python: GGUF metadata). Errors in the order of the parts:
+        # the model's, then the GPUs', then the library's. Leaving the block waits for both threads.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="llcuda-load") as pool:
+            gpus = pool.submit(_timed, _check_gpus, build_info, split_mode, tensor_split, main_gpu)
+            library = pool.submit(_timed, load_library, binaries)
+            resolved, timings["resolve_s"] = _timed(_resolve, model, offline)
+            (report, (split_mode, shares, main_gpu)), timings["detect_s"] = gpus.result()
+            settings = ServerSettings(model_path=resolved.path, ctx_size=n_ctx, gpu_layers=gpu_layers,
+                                      n_parallel=n_parallel, split_mode=split_mode, tensor_split=shares,
+                                      main_gpu=main_gpu)
+            vram.check_memory(resolved.info, settings, build_info, report)  # before a CUDA out-of-memory crash
+            lib, timings["library_s"] = library.result()
+        self.unload()  # the previous model, once the new one passed every check
+        self._lib = lib
+        timings = {"checks_s": time.perf_counter() - t0, **timings}
+
+        t = time.perf_counter()
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = gpu_layers
+        mparams.load_mode = LOAD_MODES[mode]
+        if split_mode is not None:
+            mparams.split_mode = SPLIT_MODES[split_mode]
+        if main_gpu is not None:
+            mparams.main_gpu = main_gpu
+        split_array = (ctypes.c_float * int(lib.llama_max_devices()))(*shares)
+        if shares:
+            mparams.tensor_split = ctypes.cast(split_array, ctypes.c_void_p)
+        self._model = lib.llama_model_load_from_file(str(resolved.path).encode(), mparams)
+        if not self._model:
+            raise LlcudaError(f"libllama could not load {resolved.path}. Its log ends:\n{log_tail()}")
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        timings["model_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        configs, chains = greedy_configs(lib, n_parallel)  # greedy until a request asks otherwise
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_seq_max = n_ctx, n_batch, n_ubatch, n_parallel
+        cparams.flash_attn_type = FLASH_ATTN[flash_attn]
+        cparams.kv_unified = kv_unified
+        if threads:
+            cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        cparams.samplers, cparams.n_samplers = configs, n_parallel
+        ctx = lib.llama_init_from_model(self._model, cparams)
+        if not ctx:
+            tail = log_tail()
+            for chain in chains:
+                lib.llama_sampler_free(chain)
+            self.unload()
+            raise LlcudaError("libllama could not create a context (out of GPU memory? lower ctx_size or "
+                              f"n_parallel). Its log ends:\n{tail}")
+        self._batcher = Batcher(lib, ctx, self._vocab, chains, n_batch, self.piece)
+        self.model_name, self.model_path, self.load_mode = resolved.name, resolved.path, mode
+        timings["context_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        self.infer(" ", max_tokens=2, ignore_eos=True)  # warm-up: kernels, CUDA graphs, sampler graph
+        timings["warmup_s"] = time.perf_counter() - t
+        self.load_timings, self.load_seconds = timings, time.perf_counter() - t0
+        self.reset_stats()
+        self.metrics.reset()
+        log.info("loaded %s in-process in %.2f s, load_mode %s (%s)", resolved.name, self.load_seconds, mode,
+                 ", ".join(f"{k} {v:.3f}" for k, v in timings.items()))
+        return self
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._batcher is not None
+
+    @property
+    def n_parallel(self) -> int:
+        return self._batcher.n_parallel if self._batcher else 0
+
+    @property
+    def n_ctx_seq(self) -> int:
+        """Tokens of context one sequence (prompt + generated) can use."""
+        return self._batcher.n_ctx_seq if self._batcher else 0
+
+    @property
+    def backend_sampling(self) -> bool | None:
+        """True once a token came back from the device's sampler; False if one was sampled on the CPU."""
+        return self._batcher.backend_sampling if self._batcher else None
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Decode-loop counters since load or :meth:`reset_stats`."""
+        now = self._batcher.stats if self._batcher else dict.fromkeys(STATS, 0)
+        return {k: now[k] - self._stats_before.get(k, 0) for k in STATS}
+
+    def reset_stats(self) -> None:
+        self._stats_before = dict(self._batcher.stats) if self._batcher else dict.fromkeys(STATS, 0)
+
+    def unload(self) -> None:
+        """Stop the worker (failing queued and running requests) and free the context and model."""
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
+        if self._model:
+            self._lib.llama_model_free(self._model)
+        self._model = self._vocab = None
+
+    close = unload
+
+    def __enter__(self) -> InProcessEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unload()
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok", ...}`` while the worker runs; raises when no model is loaded."""
+        batcher = self._batcher
+        if batcher is None:
+            raise LlcudaError("no model is loaded in-process; call load_model(...) first.")
+        running, queued, alive = batcher.load()
+        if not alive:
+            raise LlcudaError("the in-process worker thread has stopped; load the model again.")
+        return {"status": "ok", "backend": "inprocess", "model": self.model_name, "running": running,
+                "queued": queued, "slots": batcher.n_parallel, "backend_sampling": batcher.backend_sampling,
+                "sampled_logits_copied": batcher.sampled_data_kept}
+
+    # -- tokens and templates ----------------------------------------------------------------
+    def _need_model(self) -> None:
+        if self._vocab is None:
+            raise LlcudaError("no model is loaded; call load_model(...) first.")
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        self._need_model()
+        raw = text.encode("utf-8")
+        cap = len(raw) + 8
+        buf = (c_int32 * cap)()
+        n = self._lib.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special, parse_special)
+        if n < 0:
+            buf = (c_int32 * -n)()
+            n = self._lib.llama_tokenize(self._vocab, raw, len(raw), buf, -n, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token; special tokens (BOS, end of turn) are hidden unless ``special``."""
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        """Text of ``tokens``, piece by piece as llama-server renders generated text."""
+        self._need_model()
+        return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]]) -> str:
+        """``messages`` as one prompt, in the model's chat template (llama.cpp's built-in templates)."""
+        from llcuda.libllama.chat_template import apply
+
+        self._need_model()
+        return apply(self._lib, self._model, self.model_name or "the model", messages)
+
+    # -- requests ----------------------------------------------------------------------------
+    def submit(self, prompt: str | Sequence[int], max_tokens: int = 128, *, temperature: float = 0.0,
+               top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
+               stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
+               stream: bool = False) -> Request:
+        """Queue one request (text, or token ids); ``request.future`` resolves when it ends. Thread-safe."""
+        tokens = self.tokenize(validation.prompt(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
+        max_tokens = validation.max_tokens(max_tokens)
+        req = Request(tokens, max_tokens, Sampling.make(temperature, top_p, top_k, seed), stop_words(stop),
+                      bool(ignore_eos), queue.SimpleQueue() if stream else None)
+        batcher = self._batcher
+        if batcher is None:
+            raise LlcudaError("no model is loaded; call load_model(...) first.")
+        if not tokens:
+            raise ConfigError("the prompt has no tokens; give the model some text to continue.")
+        if len(tokens) + max_tokens > batcher.n_ctx_seq:
+            raise ConfigError(
+                f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceed the {batcher.n_ctx_seq} tokens "
+                f"of context per sequence; lower max_tokens, or load with a larger ctx_size (each of the "
+                f"{batcher.n_parallel} sequences gets ctx_size / n_parallel tokens, unless kv_unified=True).")
+        batcher.put(req)
+        return req
+
+    def cancel(self, req: Request) -> None:
+        """Stop decoding ``req`` at the next step (its caller gave up)."""
+        if self._batcher is not None:
+            self._batcher.cancel(req)
+
+    def infer(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, top_p: float = 0.95,
+              top_k: int = 40, seed: int | None = None, stop: str | Sequence[str] | None = None, *,
+              ignore_eos: bool = False) -> InferResult:
+        """Continue ``prompt`` (raw text). Greedy by default here; ``InferenceEngine`` defaults to 0.7."""
+        return self.result(self.submit(prompt, max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                       seed=seed, stop=stop, ignore_eos=ignore_eos))
+
+    def infer_stream(self, prompt: str | Sequence[int], max_tokens: int = 128, temperature: float = 0.0,
+                     top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
+                     stop: str | Sequence[str] | None = None, *, ignore_eos: bool = False) -> TokenStream:
+        """Like :meth:`infer`, but yields text pieces as tokens are decoded."""
+        req = self.submit(prompt, max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                          stop=stop, ignore_eos=ignore_eos, stream=True)
+        box: dict[str, InferResult] = {}
+
+        def final_text() -> str:
+            box["result"] = self.result(req)
+            return box["result"].text
+
+        def pieces() -> Any:
+            try:
+                yield from stream_pieces(req, self.piece, final_text, self._timeout, lambda: self._timed_out(req))
+            finally:
+                if not req.future.done():
+                    self.cancel(req)  # the reader stopped early
+
+        return TokenStream(pieces(), lambda: box["result"])
+
+    def chat(self, messages: Sequence[dict[str, Any]], max_tokens: int = 256, temperature: float = 0.0,
+             top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
+             stop: str | Sequence[str] | None = None, *, stream: bool = False) -> InferResult | TokenStream:
+        """One assistant turn for ``messages`` in the model's chat template (ConfigError if it has none)."""
+        tokens = self.tokenize(self.apply_chat_template(messages), add_special=True, parse_special=True)
+        if stream:
+            return self.infer_stream(tokens, max_tokens, temperature, top_p, top_k, seed, stop)
+        return self.result(self.submit(tokens, max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                       seed=seed, stop=stop))
+
+    def batch_infer(self, prompts: Sequence[str], max_tokens: int = 128, temperature: float = 0.0,
+                    top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
+                    stop: str | Sequence[str] | None = None, *, ignore_eos: bool = False) -> list[InferResult]:
+        """All ``prompts`` decoded together (up to ``n_parallel`` at a time); results in order."""
+        items = [validation.prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+        requests: list[Request] = []
+        try:
+            for p in items:
+                requests.append(self.submit(p, max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                            seed=seed, stop=stop, ignore_eos=ignore_eos))
+        except LlcudaError:
+            for req in requests:
+                self.cancel(req)
+            raise
+        return [self.result(r) for r in requests]
+
+    def _timed_out(self, req: Request) -> RequestTimeoutError:
+        self.cancel(req)
+        self.metrics.record_failure()
+        return RequestTimeoutError(f"no token within {self._timeout:g} s (request_timeout); the request was "
+                                   "cancelled. Raise request_timeout or LLCUDA_REQUEST_TIMEOUT for long prompts.")
+
+    def result(self, req: Request) -> InferResult:
+        """Wait for ``req`` and build its result in the caller's thread (text off the decode loop)."""
+        try:
+            req.future.result(timeout=self._timeout)
+        except FutureTimeout:  # not the built-in TimeoutError before Python 3.11
+            raise self._timed_out(req) from None
+        except LlcudaError:
+            self.metrics.record_failure()
+            raise
+        tokens = req.out[:-1] if req.finish == "stop" and req.stop_at is None else req.out
+        if req.stop_at is not None:
+            text = bytes(req.text[:req.stop_at]).decode("utf-8", errors="replace")
+        else:
+            text = self.detokenize(tokens)
+        first = req.first_token or req.done
+        decode_s = req.done - first
+        tps = (len(req.out) - 1) / decode_s if decode_s > 0 and len(req.out) > 1 else 0.0
+        self.metrics.record(req.submitted, req.done, len(req.out), tps)
+        return InferResult(
+            text=text,
+            tokens_generated=len(req.out),
+            prompt_tokens=len(req.tokens),
+            latency_ms=(req.done - req.submitted) * 1000.0,
+            tokens_per_sec=tps,
+            finish_reason=req.finish,
+            time_to_first_token_ms=(first - req.submitted) * 1000.0,
+            stop_word=req.stop_word,
+            model=self.model_name or "",
+            timings={"prompt_n": len(req.tokens), "predicted_n": len(req.out), "predicted_per_second": tps,
+                     "backend_sampling": bool(self.backend_sampling)},
+        )
+
+    def __repr__(self) -> str:
+        return f"<InProcessEngine model={self.model_name!r} {'loaded' if self.is_loaded else 'not loaded'}>"

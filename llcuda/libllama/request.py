@@ -1,0 +1,137 @@
+"""One request of the in-process engine: its sampling, stop strings, and UTF-8-safe text.
+
+The worker thread (:mod:`llcuda.libllama.engine`) only appends token ids and, for requests with stop
+strings, the bytes of each token to find a stop string as soon as it is complete. Everything else
+(text, streaming pieces, results) happens in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import codecs
+import queue
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Callable
+
+from llcuda import options as validation
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A sampler chain's settings; equal settings share a chain (changing it costs a graph re-reserve)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @classmethod
+    def make(cls, temperature: float, top_p: float, top_k: int, seed: int | None) -> Sampling:
+        """Validated settings; every greedy request gets the same (greedy) value, whatever its top_p/top_k/seed."""
+        temperature, top_p, top_k, seed = validation.sampling(temperature, top_p, top_k, seed)
+        if temperature <= 0.0:
+            return GREEDY
+        return cls(temperature, top_p, top_k, None if seed in (None, -1, 2**32 - 1) else seed)
+
+
+GREEDY = Sampling()
+
+
+@dataclass(eq=False)
+class Request:
+    """A prompt being decoded. ``future`` resolves to the request itself when it ends."""
+
+    tokens: list[int]  # the prompt
+    max_tokens: int
+    sampling: Sampling = GREEDY
+    stop: tuple[bytes, ...] = ()
+    ignore_eos: bool = False
+    stream: queue.SimpleQueue[int | None] | None = None  # generated tokens, then None; only when streaming
+    future: Future[Request] = field(default_factory=Future)
+    seq: int = -1
+    prefilled: int = 0  # prompt tokens already in the KV cache
+    out: list[int] = field(default_factory=list)  # generated tokens (an end-of-generation token included)
+    text: bytearray = field(default_factory=bytearray)  # bytes of ``out``, kept only when there are stop strings
+    stop_at: int | None = None  # byte offset in ``text`` where the stop string begins
+    stop_word: str | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    done: float = 0.0
+    finish: str = "length"
+    cancelled: bool = False
+
+    def find_stop(self, piece: bytes) -> bool:
+        """Append ``piece`` (bytes of the latest token) and say whether a stop string is now complete."""
+        self.text += piece
+        best: tuple[int, bytes] | None = None
+        for word in self.stop:
+            start = max(0, len(self.text) - len(piece) - len(word) + 1)
+            at = self.text.find(word, start)
+            if at >= 0 and (best is None or at < best[0]):
+                best = (at, word)
+        if best is None:
+            return False
+        self.stop_at, self.stop_word = best[0], best[1].decode("utf-8")
+        self.finish = "stop"
+        return True
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Wake whoever waits: the stream's reader and the future (with ``error`` if it failed)."""
+        if self.stream is not None:
+            self.stream.put(None)
+        try:  # one lock round instead of done() and then set_*()
+            if error is None:
+                self.future.set_result(self)
+            else:
+                self.future.set_exception(error)
+        except InvalidStateError:  # it had ended (or its future was cancelled) already
+            pass
+
+
+def stop_words(stop: str | Sequence[str] | None) -> tuple[bytes, ...]:
+    return tuple(s.encode("utf-8") for s in validation.stop(stop))
+
+
+def held_back(text: str, stop: Sequence[str]) -> int:
+    """How many trailing characters of ``text`` could be the beginning of a stop string."""
+    longest = 0
+    for word in stop:
+        for k in range(min(len(word) - 1, len(text)), longest, -1):
+            if text.endswith(word[:k]):
+                longest = k
+                break
+    return longest
+
+
+def stream_pieces(req: Request, piece: Callable[[int], bytes], final_text: Callable[[], str],
+                  timeout: float, on_timeout: Callable[[], BaseException]) -> Iterator[str]:
+    """Text pieces of ``req`` as its tokens arrive: whole UTF-8 characters only, never a stop string.
+
+    A character split over two tokens comes out with the second; text that may begin a stop
+    string is held until it cannot. The pieces join to ``final_text()``.
+    """
+    assert req.stream is not None
+    stop = [w.decode("utf-8") for w in req.stop]
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text, emitted = "", 0
+    while True:
+        try:
+            token = req.stream.get(timeout=timeout)
+        except queue.Empty:
+            raise on_timeout() from None
+        if token is None:
+            break
+        text += decoder.decode(piece(token))
+        ready = len(text) - held_back(text, stop)
+        if ready > emitted:
+            yield text[emitted:ready]
+            emitted = ready
+    rest = final_text()[emitted:]  # raises if the request failed
+    if rest:
+        yield rest
