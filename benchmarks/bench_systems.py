@@ -198,9 +198,9 @@ def run_system(a: Any, name: str, levels: list[int]) -> dict[str, Any]:
     ctx = top * (64 + a.max_tokens + 64)
     out: dict[str, Any] = {"kind": kind, "settings": settings, "n_parallel": top, "ctx_size": ctx}
     if kind == "server":
-        from llcuda import bootstrap
-        from llcuda.server import LlamaServer
-        from llcuda.types import ServerSettings
+        from llcuda.system import binaries as bootstrap
+        from llcuda.processes.llama_server import LlamaServer
+        from llcuda.processes.llama_server import ServerSettings
 
         server = LlamaServer(
             ServerSettings(
@@ -224,7 +224,7 @@ def run_system(a: Any, name: str, levels: list[int]) -> dict[str, Any]:
             server.stop()
         return out
 
-    from llcuda import InferenceEngine
+    from llcuda.engine import InferenceEngine
 
     greedy: dict[str, Any] = {"max_tokens": a.max_tokens, "temperature": 0.0, "ignore_eos": True}
     if kind == "engine":

@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llcuda import bootstrap, gpu, libllama  # noqa: E402
+from llcuda import libllama  # noqa: E402
+from llcuda.system import binaries as bootstrap
+from llcuda.system import gpu
 from llcuda.fastpath import InProcessEngine  # noqa: E402
 
 MODEL, OUT = sys.argv[1], sys.argv[2]

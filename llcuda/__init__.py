@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from llcuda.errors import (
     BinaryNotFoundError,
     ChecksumError,
     ConfigError,
@@ -27,20 +27,20 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .bootstrap import find_binaries
-    from .engine import InferenceEngine, TokenStream
-    from .models import resolve_model
-    from .server import LlamaServer
-    from .types import InferResult, MetricsSnapshot, ServerSettings
+    from llcuda.engine import InferenceEngine, TokenStream
+    from llcuda.models import resolve_model
+    from llcuda.processes.llama_server import LlamaServer, ServerSettings
+    from llcuda.results import InferResult, MetricsSnapshot
+    from llcuda.system.binaries import find_binaries
 
 _LAZY = {
     "InferenceEngine": "llcuda.engine",
     "TokenStream": "llcuda.engine",
-    "LlamaServer": "llcuda.server",
-    "InferResult": "llcuda.types",
-    "MetricsSnapshot": "llcuda.types",
-    "ServerSettings": "llcuda.types",
-    "find_binaries": "llcuda.bootstrap",
+    "LlamaServer": "llcuda.processes.llama_server",
+    "InferResult": "llcuda.results",
+    "MetricsSnapshot": "llcuda.results",
+    "ServerSettings": "llcuda.results",
+    "find_binaries": "llcuda.system.binaries",
     "resolve_model": "llcuda.models",
 }
 

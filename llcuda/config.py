@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ConfigError
+from llcuda.errors import ConfigError
 
 DEFAULT_MODEL = "gemma-3-270m-Q4_K_M"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"

@@ -5,7 +5,7 @@
     print(engine.infer("Hello!", max_tokens=50).text)
 
 Two backends run the model: "server" (llama-server in a child process, over loopback HTTP; the
-default; :mod:`llcuda.backends.server`) and "inprocess" (libllama in this process,
+default; :mod:`llcuda.backends.llama_server`) and "inprocess" (libllama in this process,
 :mod:`llcuda.backends.inprocess`; the fastest decode). This module checks the arguments, picks
 the backend and keeps the request metrics.
 """
@@ -17,16 +17,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from . import config, validation
-from .backends import Backend, GenerationArgs
-from .backends.inprocess import InProcessBackend
-from .backends.server import ServerBackend
-from .errors import ConfigError, LlcudaError
-from .libllama import SERVER_LOAD_MODES
-from .metrics import MetricsRecorder
-from .server import LlamaServer
-from .stream import TokenStream
-from .types import Binaries, InferResult, MetricsSnapshot
+from llcuda import config
+from llcuda import options as validation
+from llcuda.backends.base import Backend
+from llcuda.backends.inprocess import InProcessBackend
+from llcuda.backends.llama_server import ServerBackend
+from llcuda.errors import ConfigError, LlcudaError
+from llcuda.libllama.bindings import SERVER_LOAD_MODES
+from llcuda.metrics import MetricsRecorder
+from llcuda.options import GenerationArgs
+from llcuda.processes.llama_server import LlamaServer
+from llcuda.results import InferResult, MetricsSnapshot, TokenStream
+from llcuda.system.binaries import Binaries
 
 __all__ = ["InferenceEngine", "TokenStream"]
 
@@ -111,8 +113,8 @@ class InferenceEngine:
 
         Several devices: ``split_mode`` ('layer', 'row', 'tensor', 'none'), ``tensor_split`` (one
         proportion per device; default: by free memory) and ``main_gpu`` spread the model over GPUs
-        (see :mod:`llcuda.split`); ``rpc=["host:port", ...]`` adds the devices of RPC workers
-        (``llcuda rpc-worker``, see :mod:`llcuda.rpc`), which are checked for reachability first.
+        (see :mod:`llcuda.system.placement`); ``rpc=["host:port", ...]`` adds the devices of RPC workers
+        (``llcuda rpc-worker``, see :mod:`llcuda.processes.rpc_worker`), which are checked for reachability first.
 
         With ``backend="inprocess"``: the model, context and shared options map to libllama's
         parameters, sampling always runs on the device, ``kv_unified=True`` shares one KV cache

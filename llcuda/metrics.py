@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from .types import MetricsSnapshot
+from llcuda.results import MetricsSnapshot
 
 MAX_SAMPLES = 10_000
 

@@ -36,12 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from elf_info import Elf, is_elf, ldd_paths, manylinux_tag, read_elf, soname_stem, version_key  # noqa: E402,F401
+from elf_info import (  # noqa: E402,F401
+    Elf,
+    is_elf,
+    ldd_paths,
+    manylinux_tag,
+    read_elf,
+    soname_stem,
+    version_key,
+)
 from wheel_files import SETUP_PY, dump_toml, load_toml  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "llcuda"
-BUNDLE_DIR = "binaries"  # llcuda/binaries, llcuda.bootstrap.BUNDLED_PREFIX
+BUNDLE_DIR = "binaries"  # llcuda/binaries, llcuda.system.binaries.BUNDLED_PREFIX
 PACKAGE_DATA = [
     f"{BUNDLE_DIR}/bin/*",
     f"{BUNDLE_DIR}/lib/*",

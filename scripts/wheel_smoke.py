@@ -25,8 +25,8 @@ from pathlib import Path
 
 
 def _bootstrap_error() -> str | None:
-    from llcuda import bootstrap
     from llcuda.errors import BinaryNotFoundError
+    from llcuda.system import binaries as bootstrap
 
     try:
         found = bootstrap.find_binaries()
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         import llcuda
-        from llcuda import bootstrap
+        from llcuda.system import binaries as bootstrap
 
         report["llcuda_file"] = llcuda.__file__
         binaries = bootstrap.find_binaries()

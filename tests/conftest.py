@@ -46,7 +46,7 @@ def build_env(**extra: str) -> dict[str, str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip `gpu` tests where no NVIDIA GPU is visible (CI); they run on the lent GPU machine."""
-    from llcuda import gpu
+    from llcuda.system import gpu
 
     if gpu.detect().gpus:
         return
@@ -59,8 +59,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def binaries():
     """The llama.cpp binaries llcuda's bootstrap finds. Missing binaries fail the run, never skip it."""
-    from llcuda import bootstrap
     from llcuda.errors import BinaryNotFoundError
+    from llcuda.system import binaries as bootstrap
 
     try:
         return bootstrap.find_binaries()
@@ -96,7 +96,7 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def tiny_engine(binaries, tiny_model: Path, isolated_home: Path):
     """One engine serving the tiny model with 4 slots, shared by the integration tests."""
-    from llcuda import InferenceEngine
+    from llcuda.engine import InferenceEngine
 
     engine = InferenceEngine(binaries=binaries)
     engine.load_model(tiny_model, ctx_size=2048, n_parallel=4, threads=1)

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from llcuda import InferenceEngine
-from llcuda.backends import GenerationArgs
-from llcuda.batcher import GIL_HELD, gil_holding
+from llcuda.engine import InferenceEngine
 from llcuda.errors import ConfigError, InferenceError, LlcudaError
-from llcuda.generation import Request, Sampling
-from llcuda.inprocess import InProcessEngine
+from llcuda.libllama.batcher import GIL_HELD, gil_holding
+from llcuda.libllama.engine import InProcessEngine
+from llcuda.libllama.request import Request, Sampling
+from llcuda.options import GenerationArgs
 
 PROMPT = "The weather today"
 N = 24

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llcuda import BinaryNotFoundError, bootstrap
+from llcuda import BinaryNotFoundError
+from llcuda.system import binaries as bootstrap
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""llcuda.doctor: the report `llcuda doctor` prints (the CLI side is in test_cli.py)."""
+"""llcuda.cli.doctor: the report `llcuda doctor` prints (the CLI side is in test_cli.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from llcuda import doctor
-from llcuda.types import Binaries
+from llcuda.cli import doctor
+from llcuda.system.binaries import Binaries
 
 
 def test_libllama_loads_in_process(binaries, monkeypatch):
@@ -46,7 +46,7 @@ def test_no_binaries_no_in_process(tmp_path: Path, monkeypatch):
 
 
 def test_the_gpu_report_says_where_it_came_from(binaries, monkeypatch):
-    from llcuda import gpu
+    from llcuda.system import gpu
 
     monkeypatch.setenv("LLCUDA_BIN_DIR", str(binaries.bin_dir))
     report = doctor.collect()["gpu"]

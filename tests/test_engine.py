@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from llcuda import ConfigError, InferenceEngine, InferenceError, LlcudaError
-from llcuda.client import LlamaClient
+from llcuda import ConfigError, InferenceError, LlcudaError
+from llcuda.engine import InferenceEngine
+from llcuda.processes.client import LlamaClient
 
 
 def test_infer_returns_text_and_counts(tiny_engine):

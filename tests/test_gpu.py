@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from llcuda import InferenceEngine, gpu
-from llcuda.client import LlamaClient
+from llcuda.engine import InferenceEngine
 from llcuda.errors import GPUCompatibilityError
+from llcuda.processes.client import LlamaClient
+from llcuda.system import gpu
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parent.parent
@@ -160,7 +161,7 @@ INFERENCE_ENGINE_INPROCESS_CHECK = """
 import json, re, sys
 from concurrent.futures import ThreadPoolExecutor
 from llcuda import InferenceEngine
-from llcuda.libllama import recent_log
+from llcuda.libllama.bindings import recent_log
 engine = InferenceEngine(backend="inprocess")
 engine.load_model(sys.argv[1], n_parallel=16, ctx_size=16 * 512, flash_attn="on")
 report = {"load_seconds": engine.load_seconds, "load_timings": engine.load_timings}

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from llcuda import gpu
+from llcuda.system import gpu
 
 pytestmark = pytest.mark.gpu
 FREE_TOLERANCE_MIB = 512  # other processes may allocate between the two reads

@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from llcuda import InferenceEngine, config
+from llcuda import config
+from llcuda.engine import InferenceEngine
 from llcuda.errors import ConfigError, GPUCompatibilityError, InferenceError, LlcudaError, ModelNotFoundError
-from llcuda.inprocess import InProcessEngine
-from llcuda.libllama import recent_log
+from llcuda.libllama.bindings import recent_log
+from llcuda.libllama.engine import InProcessEngine
 from llcuda.models import DEFAULT_MODEL, SMOLLM2_MODEL
-from llcuda.types import Binaries
+from llcuda.system.binaries import Binaries
 
 SLOTS = 8
 PROMPT = "The weather today"
@@ -391,7 +392,7 @@ def test_libllama_errors_reach_stderr_at_once(binaries, tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from llcuda import bootstrap\n"
-        "from llcuda.libllama import load_library, recent_log\n"
+        "from llcuda.libllama.bindings import load_library, recent_log\n"
         "lib = load_library(bootstrap.find_binaries())\n"
         "assert not lib.llama_model_load_from_file(sys.argv[1].encode(), lib.llama_model_default_params())\n"
         "assert 'failed to load model' in recent_log()\n"
@@ -406,8 +407,8 @@ def test_libllama_errors_reach_stderr_at_once(binaries, tmp_path: Path) -> None:
 
 LOG_FILTER_CHECK = """
 import json, sys
-from llcuda.inprocess import InProcessEngine
-from llcuda.libllama import log_filter_active, recent_log
+from llcuda.libllama.engine import InProcessEngine
+from llcuda.libllama.bindings import log_filter_active, recent_log
 with InProcessEngine().load_model(sys.argv[1], ctx_size=256, threads=1) as engine:
     engine.infer("Hello", max_tokens=4, ignore_eos=True)
     log = recent_log()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hub_server import FakeHub, make_gguf
 
+from llcuda.cli.models import add_models_parser, cache_summary, run_models_command
 from llcuda.models import registry
-from llcuda.models.cli import add_models_parser, cache_summary, run_models_command
 
 
 def run(*argv: str) -> tuple[int, str, str]:

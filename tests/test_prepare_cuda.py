@@ -12,9 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import prepare_binaries
+import pytest
 
 
 def cuda_prefix(tmp_path: Path, binaries, cuda_version: str) -> Path:

@@ -154,8 +154,8 @@ def test_python_is_one_noarch_build_with_a_range_pin(rendered: list[dict]) -> No
     assert run[2] == {
         "pin_subpackage": {"name": "llcuda-binaries", "lower_bound": "x.x.x", "upper_bound": "x.x"}
     }
-    assert python["build"]["python"]["entry_points"] == ["llcuda = llcuda.cli:main"]
-    assert PYPROJECT["project"]["scripts"] == {"llcuda": "llcuda.cli:main"}
+    assert python["build"]["python"]["entry_points"] == ["llcuda = llcuda.cli.main:main"]
+    assert PYPROJECT["project"]["scripts"] == {"llcuda": "llcuda.cli.main:main"}
     tests = python["tests"]
     assert tests[0]["python"]["imports"] == ["llcuda"]
     doctor = next(t for t in tests if "script" in t)

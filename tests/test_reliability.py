@@ -21,12 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from processes import alive, gone
 from fault_server import FaultServer, Reply
+from processes import alive, gone
 
 from llcuda import (
     ConfigError,
-    InferenceEngine,
     InferenceError,
     InvalidModelError,
     LlcudaError,
@@ -34,8 +33,9 @@ from llcuda import (
     RequestTimeoutError,
     ServerStartError,
 )
-from llcuda import server as server_module
-from llcuda.client import LlamaClient
+from llcuda.engine import InferenceEngine
+from llcuda.processes import process as process_module
+from llcuda.processes.client import LlamaClient
 
 DEADLINE_S = 30.0
 
@@ -171,7 +171,7 @@ def test_server_dies_with_its_parent(binaries, tiny_model, tmp_path, mode, expec
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
 def test_cli_serve_stops_its_server(binaries, tiny_model, tmp_path, how):
-    port = server_module.free_port()
+    port = process_module.free_port()
     env = dict(os.environ, LLCUDA_HOME=str(tmp_path), LLCUDA_BIN_DIR=str(binaries.bin_dir))
     cli = subprocess.Popen(
         [
@@ -285,9 +285,9 @@ def test_auto_port_moves_on_when_the_chosen_port_is_taken(binaries, tiny_model, 
         squatter.listen()
         taken = squatter.getsockname()[1]
         picks = iter([taken])
-        real_free_port = server_module.free_port
+        real_free_port = process_module.free_port
         monkeypatch.setattr(
-            server_module, "free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port(host)
+            process_module, "free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port(host)
         )
         engine = _engine(binaries, tiny_model)
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llcuda.client import POOL_SIZE, LlamaClient
+from llcuda.processes.client import POOL_SIZE, LlamaClient
 
 CLIENTS = 64
 REQUESTS_PER_CLIENT = 50

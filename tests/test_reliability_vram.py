@@ -10,11 +10,11 @@ import gguf
 import pytest
 
 from llcuda import GPUCompatibilityError, InsufficientMemoryError
-from llcuda.gpu import GPUInfo, GPUReport
 from llcuda.models import read_gguf_info
 from llcuda.models.gguf import GGUFInfo
-from llcuda.types import ServerSettings
-from llcuda.vram import GIB, check_memory, kv_cache, weights_on_gpu
+from llcuda.processes.llama_server import ServerSettings
+from llcuda.system.gpu import GPUInfo, GPUReport
+from llcuda.system.memory import GIB, check_memory, kv_cache, weights_on_gpu
 
 CUDA = {"backend": "cuda", "cuda_archs": ["90-real"], "cuda_version": "12.4"}
 

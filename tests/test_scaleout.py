@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 from processes import gone
 
-from llcuda import ConfigError, InferenceEngine, InferenceError, ServerStartError, rpc, split
-from llcuda.cli import build_parser, main
-from llcuda.gpu import GPUInfo, detect
-from llcuda.server import free_port
+from llcuda import ConfigError, InferenceError, ServerStartError
+from llcuda.cli.main import build_parser, main
+from llcuda.engine import InferenceEngine
+from llcuda.processes import rpc_worker as rpc
+from llcuda.processes.process import free_port
+from llcuda.system import placement as split
+from llcuda.system.gpu import GPUInfo, detect
 
 LOAD = {"ctx_size": 512, "n_parallel": 1, "threads": 1}
 VERBOSE = ("--log-verbosity", "4")  # llama.cpp logs where each buffer went at verbosity 4
@@ -138,11 +141,11 @@ def test_bad_split_arguments_say_what_to_change(kwargs, words):
 
 
 def test_prepare_warns_that_a_cpu_build_ignores_split_arguments(caplog):
-    with caplog.at_level("WARNING", logger="llcuda.split"):
+    with caplog.at_level("WARNING", logger="llcuda.system.placement"):
         assert split.prepare({"backend": "cpu"}, "layer", [1, 1], None) == ("layer", (1.0, 1.0), None)
     assert "no effect" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="llcuda.split"):
+    with caplog.at_level("WARNING", logger="llcuda.system.placement"):
         split.prepare({"backend": "cpu"}, None, [1, 1], None, rpc=("a:1", "b:2"))
     assert "no effect" not in caplog.text, "with workers the split is meaningful on a CPU build"
 
@@ -211,7 +214,7 @@ def test_an_unknown_device_is_a_clear_error(binaries, isolated_home):
 def test_worker_dies_with_its_parent_even_on_sigkill(binaries, tmp_path):
     script = textwrap.dedent("""
         import time
-        from llcuda.rpc import RpcWorker
+        from llcuda.processes.rpc_worker import RpcWorker
         w = RpcWorker(threads=1).start()
         print(w.pid, flush=True)
         time.sleep(600)

@@ -15,9 +15,7 @@ import pytest
 from processes import gone
 
 from llcuda import ConfigError, ServerStartError
-from llcuda.server import LlamaServer, build_command
-from llcuda.types import ServerSettings
-
+from llcuda.processes.llama_server import LlamaServer, ServerSettings, build_command
 
 
 def test_command_is_an_argument_list_with_every_setting(tmp_path):
@@ -79,9 +77,9 @@ def test_taken_fixed_port_is_a_clear_error(binaries, tiny_model, isolated_home):
 def test_server_dies_with_its_parent_even_on_sigkill(binaries, tiny_model, tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
-        from llcuda.server import LlamaServer
-        from llcuda.types import ServerSettings
-        from llcuda.bootstrap import find_binaries
+        from llcuda.processes.llama_server import LlamaServer
+        from llcuda.results import ServerSettings
+        from llcuda.system.binaries import find_binaries
         s = LlamaServer(ServerSettings(model_path=__import__('pathlib').Path({str(tiny_model)!r}),
                         ctx_size=512, n_parallel=1), binaries=find_binaries())
         s.start()

@@ -7,12 +7,11 @@ import subprocess
 import threading
 from pathlib import Path
 
+import llama_source
 import pytest
 import requests
 
-import llama_source
-from llcuda.server import LlamaServer
-from llcuda.types import ServerSettings
+from llcuda.processes.llama_server import LlamaServer, ServerSettings
 
 # Three prompts that share nothing but the BOS token, so prompt-similarity selection never applies.
 PROMPTS = [
@@ -111,7 +110,7 @@ def _decode_prompts(lib, model, group: list[list[int]], sampler, before_decode=N
     """A context with one backend chain per prompt (``sampler()`` makes each chain's sampler), the prompts
     decoded in one batch (output at each prompt's last token): (context, chains, batch rows of those outputs).
     ``before_decode(ctx)`` runs between making the context and the decode."""
-    from llcuda import libllama
+    from llcuda.libllama import bindings as libllama
 
     n_seq = len(group)
     chains, configs = [], (libllama.SamplerSeqConfig * n_seq)()
@@ -181,7 +180,7 @@ def test_reordered_outputs_keep_each_rows_sampled_entries(binaries, tiny_model: 
     # Patch 0004 swaps only the entries a row holds when llama.cpp puts a batch's outputs back in order.
     # Prompts of different lengths ending in one batch come out of the per-sequence ubatches in another
     # order (the shortest first), so their rows are swapped; each must still hold its own top-k.
-    from llcuda import libllama
+    from llcuda.libllama import bindings as libllama
 
     lib = libllama.load_library(binaries)
     params = lib.llama_model_default_params()
@@ -205,7 +204,7 @@ def test_sampled_tokens_of_many_rows_come_in_one_call(binaries, tiny_model: Path
     # reorder the outputs, and the bulk read is the first read after the batch (the one that reorders).
     import ctypes
 
-    from llcuda import libllama
+    from llcuda.libllama import bindings as libllama
 
     lib = libllama.load_library(binaries)
     assert hasattr(lib, "llama_get_sampled_tokens"), "the build lacks patch 0005"
@@ -246,7 +245,7 @@ def test_rows_sampled_on_the_backend_skip_their_logits_copy_when_asked(binaries,
     # Patch 0006: llama_set_keep_sampled_data(ctx, false) stops the copy of a row's chain logits (for a
     # greedy chain, the whole vocabulary row) when the backend chose its token; rows whose chain chose
     # none (top-k alone: the CPU finishes the sampling) still get theirs. The sampled tokens are the same.
-    from llcuda import libllama
+    from llcuda.libllama import bindings as libllama
 
     lib = libllama.load_library(binaries)
     assert hasattr(lib, "llama_set_keep_sampled_data"), "the build lacks patch 0006"

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from llcuda import ConfigError, GPUCompatibilityError, config, gpu
+from llcuda import ConfigError, GPUCompatibilityError, config
 from llcuda.metrics import MetricsRecorder, busy_seconds, percentile
+from llcuda.system import gpu
 
 
 def test_percentile_nearest_rank():
@@ -77,7 +78,7 @@ def test_detect_falls_back_to_nvidia_smi_without_nvml(tmp_path, monkeypatch, cap
     monkeypatch.setenv("PATH", str(_fake_nvidia_smi(tmp_path / "bin")))
     monkeypatch.setenv("SMI_QUERY", SMI)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with caplog.at_level(logging.DEBUG, logger="llcuda.gpu"):
+    with caplog.at_level(logging.DEBUG, logger="llcuda.system.gpu"):
         report = gpu.detect()
     assert report.source == "nvidia-smi" and report.error is None
     assert [g.name for g in report.gpus] == ["NVIDIA H100 80GB HBM3", "Tesla T4"]
@@ -172,7 +173,7 @@ def test_load_mode_precedence_and_values(monkeypatch):
     monkeypatch.setenv("LLCUDA_LOAD_MODE", "fast")
     with pytest.raises(ConfigError, match="^LLCUDA_LOAD_MODE='fast' must be one of"):
         config.load_mode()
-    from llcuda.libllama import LOAD_MODES, SERVER_LOAD_MODES
+    from llcuda.libllama.bindings import LOAD_MODES, SERVER_LOAD_MODES
 
     assert set(config.LOAD_MODES) == set(LOAD_MODES) == set(SERVER_LOAD_MODES)
 
@@ -180,7 +181,7 @@ def test_load_mode_precedence_and_values(monkeypatch):
 def test_import_is_lazy_and_side_effect_free(tmp_path):
     code = (
         "import sys, llcuda; "
-        "heavy = [m for m in ('requests', 'llcuda.engine', 'llcuda.server', 'llcuda.models') if m in sys.modules]; "
+        "heavy = [m for m in ('requests', 'llcuda.engine', 'llcuda.processes.llama_server', 'llcuda.models') if m in sys.modules]; "
         "print(heavy)"
     )
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LLCUDA_HOME": str(tmp_path / "home")}

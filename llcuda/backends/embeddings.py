@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from ..client import LlamaClient
-from ..server import LlamaServer
-from ..types import Binaries, ServerSettings
+from llcuda.processes.client import LlamaClient
+from llcuda.processes.llama_server import LlamaServer, ServerSettings
+from llcuda.system.binaries import Binaries
 
 EMBED_MAX_CTX = 8192  # an embeddings server needs no long context
 

@@ -1,4 +1,4 @@
-"""The in-process backend: libllama in this process through :class:`llcuda.inprocess.InProcessEngine`.
+"""The in-process backend: libllama in this process through :class:`llcuda.libllama.engine.InProcessEngine`.
 
 Adapts that engine to the backend interface (InferenceEngine's defaults and token conventions,
 which match llama-server's) and starts an embeddings-only llama-server for ``embed()``.
@@ -11,16 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import bootstrap
-from ..errors import LlcudaError
-from ..metrics import MetricsRecorder
-from ..stream import TokenStream
-from ..types import Binaries, InferResult, ServerSettings
-from . import GenerationArgs
-from .embeddings import EmbeddingServer
+from llcuda.backends.embeddings import EmbeddingServer
+from llcuda.errors import LlcudaError
+from llcuda.metrics import MetricsRecorder
+from llcuda.options import GenerationArgs
+from llcuda.processes.llama_server import ServerSettings
+from llcuda.results import InferResult, TokenStream
+from llcuda.system import binaries as bootstrap
+from llcuda.system.binaries import Binaries
 
 if TYPE_CHECKING:
-    from ..inprocess import InProcessEngine
+    from llcuda.libllama.engine import InProcessEngine
 
 
 class InProcessBackend:
@@ -49,7 +50,7 @@ class InProcessBackend:
              tensor_split: Sequence[float] | None, main_gpu: int | None, load_mode: str | None = None,
              **params: Any) -> None:
         """Load ``model`` with libllama; ``params`` go to :meth:`InProcessEngine.load_model` as they are."""
-        from ..inprocess import InProcessEngine
+        from llcuda.libllama.engine import InProcessEngine
 
         engine = InProcessEngine(binaries=self._binaries, request_timeout=self._request_timeout,
                                  metrics=self._metrics)

@@ -12,10 +12,16 @@ when a download starts.
 
 from __future__ import annotations
 
-from ..config import DEFAULT_MODEL
-from .gguf import GGUFInfo, read_gguf_info, supported_architectures, validate_gguf, validate_gguf_bytes
-from .registry import ModelEntry, find_entry, registry, suggest
-from .resolve import ResolvedModel, cached_path, import_model, pull, resolve_model
+from llcuda.config import DEFAULT_MODEL
+from llcuda.models.gguf import (
+    GGUFInfo,
+    read_gguf_info,
+    supported_architectures,
+    validate_gguf,
+    validate_gguf_bytes,
+)
+from llcuda.models.registry import ModelEntry, find_entry, registry, suggest
+from llcuda.models.resolve import ResolvedModel, cached_path, import_model, pull, resolve_model
 
 SMOLLM2_MODEL = "smollm2-135m-instruct-Q4_1"
 

@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .. import config
-from ..errors import ConfigError, ModelNotFoundError
+from llcuda import config
+from llcuda.errors import ConfigError, ModelNotFoundError
 
 log = logging.getLogger("llcuda.models")
 
@@ -170,7 +170,7 @@ def _is_model_file(path: Path, base: Path) -> bool:
 def cached_models() -> list[CachedModel]:
     base = root()
     found = []
-    from .gguf import split_paths
+    from llcuda.models.gguf import split_paths
 
     for path in sorted(base.rglob("*.gguf")):
         parts = split_paths(path)
@@ -194,7 +194,7 @@ def incomplete_files() -> list[Path]:
 
 def remove(model: Path) -> None:
     """Delete a cached model, its sidecar and any partial download of it, under its lock."""
-    from .gguf import split_paths
+    from llcuda.models.gguf import split_paths
 
     with file_lock(model):
         parts = split_paths(model) or []

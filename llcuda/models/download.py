@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urljoin, urlsplit
 
-from .. import config
-from ..errors import ChecksumError, DownloadError, ModelNotFoundError
-from .progress import Progress
+from llcuda import config
+from llcuda.errors import ChecksumError, DownloadError, ModelNotFoundError
+from llcuda.models.progress import Progress
 
 if TYPE_CHECKING:
     import requests

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, BinaryIO, Union
 
-from ..errors import InvalidModelError, ModelNotFoundError
+from llcuda.errors import InvalidModelError, ModelNotFoundError
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

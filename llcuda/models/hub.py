@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote, urljoin, urlsplit
 
-from .. import config
-from ..errors import DownloadError, ModelNotFoundError
-from .download import Fetched, etag_sha256, fetch, http_error, normalize_etag, request
+from llcuda import config
+from llcuda.errors import DownloadError, ModelNotFoundError
+from llcuda.models.download import Fetched, etag_sha256, fetch, http_error, normalize_etag, request
 
 if TYPE_CHECKING:
     import requests
@@ -149,14 +149,14 @@ def download(
     ``sha256``/``size`` when given, else against what the hub announces."""
     remote = head(hf, sess)
     if sha256 and remote.sha256 and remote.sha256 != sha256:
-        from ..errors import ChecksumError
+        from llcuda.errors import ChecksumError
 
         raise ChecksumError(
             f"{hf.spec} on {config.hf_endpoint()} now has sha256 {remote.sha256}, not the pinned {sha256}: the "
             f"upstream file changed. Use {hf.spec} directly to get the current file."
         )
     if size is not None and remote.size is not None and remote.size != size:
-        from ..errors import ChecksumError
+        from llcuda.errors import ChecksumError
 
         raise ChecksumError(
             f"{hf.spec} on {config.hf_endpoint()} has {remote.size} bytes, not the pinned {size}: the upstream "

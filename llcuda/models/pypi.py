@@ -26,12 +26,12 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urljoin, urlsplit
 
-from .. import config
-from ..errors import ChecksumError, DownloadError, InvalidModelError, LlcudaError, ModelNotFoundError
-from . import cache
-from .download import Fetched, fetch, redact, request, sha256_file
-from .progress import Progress
-from .registry import PyPIPart
+from llcuda import config
+from llcuda.errors import ChecksumError, DownloadError, InvalidModelError, LlcudaError, ModelNotFoundError
+from llcuda.models import cache
+from llcuda.models.download import Fetched, fetch, redact, request, sha256_file
+from llcuda.models.progress import Progress
+from llcuda.models.registry import PyPIPart
 
 if TYPE_CHECKING:
     import requests

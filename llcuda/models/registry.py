@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotFoundError
+from llcuda.errors import ModelNotFoundError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

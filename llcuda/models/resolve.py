@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Union
 from urllib.parse import unquote, urlsplit
 
-from .. import config
-from ..errors import (
+from llcuda import config
+from llcuda.errors import (
     ChecksumError,
     ConfigError,
     DownloadError,
@@ -31,10 +31,10 @@ from ..errors import (
     ModelNotFoundError,
     OfflineModeError,
 )
-from . import cache, hub, pypi
-from .download import Fetched, etag_sha256, fetch, normalize_etag, request, session
-from .gguf import GGUFInfo, read_gguf_info, split_paths, validate_gguf
-from .registry import ModelEntry, PyPIPart, find_entry, find_pypi_entry, get_entry
+from llcuda.models import cache, hub, pypi
+from llcuda.models.download import Fetched, etag_sha256, fetch, normalize_etag, request, session
+from llcuda.models.gguf import GGUFInfo, read_gguf_info, split_paths, validate_gguf
+from llcuda.models.registry import ModelEntry, PyPIPart, find_entry, find_pypi_entry, get_entry
 
 if TYPE_CHECKING:
     import requests
@@ -282,7 +282,7 @@ def resolve_model(spec: ModelSpec, *, offline: bool | None = None, progress: boo
 def resolve_entry(entry: ModelEntry, *, offline: bool | None = None, progress: bool | None = None) -> ResolvedModel:
     """:func:`resolve_model` for a :class:`ModelEntry` that is not in the built-in registry
     (a site's own catalog): cached at ``<models>/<entry.name>.gguf``, pins enforced."""
-    from .registry import check_entry
+    from llcuda.models.registry import check_entry
 
     check_entry(entry)
     plan = _entry_plan(entry)
@@ -330,7 +330,7 @@ def import_model(file: ModelSpec, name: str | None = None, *, force: bool = Fals
     imported under a registry name, which must then match) becomes that model, so it works offline."""
     import hashlib
 
-    from .registry import registry
+    from llcuda.models.registry import registry
 
     src = Path(os.fspath(file)).expanduser()
     validate_gguf(src)  # fail fast, before copying gigabytes

@@ -12,9 +12,9 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any
 
-from . import validation
-from .errors import ConfigError
-from .libllama import ChatMessage
+from llcuda import options as validation
+from llcuda.errors import ConfigError
+from llcuda.libllama.bindings import ChatMessage
 
 
 def _text(content: Any, index: int) -> str:

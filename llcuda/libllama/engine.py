@@ -2,14 +2,14 @@
 
 ``InferenceEngine(backend="inprocess")`` uses this engine; it can also be used on its own::
 
-    from llcuda.inprocess import InProcessEngine
+    from llcuda.libllama.engine import InProcessEngine
     with InProcessEngine().load_model("model.gguf", n_parallel=16) as engine:
         print(engine.infer("Hello", max_tokens=64).text)                 # greedy by default here
         results = engine.batch_infer(["a", "b", "c"], max_tokens=64)   # decoded together
 
-Loading happens here; decoding in :class:`llcuda.batcher.Batcher` (one worker thread, continuous
+Loading happens here; decoding in :class:`llcuda.libllama.batcher.Batcher` (one worker thread, continuous
 batching, a sampler chain per sequence on the device); request text, stop strings and streaming
-in :mod:`llcuda.generation`.
+in :mod:`llcuda.libllama.request`.
 """
 
 from __future__ import annotations
@@ -24,17 +24,31 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from . import bootstrap, config, gpu, split, validation, vram
-from .batcher import STATS, Batcher, greedy_configs
-from .errors import ConfigError, LlcudaError, RequestTimeoutError
-from .generation import Request, Sampling, stop_words, stream_pieces
-from .libllama import FLASH_ATTN, LOAD_MODES, SPLIT_MODES, c_int32, load_library, log_tail, set_device_order
-from .metrics import MetricsRecorder
-from .stream import TokenStream
-from .types import Binaries, InferResult, ServerSettings
+from llcuda import config
+from llcuda import options as validation
+from llcuda.errors import ConfigError, LlcudaError, RequestTimeoutError
+from llcuda.libllama.batcher import STATS, Batcher, greedy_configs
+from llcuda.libllama.bindings import (
+    FLASH_ATTN,
+    LOAD_MODES,
+    SPLIT_MODES,
+    c_int32,
+    load_library,
+    log_tail,
+    set_device_order,
+)
+from llcuda.libllama.request import Request, Sampling, stop_words, stream_pieces
+from llcuda.metrics import MetricsRecorder
+from llcuda.processes.llama_server import ServerSettings
+from llcuda.results import InferResult, TokenStream
+from llcuda.system import binaries as bootstrap
+from llcuda.system import gpu
+from llcuda.system import memory as vram
+from llcuda.system import placement as split
+from llcuda.system.binaries import Binaries
 
 if TYPE_CHECKING:
-    from .models import ResolvedModel
+    from llcuda.models import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +63,7 @@ def _timed(func: Callable[..., T], *args: Any) -> tuple[T, float]:
 
 
 def _resolve(model: str | Path, offline: bool | None) -> ResolvedModel:
-    from .models import resolve_model  # ~0.05 s to import: inside the timed, overlapped part
+    from llcuda.models import resolve_model  # ~0.05 s to import: inside the timed, overlapped part
 
     return resolve_model(model, offline=offline)
 
@@ -298,7 +312,7 @@ class InProcessEngine:
 
     def apply_chat_template(self, messages: Sequence[dict[str, Any]]) -> str:
         """``messages`` as one prompt, in the model's chat template (llama.cpp's built-in templates)."""
-        from .chat_template import apply
+        from llcuda.libllama.chat_template import apply
 
         self._need_model()
         return apply(self._lib, self._model, self.model_name or "the model", messages)

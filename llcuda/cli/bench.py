@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .engine import InferenceEngine
+from llcuda.engine import InferenceEngine
 
 BENCH_PROMPT = "Write a long story about a lighthouse keeper who finds a map."
 ENGINES = ("server", "inprocess")
@@ -57,7 +57,7 @@ def run_quick_bench(
         eng.load_model(model, gpu_layers=gpu_layers, ctx_size=ctx, n_parallel=top, flash_attn=flash_attn,
                        offline=offline, backend_sampling=backend_sampling, **(load_options or {}))
     else:
-        from .fastpath import InProcessEngine
+        from llcuda.libllama.engine import InProcessEngine
 
         eng = InProcessEngine()
         eng.load_model(model, gpu_layers=gpu_layers, ctx_size=ctx, n_parallel=top,
@@ -97,7 +97,7 @@ def run_quick_bench(
         if engine == "server":
             backend = eng.server.binaries.build_info.get("backend", "?") if eng.server else "?"
         else:
-            from . import bootstrap
+            from llcuda.system import binaries as bootstrap
 
             backend = bootstrap.find_binaries().build_info.get("backend", "?")
         return {"model": eng.model_name, "backend": backend, "engine": engine, "load_seconds": load_seconds,

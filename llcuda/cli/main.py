@@ -11,11 +11,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import config
-from .errors import ConfigError, LlcudaError
-from .server import is_loopback
+from llcuda import config
+from llcuda.errors import ConfigError, LlcudaError
+from llcuda.processes.process import is_loopback
 
-log = logging.getLogger("llcuda.cli")
+log = logging.getLogger("llcuda.cli.main")
 
 
 def _version() -> str:
@@ -75,7 +75,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int, t
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from .engine import InferenceEngine
+    from llcuda.engine import InferenceEngine
 
     engine = InferenceEngine(server_url=args.server_url, backend=args.backend)
     if not args.server_url:
@@ -153,7 +153,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .engine import InferenceEngine
+    from llcuda.engine import InferenceEngine
 
     api_key = config.api_key(args.api_key)
     if not is_loopback(args.host) and not api_key and not args.allow_unauthenticated:
@@ -192,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_rpc_worker(args: argparse.Namespace) -> int:
     """Run one rpc-server until Ctrl-C / SIGTERM; llama-servers elsewhere use it with --rpc HOST:PORT."""
-    from .rpc import RpcWorker
+    from llcuda.processes.rpc_worker import RpcWorker
 
     worker = RpcWorker(args.host, args.port, devices=args.device or (), threads=args.threads, cache=args.cache,
                        allow_remote=args.allow_remote)
@@ -225,7 +225,7 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_quick_bench
+    from llcuda.cli.bench import run_quick_bench
 
     backend = config.backend(args.backend)
     options = _scaleout(args)
@@ -252,7 +252,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import collect
+    from llcuda.cli.doctor import collect
 
     report = collect()
     if args.json:
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a non-loopback --host (anyone who can reach it can use this machine's devices)")
     p.set_defaults(func=cmd_rpc_worker)
 
-    from .models.cli import add_models_parser, run_models_command
+    from llcuda.cli.models import add_models_parser, run_models_command
 
     add_models_parser(sub)
     sub.choices["models"].set_defaults(func=run_models_command)

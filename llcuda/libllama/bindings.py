@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import LlcudaError
-from .types import Binaries
+from llcuda.errors import LlcudaError
+from llcuda.system.binaries import Binaries
 
 c_bool, c_int32, c_uint32, c_float, c_void_p, c_char_p = (
     ctypes.c_bool, ctypes.c_int32, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p, ctypes.c_char_p)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import InferenceError, RequestTimeoutError
+from llcuda.errors import InferenceError, RequestTimeoutError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ConfigError
-from .gpu import GPUInfo, GPUReport
+from llcuda.errors import ConfigError
+from llcuda.system.gpu import GPUInfo, GPUReport
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def prepare(
 
     ``report``: a detection the caller already made (one detection serves every check of a load).
     """
-    from .gpu import detect  # at call time: tests replace it
+    from llcuda.system.gpu import detect  # at call time: tests replace it
 
     backend = build_info.get("backend")
     gpus = (report or detect()).gpus if backend == "cuda" else ()

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import gpu
-from .errors import InsufficientMemoryError
+from llcuda.errors import InsufficientMemoryError
+from llcuda.system import gpu
 
 if TYPE_CHECKING:
-    from .models.gguf import GGUFInfo
-    from .types import ServerSettings
+    from llcuda.models.gguf import GGUFInfo
+    from llcuda.processes.llama_server import ServerSettings
 
 MIB = 1 << 20
 GIB = 1 << 30

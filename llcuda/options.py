@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from llcuda.errors import ConfigError
 
 MAX_TOKENS_LIMIT = 1 << 20
 VALID_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
@@ -83,3 +84,26 @@ def messages(value: object) -> list[dict[str, Any]]:
             raise ConfigError(f"messages[{i}]['content'] must be a str (or a list of content parts).")
         checked.append(dict(message))
     return checked
+
+
+@dataclass(frozen=True)
+class GenerationArgs:
+    """The checked options of one generation (defaults: those of ``InferenceEngine.infer``)."""
+
+    max_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int | None = None  # None: a random seed
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @classmethod
+    def checked(cls, max_tokens: int = 128, temperature: float = 0.7, top_p: float = 0.95, top_k: int = 40,
+                seed: int | None = None, stop: str | Sequence[str] | None = None,
+                ignore_eos: bool = False) -> GenerationArgs:
+        """Validated options; ConfigError names the first bad one."""
+        max_tokens = max_tokens(max_tokens)
+        temperature, top_p, top_k, seed = sampling(temperature, top_p, top_k, seed)
+        return cls(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                   stop=tuple(stop(stop)), ignore_eos=bool(ignore_eos))

@@ -5,14 +5,15 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from . import bootstrap, gpu
-from .errors import BinaryNotFoundError, GPUCompatibilityError, LlcudaError
-from .types import Binaries
+from llcuda.errors import BinaryNotFoundError, GPUCompatibilityError, LlcudaError
+from llcuda.system import binaries as bootstrap
+from llcuda.system import gpu
+from llcuda.system.binaries import Binaries
 
 
 def check_inprocess(binaries: Binaries) -> dict[str, Any]:
     """Whether libllama loads in this process (``backend="inprocess"``): ``loads``, and ``library`` or ``error``."""
-    from .libllama import load_library
+    from llcuda.libllama.bindings import load_library
 
     try:
         load_library(binaries)
@@ -65,7 +66,7 @@ def collect() -> dict[str, Any]:
         warnings.append("a GPU is present but these binaries are a CPU build; install the CUDA build for speed")
 
     try:
-        from .models.cli import cache_summary
+        from llcuda.cli.models import cache_summary
 
         cache: dict[str, Any] = dict(cache_summary())
     except Exception as exc:  # noqa: BLE001 - the cache is informative only

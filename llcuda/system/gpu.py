@@ -19,8 +19,8 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import config
-from .errors import GPUCompatibilityError
+from llcuda import config
+from llcuda.errors import GPUCompatibilityError
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,16 @@ from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
-from .errors import InferenceError, LlcudaError
-from .generation import GREEDY, Request, Sampling
-from .libllama import LLAMA_DEFAULT_SEED, LLAMA_TOKEN_NULL, SamplerSeqConfig, c_int32, log_tail, new_batch
+from llcuda.errors import InferenceError, LlcudaError
+from llcuda.libllama.bindings import (
+    LLAMA_DEFAULT_SEED,
+    LLAMA_TOKEN_NULL,
+    SamplerSeqConfig,
+    c_int32,
+    log_tail,
+    new_batch,
+)
+from llcuda.libllama.request import GREEDY, Request, Sampling
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,28 @@ import logging
 import os
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import config
-from .errors import BinaryNotFoundError
-from .types import Binaries
+from llcuda import config
+from llcuda.errors import BinaryNotFoundError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Where the llama.cpp executables were found."""
+
+    bin_dir: Path
+    lib_dir: Path | None
+    source: str  # which search location found them, e.g. "LLCUDA_BIN_DIR" or "CONDA_PREFIX"
+    build_info: dict[str, Any] = field(default_factory=dict)
+
+    def executable(self, name: str) -> Path:
+        return self.bin_dir / name
+
 
 SERVER = "llama-server"
 REQUIRED_TOOLS = ("llama-server",)

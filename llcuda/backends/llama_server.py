@@ -15,16 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import bootstrap, gpu, split, vram
-from .. import rpc as rpc_workers
-from ..client import LlamaClient
-from ..errors import ConfigError, InferenceError, LlcudaError, RequestTimeoutError
-from ..metrics import MetricsRecorder
-from ..server import LlamaServer
-from ..stream import TokenStream
-from ..types import Binaries, InferResult, ServerSettings
-from . import GenerationArgs
-from .embeddings import EmbeddingServer
+from llcuda.backends.embeddings import EmbeddingServer
+from llcuda.errors import ConfigError, InferenceError, LlcudaError, RequestTimeoutError
+from llcuda.metrics import MetricsRecorder
+from llcuda.options import GenerationArgs
+from llcuda.processes import rpc_worker as rpc_workers
+from llcuda.processes.client import LlamaClient
+from llcuda.processes.llama_server import LlamaServer, ServerSettings
+from llcuda.results import InferResult, TokenStream
+from llcuda.system import binaries as bootstrap
+from llcuda.system import gpu
+from llcuda.system import memory as vram
+from llcuda.system import placement as split
+from llcuda.system.binaries import Binaries
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class ServerBackend:
              tensor_split: Sequence[float] | None, main_gpu: int | None, rpc: Sequence[str] | None,
              extra_args: Sequence[str], **options: Any) -> None:
         """Resolve ``model``, check it fits, and start llama-server; ``options`` are ServerSettings fields."""
-        from ..models import resolve_model
+        from llcuda.models import resolve_model
 
         resolved = resolve_model(model, offline=offline)
         binaries = self._binaries or bootstrap.find_binaries()

@@ -1,6 +1,6 @@
 """One request of the in-process engine: its sampling, stop strings, and UTF-8-safe text.
 
-The worker thread (:mod:`llcuda.inprocess`) only appends token ids and, for requests with stop
+The worker thread (:mod:`llcuda.libllama.engine`) only appends token ids and, for requests with stop
 strings, the bytes of each token to find a stop string as soon as it is complete. Everything else
 (text, streaming pieces, results) happens in the caller's thread.
 """
@@ -15,7 +15,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import validation
+from llcuda import options as validation
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import json
 import sys
 from typing import Any, TextIO
 
-from .. import config
-from ..errors import LlcudaError
-from .download import redact
+from llcuda import config
+from llcuda.errors import LlcudaError
+from llcuda.models.download import redact
 
 _COMMANDS = ("list", "pull", "rm", "path", "import")
 
@@ -59,8 +59,8 @@ def add_models_parser(subparsers: Any) -> None:
 
 def cache_summary() -> dict[str, Any]:
     """The cache facts ``llcuda doctor`` shows (no network, never the token)."""
-    from . import cache
-    from .resolve import cached_path
+    from llcuda.models import cache
+    from llcuda.models.resolve import cached_path
 
     info = cache.summary()
     default = config.default_model()
@@ -80,8 +80,8 @@ def cache_summary() -> dict[str, Any]:
 
 
 def _list(args: argparse.Namespace, out: TextIO) -> int:
-    from . import cache
-    from .registry import registry
+    from llcuda.models import cache
+    from llcuda.models.registry import registry
 
     cached = {m.name: m for m in cache.cached_models()}
     if args.all:
@@ -115,8 +115,8 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from . import cache
-    from .resolve import cached_path
+    from llcuda.models import cache
+    from llcuda.models.resolve import cached_path
 
     if not args.specs and not args.incomplete:
         err.write("error: name the models to remove, or pass --incomplete\n")
@@ -147,7 +147,7 @@ def run_models_command(args: argparse.Namespace, out: TextIO | None = None, err:
         if command == "rm":
             return _rm(args, out, err)
         if command == "pull":
-            from .resolve import pull
+            from llcuda.models.resolve import pull
 
             for spec in args.specs:
                 model = pull(spec, force=args.force, progress=False if args.quiet else None)
@@ -157,7 +157,7 @@ def run_models_command(args: argparse.Namespace, out: TextIO | None = None, err:
         if command == "path":
             from pathlib import Path
 
-            from .resolve import cached_path
+            from llcuda.models.resolve import cached_path
 
             local = Path(args.spec).expanduser()
             path = local.resolve() if local.is_file() else cached_path(args.spec)
@@ -167,7 +167,7 @@ def run_models_command(args: argparse.Namespace, out: TextIO | None = None, err:
             out.write(f"{path}\n")
             return 0
         if command == "import":
-            from .resolve import import_model
+            from llcuda.models.resolve import import_model
 
             model = import_model(args.file, args.name, force=args.force)
             out.write(f"imported {args.file} as {model.name}: {model.path}\n")

@@ -1,5 +1,5 @@
-"""llcuda.libllama's ctypes layouts against llama.h, and the InProcessEngine as benchmarks use it
-through the llcuda.fastpath shim (real CPU build, tiny random model)."""
+"""llcuda.libllama.bindings's ctypes layouts against llama.h, and the InProcessEngine as benchmarks use it
+directly (real CPU build, tiny random model)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llcuda import fastpath, libllama
+from llcuda.libllama import bindings as libllama
+from llcuda.libllama.engine import InProcessEngine
 
 STRUCTS = {
     "llama_model_params": libllama.ModelParams,
@@ -50,7 +51,7 @@ def test_struct_layouts_match_llama_h(llama_src: Path, tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def engine(binaries, tiny_model):
-    with fastpath.InProcessEngine(binaries=binaries) as eng:
+    with InProcessEngine(binaries=binaries) as eng:
         eng.load_model(tiny_model, n_parallel=4, ctx_size=4 * 512)
         yield eng
 
@@ -67,7 +68,7 @@ def test_infer_counts_and_reports(engine):
 
 def test_the_shim_keeps_what_benchmarks_use(engine):
     """benchmarks/bench_matrix.py: stats, reset_stats(), load_seconds, recent_log, load_library."""
-    assert callable(fastpath.load_library) and "llama" in fastpath.recent_log()
+    assert callable(libllama.load_library) and "llama" in libllama.recent_log()
     engine.reset_stats()
     engine.infer("Hello", max_tokens=4, ignore_eos=True)
     stats = engine.stats
@@ -93,7 +94,7 @@ def test_concurrent_requests_decode_together_and_agree(engine):
 
 
 def test_long_prompt_is_prefilled_in_chunks(binaries, tiny_model):
-    with fastpath.InProcessEngine(binaries=binaries) as eng:
+    with InProcessEngine(binaries=binaries) as eng:
         eng.load_model(tiny_model, n_parallel=2, ctx_size=2 * 1024, batch_size=64, ubatch_size=64)
         long_prompt = " ".join(["word"] * 300)
         result = eng.infer(long_prompt, max_tokens=8, ignore_eos=True)

@@ -1,0 +1,1 @@
+"""The ``llcuda`` command line: :func:`llcuda.cli.main.main` is the entry point."""

@@ -1,0 +1,195 @@
+"""llama.cpp's ``llama-server`` as a child process: its settings, its command line, its readiness.
+
+The lifecycle (log file, parent-death signal, port retry, stop) is :class:`ManagedProcess`'s;
+this module adds what is llama-server's own: :class:`ServerSettings` and their checks, the
+argument list, the ``/health`` probe and the API key passed through the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llcuda.errors import ConfigError, ServerStartError
+from llcuda.processes.process import ManagedProcess, connect_host, is_loopback
+from llcuda.system import binaries as bootstrap
+from llcuda.system.binaries import Binaries
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How to start one llama-server. See ``llama-server --help`` for each flag."""
+
+    model_path: Path
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: a free port is chosen
+    ctx_size: int = 4096  # total context; each slot gets ctx_size / n_parallel
+    gpu_layers: int = 99  # -ngl; 99 offloads every layer (ignored by a CPU build)
+    n_parallel: int = 4  # server slots = concurrent requests decoded together
+    flash_attn: str = "auto"  # on | off | auto
+    batch_size: int | None = None
+    ubatch_size: int | None = None
+    threads: int | None = None
+    embeddings: bool = False
+    pooling: str | None = None
+    api_key: str | None = None
+    allow_unauthenticated: bool = False  # allow a non-loopback host without an api_key
+    alias: str | None = None
+    split_mode: str | None = None  # none | layer | row
+    tensor_split: tuple[float, ...] = ()
+    main_gpu: int | None = None
+    rpc: tuple[str, ...] = ()
+    backend_sampling: bool = False
+    extra_args: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # never show the API key
+        shown = {k: v for k, v in self.__dict__.items() if k != "api_key"}
+        shown["api_key"] = "***" if self.api_key else None
+        return f"ServerSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+def build_command(server_bin: Path, settings: ServerSettings, port: int) -> list[str]:
+    """The llama-server argument list for ``settings``."""
+    s = settings
+    cmd = [
+        str(server_bin),
+        "--model", str(s.model_path),
+        "--host", s.host,
+        "--port", str(port),
+        "--ctx-size", str(s.ctx_size),
+        "--n-gpu-layers", str(s.gpu_layers),
+        "--parallel", str(s.n_parallel),
+        "--flash-attn", s.flash_attn,
+        "--metrics",
+        "--no-webui",
+        "--cors-origins", "localhost",  # llama-server's default lets any web page read the answers
+    ]  # fmt: skip
+    if s.threads is not None:
+        cmd += ["--threads", str(s.threads)]
+    if s.batch_size is not None:
+        cmd += ["--batch-size", str(s.batch_size)]
+    if s.ubatch_size is not None:
+        cmd += ["--ubatch-size", str(s.ubatch_size)]
+    if s.embeddings:
+        cmd += ["--embeddings"]
+    if s.pooling:
+        cmd += ["--pooling", s.pooling]
+    if s.alias:
+        cmd += ["--alias", s.alias]
+    if s.split_mode:
+        cmd += ["--split-mode", s.split_mode]
+    if s.tensor_split:
+        cmd += ["--tensor-split", ",".join(f"{x:g}" for x in s.tensor_split)]
+    if s.main_gpu is not None:
+        cmd += ["--main-gpu", str(s.main_gpu)]
+    if s.rpc:
+        cmd += ["--rpc", ",".join(s.rpc)]
+    if s.backend_sampling:
+        cmd += ["--backend-sampling"]
+    cmd += list(s.extra_args)
+    return cmd
+
+
+def _validate(settings: ServerSettings) -> None:
+    if not is_loopback(settings.host) and not settings.api_key and not settings.allow_unauthenticated:
+        raise ConfigError(
+            f"refusing to listen on {settings.host or 'every address'!r} without an API key: anyone who can reach "
+            "it could use the model. Pass api_key= (or set LLCUDA_API_KEY), keep the default host 127.0.0.1, "
+            "or pass allow_unauthenticated=True if you really mean it."
+        )
+    if settings.n_parallel < 1 or settings.n_parallel > 512:
+        raise ConfigError(f"n_parallel={settings.n_parallel} must be between 1 and 512.")
+    if settings.ctx_size < 16 or settings.ctx_size > 1 << 22:
+        raise ConfigError(f"ctx_size={settings.ctx_size} must be between 16 and {1 << 22}.")
+    if settings.ctx_size // settings.n_parallel < 16:
+        raise ConfigError(
+            f"ctx_size={settings.ctx_size} split over n_parallel={settings.n_parallel} slots leaves "
+            f"under 16 tokens per slot; raise ctx_size or lower n_parallel."
+        )
+    if settings.flash_attn not in ("on", "off", "auto"):
+        raise ConfigError(f"flash_attn={settings.flash_attn!r} must be 'on', 'off' or 'auto'.")
+    if settings.port is not None and not 0 < settings.port < 65536:
+        raise ConfigError(f"port={settings.port} must be between 1 and 65535.")
+    for name in ("threads", "batch_size", "ubatch_size"):
+        value = getattr(settings, name)
+        if value is not None and not 1 <= value <= 1 << 20:
+            raise ConfigError(f"{name}={value} must be a positive number (or None for llama-server's default).")
+
+
+class LlamaServer(ManagedProcess):
+    """A llama-server child process. Use :meth:`start`, then :attr:`url`; :meth:`stop` when done."""
+
+    name = "llama-server"
+    bind_failure_markers = ("couldn't bind", "address already in use", "failed to bind")
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        binaries: Binaries | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        _validate(settings)
+        super().__init__(host=settings.host, port=settings.port, binaries=binaries, log_path=log_path)
+        self.settings = settings
+        self._session: requests.Session | None = None
+
+    @property
+    def url(self) -> str:
+        if self._port is None:
+            raise ServerStartError("the server has not been started; call start() first.")
+        host = connect_host(self.settings.host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self._port}"
+
+    def command(self, port: int) -> list[str]:
+        return build_command(self.binaries.executable(bootstrap.SERVER), self.settings, port)
+
+    def environment(self, port: int) -> dict[str, str]:
+        env = super().environment(port)
+        if self.settings.api_key:  # the environment (owner-only), never argv (/proc/PID/cmdline is world-readable)
+            env["LLAMA_API_KEY"] = self.settings.api_key
+        return env
+
+    def probe(self) -> bool:
+        import requests
+
+        if self._session is None:
+            self._session = requests.Session()
+            self._session.trust_env = False  # loopback: never through a proxy
+        try:
+            return self._session.get(f"{self.url}/health", timeout=2.0).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def on_ready(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def explain_exit(self, code: int, tail: str) -> str:
+        return f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
+
+    def start(self, timeout: float | None = None) -> str:
+        """Start the process and wait until ``/health`` answers 200; return the base URL."""
+        try:
+            self.start_process(timeout)
+        finally:
+            self.on_ready()
+        return self.url
+
+    def __enter__(self) -> LlamaServer:
+        self.start()
+        return self
+
+    def __repr__(self) -> str:
+        state = f"running pid={self.pid} url={self.url}" if self.is_running() else "stopped"
+        return f"<LlamaServer {self.settings.model_path.name} {state}>"
