@@ -82,7 +82,7 @@ def llama_src() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, llama_src: Path) -> Path:
     """A 2-layer Llama with random weights and the llama-spm tokenizer (~9 MB)."""
-    from random_gguf import PRESETS, write_model
+    from llcuda.benchmark.random_model import PRESETS, write_model
 
     return write_model(tmp_path_factory.mktemp("models") / "tiny-llama.gguf", llama_src / "models", PRESETS["tiny"])
 
