@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llcuda.errors import ConfigError, ServerStartError
 from llcuda.processes.process import ManagedProcess, connect_host, is_loopback
@@ -174,6 +174,9 @@ class LlamaServer(ManagedProcess):
         if self._session is not None:
             self._session.close()
             self._session = None
+
+    def run_record(self) -> dict[str, Any]:
+        return {"url": self.url, "model": str(self.settings.model_path)}
 
     def explain_exit(self, code: int, tail: str) -> str:
         return f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
