@@ -112,3 +112,12 @@ __all__ = [
     "ServerStartError",
     "ServerTimeoutError",
 ]
+
+
+class ContextLengthError(ConfigError):
+    """A prompt does not fit the model's context (HTTP 400 ``context_length_exceeded`` from ``llcuda serve``)."""
+
+    def __init__(self, message: str, *, prompt_tokens: int = 0, n_ctx: int = 0) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx

@@ -15,6 +15,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 # LLCUDA_HOME as the run started, before `isolated_home` points it at a temporary folder: the
 # build caches (source, CPU build) that scripts/setup.sh filled live there.
 _USER_LLCUDA_HOME = os.environ.get("LLCUDA_HOME")
+# The suites written against llama-server's behaviour pick it by default; tests of the default backend name it.
+os.environ.setdefault("LLCUDA_BACKEND", "llama-server")
 
 
 def _put_llcuda_home(value: str | None) -> None:

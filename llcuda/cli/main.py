@@ -14,7 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from llcuda import config
+from llcuda import config, options
+from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
 from llcuda.errors import ConfigError, LlcudaError
 from llcuda.processes.process import is_loopback
 
@@ -28,53 +29,36 @@ def _version() -> str:
 
 
 # -- shared options ----------------------------------------------------------------------------
-def _add_model_options(parser: argparse.ArgumentParser, *, n_parallel: int = 1, ctx_size: int = 4096,
-                       backend: bool = True) -> None:
-    group = parser.add_argument_group("model and server")
+def _add_model_options(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
+    group = parser.add_argument_group("model")
     if backend:
         group.add_argument("--backend", choices=config.BACKENDS, default=None,
-                           help="server: llama-server in a child process; inprocess: libllama in this process, "
-                                "the fastest decode (default: LLCUDA_BACKEND, else server)")
+                           help="serve: llcuda's engine in a child process; inprocess: the same engine in this "
+                                "process; llama-server: llama.cpp's server (default: LLCUDA_BACKEND, else serve)")
+        group.add_argument("--server-url", default=None, help="use a running server instead of starting one")
     group.add_argument("-m", "--model", default=None,
-                       help=f"registry name, path, hf://repo/file.gguf or URL (default: {config.DEFAULT_MODEL}, "
-                            "or LLCUDA_DEFAULT_MODEL)")
-    group.add_argument("--server-url", default=None, help="use a running llama-server instead of starting one")
-    group.add_argument("--gpu-layers", "-ngl", type=int, default=99, help="layers to offload to the GPU (default 99)")
-    group.add_argument("--ctx-size", "-c", type=int, default=ctx_size, help=f"context size (default {ctx_size})")
-    group.add_argument("--n-parallel", "-np", type=int, default=n_parallel, help="server slots")
-    group.add_argument("--flash-attn", "-fa", choices=["on", "off", "auto"], default="auto")
+                       help=f"registry name, path, owner/repo:QUANT, hf://repo/file.gguf or URL (default: "
+                            f"{config.DEFAULT_MODEL}, or LLCUDA_DEFAULT_MODEL)")
     group.add_argument("--offline", action="store_true", default=None, help="never download (also LLCUDA_OFFLINE=1)")
-    group = parser.add_argument_group("several GPUs and RPC workers")
-    group.add_argument("--split-mode", "-sm", choices=["none", "layer", "row", "tensor"], default=None,
-                       help="how to spread the model over devices (llama.cpp's default: layer)")
-    group.add_argument("--tensor-split", "-ts", type=_tensor_split, default=None, metavar="N0,N1,...",
-                       help="proportion per device, e.g. 3,1 (default: by free memory); RPC workers' devices first")
-    group.add_argument("--main-gpu", "-mg", type=int, default=None, help="device index for split-mode none/row")
+    options.add_arguments(parser.add_argument_group("loading (the same defaults in Python)"), LoadOptions)
+    group = parser.add_argument_group("llama-server backend")
     group.add_argument("--rpc", action="append", default=None, metavar="HOST:PORT",
-                       help="an `llcuda rpc-worker` to offload layers to (repeatable)")
+                       help="an `llcuda rpc-worker` to offload layers to (repeatable; --backend llama-server)")
 
 
-def _tensor_split(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace("/", ",").split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers such as 3,1") from None
+def _load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_model`` keyword arguments from the parsed flags."""
+    kwargs: dict[str, Any] = {"options": options.load_options_from(args), "offline": args.offline}
+    if getattr(args, "rpc", None):
+        kwargs["rpc"] = args.rpc
+    return kwargs
 
 
-def _scaleout(args: argparse.Namespace) -> dict[str, Any]:
-    return {"split_mode": args.split_mode, "tensor_split": args.tensor_split, "main_gpu": args.main_gpu,
-            "rpc": args.rpc}
-
-
-def _add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int, temperature: float) -> None:
-    group = parser.add_argument_group("sampling")
-    group.add_argument("-n", "--max-tokens", type=int, default=max_tokens, help=f"default {max_tokens}")
-    group.add_argument("-t", "--temperature", type=float, default=temperature,
-                       help=f"0 is greedy (default {temperature})")
-    group.add_argument("--top-p", type=float, default=0.95)
-    group.add_argument("--top-k", type=int, default=40)
-    group.add_argument("--seed", type=int, default=None)
-    group.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+def _add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int | None = None) -> None:
+    group = parser.add_argument_group("sampling (the same defaults in Python)")
+    options.add_arguments(group, SamplingOptions)
+    if max_tokens is not None:
+        parser.set_defaults(max_tokens=max_tokens)
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -82,15 +66,12 @@ def _engine(args: argparse.Namespace) -> Any:
 
     engine = InferenceEngine(server_url=args.server_url, backend=args.backend)
     if not args.server_url:
-        engine.load_model(args.model, gpu_layers=args.gpu_layers, ctx_size=args.ctx_size,
-                          n_parallel=args.n_parallel, flash_attn=args.flash_attn, offline=args.offline,
-                          **_scaleout(args))
+        engine.load_model(args.model, **_load_kwargs(args))
     return engine
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    return {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-            "top_k": args.top_k, "seed": args.seed, "stop": args.stop}
+    return {name: getattr(args, name) for name in options.sampling_option_names() if hasattr(args, name)}
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -146,11 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"refusing to serve on {args.host} without an API key: anyone who can reach it could use the model. "
             "Pass --api-key KEY (or set LLCUDA_API_KEY), or --allow-unauthenticated if you really mean it."
         )
-    engine = InferenceEngine(api_key=api_key, backend="server")  # serving is what the server backend is
-    engine.load_model(args.model, gpu_layers=args.gpu_layers, ctx_size=args.ctx_size, n_parallel=args.n_parallel,
-                      flash_attn=args.flash_attn, host=args.host, port=args.port, offline=args.offline,
-                      embeddings=args.embeddings, allow_unauthenticated=args.allow_unauthenticated,
-                      **_scaleout(args))
+    engine = InferenceEngine(api_key=api_key, backend="llama-server")
+    engine.load_model(args.model, host=args.host, port=args.port, allow_unauthenticated=args.allow_unauthenticated,
+                      **_load_kwargs(args))
     server = engine.server
     assert server is not None
     stop = {"now": False}
@@ -212,18 +191,11 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from llcuda.cli.bench import run_quick_bench
 
-    backend = config.backend(args.backend)
-    options = _scaleout(args)
-    if backend == "inprocess":
-        if options.pop("rpc"):
-            raise ConfigError("--rpc is an option of the server backend; drop it or use --backend server.")
-        if args.server_url:
-            raise ConfigError("--server-url is an option of the server backend; use --backend server.")
-    report = run_quick_bench(
-        model=args.model, concurrency=args.concurrency, max_tokens=args.max_tokens, gpu_layers=args.gpu_layers,
-        ctx_size=args.ctx_size, flash_attn=args.flash_attn, offline=args.offline, load_options=options,
-        engine=backend,
-    )
+    if args.server_url:
+        raise ConfigError("llcuda bench loads its own model; drop --server-url.")
+    report = run_quick_bench(model=args.model, concurrency=args.concurrency, max_tokens=args.max_tokens,
+                             options=options.load_options_from(args), offline=args.offline, backend=args.backend,
+                             rpc=args.rpc)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -289,12 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("infer", help="continue a prompt (greedy by default)")
+    p = sub.add_parser("infer", help="continue a prompt")
     p.add_argument("prompt", nargs="?", default=None,
                    help="the text to continue; - reads it from stdin (so does none, with stdin not a tty)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming text")
     _add_model_options(p)
-    _add_sampling_options(p, max_tokens=64, temperature=0.0)
+    _add_sampling_options(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("chat", help="chat with the model's own template (interactive, or one message)",
@@ -304,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message", nargs="?", default=None, help="one message; omit for an interactive session")
     p.add_argument("--system", default=None, help="system prompt")
     _add_model_options(p)
-    _add_sampling_options(p, max_tokens=256, temperature=0.7)
+    _add_sampling_options(p, max_tokens=CHAT_MAX_TOKENS)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("serve", help="run an OpenAI-compatible server (127.0.0.1 by default)")
@@ -313,8 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this key (also LLCUDA_API_KEY)")
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback host without an API key")
-    p.add_argument("--embeddings", action="store_true", help="serve embeddings only")
-    _add_model_options(p, n_parallel=4, backend=False)
+    _add_model_options(p, backend=False)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="measure llcuda throughput at several concurrency levels")

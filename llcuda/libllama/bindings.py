@@ -29,7 +29,6 @@ FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
 # llama_load_mode (config.LOAD_MODES names them), and llama-server's --load-mode spelling of each
 LOAD_MODES = {"auto": -1, "none": 0, "mmap": 1, "direct_io": 4}
-SERVER_LOAD_MODES = {"auto": "auto", "none": "none", "mmap": "mmap", "direct_io": "dio"}
 LOG_TAIL_LINES = 40
 
 
@@ -98,6 +97,11 @@ def new_batch(n: int) -> BatchArrays:
     return BatchArrays(Batch(0, token, None, pos, n_seq, seq_ptrs, logits), token, pos, seq, logits)
 
 
+class LogitBias(ctypes.Structure):
+    # typedef struct llama_logit_bias { llama_token token; float bias; } llama_logit_bias;
+    _fields_ = [("token", c_int32), ("bias", c_float)]
+
+
 class ChainParams(ctypes.Structure):
     _fields_ = [("no_perf", c_bool)]
 
@@ -146,6 +150,23 @@ _FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
     "llama_sampler_init_top_p": (c_void_p, [c_float, ctypes.c_size_t]),
     "llama_sampler_init_min_p": (c_void_p, [c_float, ctypes.c_size_t]),
     "llama_sampler_init_temp": (c_void_p, [c_float]),
+    # LLAMA_API struct llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_logit_bias,
+    #                                                                const llama_logit_bias * logit_bias);
+    "llama_sampler_init_logit_bias": (c_void_p, [c_int32, c_int32, ctypes.POINTER(LogitBias)]),
+    # LLAMA_API struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * vocab,
+    #                                                             const char * grammar_str, const char * grammar_root);
+    "llama_sampler_init_grammar": (c_void_p, [c_void_p, c_char_p, c_char_p]),
+    # LLAMA_API bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);
+    "llama_vocab_get_add_bos": (c_bool, [c_void_p]),
+    # LLAMA_API llama_token llama_vocab_bos(const struct llama_vocab * vocab);
+    "llama_vocab_bos": (c_int32, [c_void_p]),
+    # LLAMA_API llama_token llama_vocab_eos(const struct llama_vocab * vocab);
+    "llama_vocab_eos": (c_int32, [c_void_p]),
+    # LLAMA_API int32_t llama_model_n_ctx_train(const struct llama_model * model);
+    "llama_model_n_ctx_train": (c_int32, [c_void_p]),
+    # LLAMA_API int32_t llama_model_meta_val_str(const struct llama_model * model, const char * key,
+    #                                            char * buf, size_t buf_size);
+    "llama_model_meta_val_str": (c_int32, [c_void_p, c_char_p, c_char_p, ctypes.c_size_t]),
     "llama_set_sampler": (c_bool, [c_void_p, c_int32, c_void_p]),
     "llama_sampler_sample": (c_int32, [c_void_p, c_void_p, c_int32]),
     "llama_sampler_reset": (None, [c_void_p]),

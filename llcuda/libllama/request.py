@@ -13,31 +13,47 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from llcuda import options as validation
+from llcuda.options import SamplingOptions
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """A sampler chain's settings; equal settings share a chain (changing it costs a graph re-reserve)."""
+    """A sampler chain's settings; equal settings share a chain (changing it costs a graph re-reserve).
+
+    ``ban_eog``: end-of-generation tokens get a -inf bias (``ignore_eos``, as llama-server does), so
+    the model cannot write them. ``grammar``: GBNF the output must follow (sampled on the CPU).
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
     seed: int | None = None
+    ban_eog: bool = False
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
     @classmethod
-    def make(cls, temperature: float, top_p: float, top_k: int, seed: int | None) -> Sampling:
-        """Validated settings; every greedy request gets the same (greedy) value, whatever its top_p/top_k/seed."""
-        temperature, top_p, top_k, seed = validation.sampling(temperature, top_p, top_k, seed)
-        if temperature <= 0.0:
-            return GREEDY
-        return cls(temperature, top_p, top_k, None if seed in (None, -1, 2**32 - 1) else seed)
+    def of(cls, options: SamplingOptions) -> Sampling:
+        """The chain settings of checked options; every greedy request shares one value, whatever its
+        top_p/top_k/min_p/seed."""
+        if options.temperature <= 0.0:
+            return cls(ban_eog=options.ignore_eos, grammar=options.grammar)
+        seed = None if options.seed in (None, -1, 2**32 - 1) else options.seed
+        return cls(options.temperature, options.top_p, options.top_k, options.min_p, seed, options.ignore_eos,
+                   options.grammar)
+
+    @classmethod
+    def make(cls, temperature: float, top_p: float, top_k: int, seed: int | None, min_p: float = 0.05) -> Sampling:
+        """Validated settings (see :class:`SamplingOptions`)."""
+        return cls.of(SamplingOptions.checked(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                                              min_p=min_p))
 
 
 GREEDY = Sampling()
@@ -52,10 +68,11 @@ class Request:
     sampling: Sampling = GREEDY
     stop: tuple[bytes, ...] = ()
     ignore_eos: bool = False
-    stream: queue.SimpleQueue[int | None] | None = None  # generated tokens, then None; only when streaming
+    stream: Any = None  # anything with put(): generated tokens, then None; only when streaming
     future: Future[Request] = field(default_factory=Future)
     seq: int = -1
     prefilled: int = 0  # prompt tokens already in the KV cache
+    reused: int = 0  # of those, tokens a finished request had left in the cache (prefix reuse)
     out: list[int] = field(default_factory=list)  # generated tokens (an end-of-generation token included)
     text: bytearray = field(default_factory=bytearray)  # bytes of ``out``, kept only when there are stop strings
     stop_at: int | None = None  # byte offset in ``text`` where the stop string begins
@@ -95,7 +112,7 @@ class Request:
 
 
 def stop_words(stop: str | Sequence[str] | None) -> tuple[bytes, ...]:
-    return tuple(s.encode("utf-8") for s in validation.stop(stop))
+    return tuple(s.encode("utf-8") for s in validation.check_stop(stop))
 
 
 def held_back(text: str, stop: Sequence[str]) -> int:
@@ -110,11 +127,12 @@ def held_back(text: str, stop: Sequence[str]) -> int:
 
 
 def stream_pieces(req: Request, piece: Callable[[int], bytes], final_text: Callable[[], str],
-                  timeout: float, on_timeout: Callable[[], BaseException]) -> Iterator[str]:
+                  deadline: float, on_timeout: Callable[[], BaseException]) -> Iterator[str]:
     """Text pieces of ``req`` as its tokens arrive: whole UTF-8 characters only, never a stop string.
 
     A character split over two tokens comes out with the second; text that may begin a stop
-    string is held until it cannot. The pieces join to ``final_text()``.
+    string is held until it cannot. The pieces join to ``final_text()``. ``deadline``
+    (``time.monotonic()``) bounds the whole request.
     """
     assert req.stream is not None
     stop = [w.decode("utf-8") for w in req.stop]
@@ -122,7 +140,7 @@ def stream_pieces(req: Request, piece: Callable[[int], bytes], final_text: Calla
     text, emitted = "", 0
     while True:
         try:
-            token = req.stream.get(timeout=timeout)
+            token = req.stream.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             raise on_timeout() from None
         if token is None:
