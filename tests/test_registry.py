@@ -24,10 +24,10 @@ OWNER = textwrap.dedent("""
     from llcuda.engine import InferenceEngine
     from llcuda.processes.rpc_worker import RpcWorker
 
-    engine = InferenceEngine()
+    engine = InferenceEngine(backend=sys.argv[2])
     engine.load_model(sys.argv[1], ctx_size=256, n_parallel=1, threads=1)
     pids = [engine.server.pid]
-    if "rpc" in sys.argv[2:]:
+    if "rpc" in sys.argv[3:]:
         worker = RpcWorker(threads=1).start()
         pids.append(worker.pid)
     print(*pids, flush=True)
@@ -52,9 +52,9 @@ def ps(home: Path) -> list[dict[str, object]]:
 class Owner:
     """A Python process that started servers and keeps them."""
 
-    def __init__(self, home: Path, model: Path, *extra: str) -> None:
+    def __init__(self, home: Path, model: Path, *extra: str, backend: str = "llama-server") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", OWNER, str(model), *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-c", OWNER, str(model), backend, *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env=dict(os.environ, LLCUDA_HOME=str(home)),
         )  # fmt: skip
         line = self.process.stdout.readline()
