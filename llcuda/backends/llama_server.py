@@ -201,12 +201,16 @@ class ServerBackend:
 
     # -- generation --------------------------------------------------------------------------
     def infer(self, prompt: str, args: SamplingOptions) -> InferResult:
+        if self.kind == "serve":
+            return self._openai_infer(prompt, args, stream=False)  # type: ignore[return-value]
         body = _completion_body(prompt, args)
         started = time.monotonic()
         data = self._recorded(lambda c: c.completion(body))
         return self._completion_result(data, started, None)
 
     def infer_stream(self, prompt: str, args: SamplingOptions) -> TokenStream:
+        if self.kind == "serve":
+            return self._openai_infer(prompt, args, stream=True)  # type: ignore[return-value]
         body = _completion_body(prompt, args)
         started = time.monotonic()
         got = _Streamed()
@@ -219,6 +223,30 @@ class ServerBackend:
                     yield got.add(piece)
 
         return TokenStream(pieces(), lambda: self._completion_result(got.data, started, got.first, got.text))
+
+    def _openai_infer(self, prompt: str, args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
+        """A raw-text completion through OpenAI's ``/v1/completions`` (llcuda serve)."""
+        body: dict[str, Any] = {"prompt": prompt, "max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos,
+                                **_sampling(args)}
+        if args.seed is None:
+            body.pop("seed")
+        started = time.monotonic()
+        if not stream:
+            data = self._recorded(lambda c: c.text_completion(body))
+            choice = data["choices"][0]
+            return self._chat_result(data, choice.get("text") or "", choice.get("finish_reason"), started, None)
+        body["stream_options"] = {"include_usage": True}
+        got = _Streamed()
+
+        def pieces() -> Iterator[str]:
+            for event in self._recorded_stream(lambda c: c.text_completion_stream(body)):
+                got.data.update({k: v for k, v in event.items() if k in ("usage", "timings")})
+                for choice in event.get("choices") or []:
+                    got.finish = choice.get("finish_reason") or got.finish
+                    if piece := choice.get("text") or "":
+                        yield got.add(piece)
+
+        return TokenStream(pieces(), lambda: self._chat_result(got.data, got.text, got.finish, started, got.first))
 
     def chat(self, messages: list[dict[str, Any]], args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
         body: dict[str, Any] = {"messages": messages, "max_tokens": args.max_tokens, **_sampling(args)}
@@ -279,6 +307,8 @@ class ServerBackend:
         finished = time.monotonic()
         generated = int(tokens or 0)
         tps = float(timings.get("predicted_per_second") or 0.0)
+        if not tps and first is not None and int(tokens or 0) > 1 and finished > first:
+            tps = (int(tokens) - 1) / (finished - first)
         self._metrics.record(started, finished, generated, tps)
         return InferResult(
             text=text,

@@ -70,8 +70,10 @@ def _engine(args: argparse.Namespace) -> Any:
     return engine
 
 
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in options.sampling_option_names() if hasattr(args, name)}
+def _sampling(args: argparse.Namespace, chat: bool = False) -> dict[str, Any]:
+    """The sampling keyword arguments of the parsed flags (a chat turn always ends at end-of-generation)."""
+    names = [n for n in options.sampling_option_names() if hasattr(args, n) and not (chat and n == "ignore_eos")]
+    return {name: getattr(args, name) for name in names}
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -114,22 +116,40 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from llcuda.cli.chat import run_chat
 
     with _engine(args) as engine:
-        return run_chat(engine, _sampling(args), message=args.message, system=args.system,
+        return run_chat(engine, _sampling(args, chat=True), message=args.message, system=args.system,
                         verbose=args.verbose)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from llcuda.engine import InferenceEngine
-
+    """The OpenAI-compatible server on llcuda's in-process engine (llcuda.serve), or llama-server."""
     api_key = config.api_key(args.api_key)
     if not is_loopback(args.host) and not api_key and not args.allow_unauthenticated:
         raise ConfigError(
             f"refusing to serve on {args.host} without an API key: anyone who can reach it could use the model. "
             "Pass --api-key KEY (or set LLCUDA_API_KEY), or --allow-unauthenticated if you really mean it."
         )
+    if args.llama_server:
+        return _serve_llama_server(args, api_key)
+    if args.server_args:
+        raise ConfigError(f"{' '.join(args.server_args)!r}: arguments after -- go to llama-server; add --llama-server "
+                          "(or drop them).")
+    if args.rpc:
+        raise ConfigError("--rpc is an option of llama-server; add --llama-server to use it.")
+    from llcuda.serve.launch import run_server
+
+    return run_server(args.model, _load_kwargs(args), host=args.host, port=args.port, api_key=api_key,
+                      allow_unauthenticated=args.allow_unauthenticated, alias=args.alias,
+                      log_level="info" if args.verbose else "warning",
+                      on_event=lambda message: print(f"llcuda: {message}", flush=True))
+
+
+def _serve_llama_server(args: argparse.Namespace, api_key: str | None) -> int:
+    from llcuda.engine import InferenceEngine
+
+    extra = [*args.server_args, *(["--alias", args.alias] if args.alias else [])]
     engine = InferenceEngine(api_key=api_key, backend="llama-server")
     engine.load_model(args.model, host=args.host, port=args.port, allow_unauthenticated=args.allow_unauthenticated,
-                      **_load_kwargs(args))
+                      extra_args=extra, **_load_kwargs(args))
     server = engine.server
     assert server is not None
     stop = {"now": False}
@@ -279,12 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(p, max_tokens=CHAT_MAX_TOKENS)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("serve", help="run an OpenAI-compatible server (127.0.0.1 by default)")
+    p = sub.add_parser("serve", help="run an OpenAI-compatible server (127.0.0.1 by default)",
+                       description="Serve the model over HTTP with llcuda's in-process engine (OpenAI-compatible "
+                                   "API, Prometheus /metrics, the chat page at /), or with llama.cpp's "
+                                   "llama-server (--llama-server; arguments after -- go to it).")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
     p.add_argument("--api-key", default=None, help="require this key (also LLCUDA_API_KEY)")
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback host without an API key")
+    p.add_argument("--alias", default=None, help="the model's name in the API (default: the model's own name)")
+    p.add_argument("--llama-server", action="store_true",
+                   help="serve with llama.cpp's llama-server in a child process instead of llcuda's engine")
+    p.add_argument("server_args", nargs="*", metavar="-- LLAMA_SERVER_ARGS",
+                   help="with --llama-server: more llama-server arguments, after --")
     _add_model_options(p, backend=False)
     p.set_defaults(func=cmd_serve)
 
