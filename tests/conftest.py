@@ -104,3 +104,13 @@ def tiny_engine(binaries, tiny_model: Path, isolated_home: Path):
     engine.load_model(tiny_model, ctx_size=2048, n_parallel=4, threads=1)
     yield engine
     engine.unload()
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1, ~100 MB, with a chat template) from the user's cache, pulled if missing."""
+    from llcuda.models import SMOLLM2_MODEL
+    from llcuda.models.resolve import resolve_model
+
+    with _llcuda_home(_USER_LLCUDA_HOME):  # the user's cache, even after isolated_home has begun
+        return resolve_model(SMOLLM2_MODEL, progress=False).path

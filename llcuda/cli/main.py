@@ -1,4 +1,7 @@
-"""The ``llcuda`` command line: infer, chat, serve, bench, rpc-worker, models, doctor. The only module that prints."""
+"""The ``llcuda`` command line: infer, chat, serve, bench, rpc-worker, models, ps, stop, doctor.
+
+The only module that prints.
+"""
 
 from __future__ import annotations
 
@@ -74,16 +77,30 @@ def _sampling(args: argparse.Namespace, chat: bool = False) -> dict[str, Any]:
 
 
 # -- commands ----------------------------------------------------------------------------------
+def _infer_prompt(args: argparse.Namespace) -> str:
+    """The prompt argument; ``-`` (or none, with stdin not a terminal) reads stdin, final newlines dropped."""
+    if args.prompt is not None and args.prompt != "-":
+        return str(args.prompt)
+    if args.prompt is None and sys.stdin.isatty():
+        raise ConfigError('give a prompt (llcuda infer "Once upon a time") or pipe one in '
+                          "(echo text | llcuda infer).")
+    text = sys.stdin.read().rstrip("\r\n")
+    if not text.strip():
+        raise ConfigError("the prompt read from stdin is empty; pipe text in or give the prompt as argument.")
+    return text
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
+    prompt = _infer_prompt(args)
     with _engine(args) as engine:
         if args.json:
-            result = engine.infer(args.prompt, **_sampling(args))
+            result = engine.infer(prompt, **_sampling(args))
             print(json.dumps({"text": result.text, "tokens_generated": result.tokens_generated,
                               "prompt_tokens": result.prompt_tokens, "latency_ms": round(result.latency_ms, 2),
                               "tokens_per_sec": round(result.tokens_per_sec, 2),
                               "finish_reason": result.finish_reason, "model": result.model}))
             return 0
-        stream = engine.infer_stream(args.prompt, **_sampling(args))
+        stream = engine.infer_stream(prompt, **_sampling(args))
         for piece in stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -96,43 +113,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    messages: list[dict[str, Any]] = []
-    if args.system:
-        messages.append({"role": "system", "content": args.system})
-    with _engine(args) as engine:
-        def turn(text: str) -> None:
-            messages.append({"role": "user", "content": text})
-            stream = engine.chat(messages, stream=True, **_sampling(args, chat=True))
-            for piece in stream:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            messages.append({"role": "assistant", "content": stream.text()})
+    from llcuda.cli.chat import run_chat
 
-        if args.message:
-            turn(args.message)
-            return 0
-        interactive = sys.stdin.isatty()
-        if interactive:
-            print(f"llcuda chat with {engine.model_name} — /reset clears the history, /exit or Ctrl-D quits.")
-        while True:
-            if interactive:
-                sys.stdout.write("you> ")
-                sys.stdout.flush()
-            line = sys.stdin.readline()
-            if not line:
-                break
-            text = line.strip()
-            if not text:
-                continue
-            if text in ("/exit", "/quit"):
-                break
-            if text == "/reset":
-                del messages[1 if args.system else 0:]
-                continue
-            turn(text)
-    return 0
+    with _engine(args) as engine:
+        return run_chat(engine, _sampling(args, chat=True), message=args.message, system=args.system,
+                        verbose=args.verbose)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -216,7 +201,7 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
     finally:
         code = worker.returncode()
         worker.stop()
-    # Ctrl-C in a terminal reaches rpc-server too (same process group): that is a clean stop as well.
+    # An rpc-server stopped by SIGINT sent to it directly ended cleanly as well.
     if not stop["now"] and code not in (None, 0, -signal.SIGINT):
         print(f"llcuda: rpc-server exited with code {code}; log tail:\n{worker.log_tail(20)}", file=sys.stderr)
         return 1
@@ -297,13 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("infer", help="continue a prompt")
-    p.add_argument("prompt")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="the text to continue; - reads it from stdin (so does none, with stdin not a tty)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming text")
     _add_model_options(p)
     _add_sampling_options(p)
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("chat", help="chat with the model's own template (interactive, or one message)")
+    p = sub.add_parser("chat", help="chat with the model's own template (interactive, or one message)",
+                       description="Chat with the model. Interactive: line editing and history, Ctrl-C "
+                                   "stops a reply, Ctrl-D quits, /help lists the commands (/system, /clear, "
+                                   "/save, /load).")
     p.add_argument("message", nargs="?", default=None, help="one message; omit for an interactive session")
     p.add_argument("--system", default=None, help="system prompt")
     _add_model_options(p)
@@ -352,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_models_parser(sub)
     sub.choices["models"].set_defaults(func=run_models_command)
+
+    from llcuda.cli.ps import add_parsers as add_ps_parsers
+
+    add_ps_parsers(sub)
 
     p = sub.add_parser("doctor", help="check binaries, GPUs, driver and model cache")
     p.add_argument("--json", action="store_true")

@@ -181,6 +181,9 @@ class LlamaServer(ManagedProcess):
             self._session.close()
             self._session = None
 
+    def run_record(self) -> dict[str, Any]:
+        return {"url": self.url, "model": str(self.settings.model_path)}
+
     def explain_exit(self, code: int, tail: str) -> str:
         return f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
 
