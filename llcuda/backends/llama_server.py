@@ -79,6 +79,8 @@ class ServerBackend:
                                                            endpoints, report=report)
         if binaries.build_info.get("backend") == "cpu" and gpu_layers and not endpoints:
             log.info("CPU build of llama.cpp: layers run on the CPU (gpu_layers ignored)")
+        if endpoints and "flash_attn" in options:  # llama.cpp cannot resolve "auto" through RPC workers
+            options["flash_attn"] = rpc_workers.flash_attn_over_rpc(options["flash_attn"], vram.head_sizes(resolved.info))
         settings = ServerSettings(
             model_path=resolved.path, gpu_layers=gpu_layers, api_key=self._api_key, alias=resolved.name,
             split_mode=split_mode, tensor_split=split_shares, main_gpu=main_gpu, rpc=endpoints,
@@ -173,9 +175,12 @@ class ServerBackend:
         lost = [f"{ep} ({why})" for ep in server.settings.rpc if (why := rpc_workers.probe(ep)) is not None]
         then = (f"RPC worker(s) unreachable: {', '.join(lost)}. Restart them; the next call restarts llama-server"
                 if lost else "the next call restarts it")
+        tail = server.log_tail()
+        workers = rpc_workers.explain_worker_crash(server.settings.rpc, tail)
         return InferenceError(
-            f"llama-server died during the request (exit code {code}); {then}. Cause: {exc}",
-            log_tail=server.log_tail(),
+            f"llama-server died during the request (exit code {code}); {then}. Cause: {exc}"
+            + (f"\n{workers}" if workers else ""),
+            log_tail=tail,
         )
 
     def _recorded(self, func: Callable[[LlamaClient], Any]) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llcuda.errors import ConfigError, ServerStartError
+from llcuda.processes import rpc_worker
 from llcuda.processes.process import ManagedProcess, connect_host, is_loopback
 from llcuda.system import binaries as bootstrap
 from llcuda.system.binaries import Binaries
@@ -176,7 +177,9 @@ class LlamaServer(ManagedProcess):
             self._session = None
 
     def explain_exit(self, code: int, tail: str) -> str:
-        return f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
+        message = f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
+        workers = rpc_worker.explain_worker_crash(self.settings.rpc, tail) if self.settings.rpc else ""
+        return f"{message}\n{workers}" if workers else message
 
     def start(self, timeout: float | None = None) -> str:
         """Start the process and wait until ``/health`` answers 200; return the base URL."""
