@@ -339,10 +339,15 @@ def test_the_tiny_models_head_size_has_no_cuda_flash_attn_kernel(tiny_model):
 def test_a_worker_crash_is_explained_with_the_workers_log(binaries, isolated_home):
     worker = rpc.RpcWorker(threads=1, binaries=binaries).start(timeout=60)
     endpoint = worker.endpoint
-    worker.stop()
-    server_tail = f"ggml-rpc.cpp:566: {rpc.WORKER_CRASH_MARKER} or returned malformed response"
-    text = rpc.explain_worker_crash([endpoint, "10.0.0.9:50052"], server_tail)
-    assert f"rpc-server at {endpoint} (exited with code" in text and str(worker.log_path) in text
+    try:
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGABRT)  # what a GGML_ABORT in the worker ends with
+        server_tail = f"ggml-rpc.cpp:566: {rpc.WORKER_CRASH_MARKER} or returned malformed response"
+        text = rpc.explain_worker_crash([endpoint, "10.0.0.9:50052"], server_tail)
+    finally:
+        worker.stop()
+    assert f"rpc-server at {endpoint} (exited with code -{int(signal.SIGABRT)})" in text, text
+    assert str(worker.log_path) in text
     assert "Accepted client connection" in text  # a line of the worker's own log
     assert "rpc-server at 10.0.0.9:50052 closed the connection; its own log, on that host" in text
     assert rpc.explain_worker_crash([endpoint], "llama-server: some other failure") == ""

@@ -298,8 +298,11 @@ def explain_worker_crash(endpoints: Sequence[str], server_log_tail: str) -> str:
         if worker is None:
             parts.append(f"rpc-server at {endpoint} closed the connection; its own log, on that host, says why.")
             continue
-        code = worker.wait_exit(CRASH_GRACE_S)
-        state = f"exited with code {code}" if code is not None else "still running"
+        if worker.pid is None:
+            state = "stopped"
+        else:
+            code = worker.wait_exit(CRASH_GRACE_S)
+            state = f"exited with code {code}" if code is not None else "still running"
         tail = worker.log_tail(WORKER_LOG_LINES)
         hint = ""
         if _FATTN_ABORT.search(tail):
