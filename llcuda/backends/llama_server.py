@@ -22,7 +22,7 @@ from llcuda.metrics import MetricsRecorder
 from llcuda.options import LoadOptions, SamplingOptions
 from llcuda.processes import rpc_worker as rpc_workers
 from llcuda.processes.client import LlamaClient
-from llcuda.processes.llama_server import LlamaServer
+from llcuda.processes.llama_server import LlamaServer, ServerSettings
 from llcuda.processes.llcuda_server import LlcudaServer
 from llcuda.results import InferResult, TokenStream
 from llcuda.system import binaries as bootstrap
