@@ -66,7 +66,8 @@ PYTHON="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,conda,wheel]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25.1"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[bench]" --group dev
 
 .venv/bin/python scripts/build_binaries.py "${build_args[@]}" >/dev/null
 

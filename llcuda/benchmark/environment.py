@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..types import Binaries
+    from llcuda.system.binaries import Binaries
 
 
 def cpu_model() -> str:
@@ -32,7 +32,7 @@ def slug(text: str) -> str:
 
 
 def model_facts(path: Path, spec: str) -> dict[str, Any]:
-    from ..models import read_gguf_info
+    from llcuda.models import read_gguf_info
 
     info = read_gguf_info(path)
     return {
@@ -54,8 +54,7 @@ def model_facts(path: Path, spec: str) -> dict[str, Any]:
 def collect(binaries: Binaries, model: dict[str, Any]) -> dict[str, Any]:
     """The environment record of a run; ``device`` is what the run's folder is named after."""
     import llcuda
-
-    from ..gpu import detect
+    from llcuda.system.gpu import detect
 
     report = detect()
     gpus = [g.as_dict() for g in report.gpus]

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import config
-from ..errors import LlcudaError, ModelNotFoundError, OfflineModeError
+from llcuda import config
+from llcuda.errors import LlcudaError, ModelNotFoundError, OfflineModeError
 
 if TYPE_CHECKING:
-    from ..types import Binaries
+    from llcuda.system.binaries import Binaries
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def vocab_file(name: str, vocab_dir: Path | None = None, *, offline: bool | None
     if config.offline(offline):
         raise OfflineModeError(f"{filename} is needed to make a random model and offline mode is on. Download {url} "
                                "and pass its folder as the vocab folder, or turn offline mode off.")
-    from ..models.download import fetch
+    from llcuda.models.download import fetch
 
     log.info("downloading %s", url)
     fetch(url, dest, sha256=pinned.sha256, size=pinned.size, what=filename)
@@ -324,7 +324,7 @@ def write_like(out: Path, like: Path, seed: int = 0, layers: int | None = None) 
                 and len(field.data) == n_block
                 and field.types[1] != GGUFValueType.STRING
             ):
-                value = [field.parts[i].tolist()[0] for i in field.data][:keep]  # per-layer values
+                value = [field.parts[i].tolist()[0] for i in field.data][:keep]  # type: ignore[assignment]
             copy_field(writer, key, field, value)
         _write_tensors(writer, [(name, tuple(reversed(ne))) for name, ne, _type in tensors], seed)
     partial.replace(out)
@@ -348,7 +348,7 @@ def random_model(
     Raises :class:`ModelNotFoundError` for an unknown name, :class:`LlcudaError` without the
     ``gguf`` package or when llama-quantize fails, and :func:`vocab_file`'s errors.
     """
-    from ..models import cache
+    from llcuda.models import cache
 
     spec = RANDOM_MODELS.get(name)
     if spec is None:
@@ -379,7 +379,7 @@ def random_model(
 
 
 def _quantize(src: Path, dest: Path, quant: str, binaries: Binaries | None) -> None:
-    from ..bootstrap import subprocess_env, tool
+    from llcuda.system.binaries import subprocess_env, tool
 
     binaries = binaries or _find_binaries()
     partial = dest.with_name(dest.name + ".incomplete")
@@ -393,6 +393,6 @@ def _quantize(src: Path, dest: Path, quant: str, binaries: Binaries | None) -> N
 
 
 def _find_binaries() -> Binaries:
-    from ..bootstrap import find_binaries
+    from llcuda.system.binaries import find_binaries
 
     return find_binaries()

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import llcuda
-
-from ..errors import BinaryNotFoundError
-from . import environment, report
-from .random_model import RANDOM_MODELS, random_model
-from .settings import BenchSettings
-from .systems import SYSTEMS
+from llcuda.benchmark import environment, report
+from llcuda.benchmark.random_model import RANDOM_MODELS, random_model
+from llcuda.benchmark.settings import BenchSettings
+from llcuda.benchmark.systems import SYSTEMS
+from llcuda.errors import BinaryNotFoundError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -63,7 +62,7 @@ def _model(settings: BenchSettings, binaries: Any, progress: Progress) -> Path:
     if settings.model in RANDOM_MODELS:
         progress(f"model: {settings.model} (random weights; made once, then cached)")
         return random_model(settings.model, binaries=binaries, vocab_dir=settings.vocab_dir, offline=settings.offline)
-    from ..models import resolve_model
+    from llcuda.models import resolve_model
 
     return resolve_model(settings.model, offline=settings.offline).path
 
@@ -113,7 +112,7 @@ def _run_section(section: str, request: dict[str, Any], log_dir: Path, env: dict
 
 
 def _check_tools(binaries: Any) -> None:
-    from ..bootstrap import tool
+    from llcuda.system.binaries import tool
 
     for name in CEILING_TOOLS:
         try:
@@ -168,7 +167,7 @@ def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> 
     json_path.write_text(json.dumps(data, indent=1, default=str))
     markdown_path = folder / "report.md"
     markdown_path.write_text(report.markdown(data))
-    from .plot import write_plot
+    from llcuda.benchmark.plot import write_plot
 
     plot_path = write_plot(data, folder / "report.png")
     if plot_path is None:

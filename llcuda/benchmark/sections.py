@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import LlcudaError
-from .systems import Job, get_system
-from .tools import run_batched_bench, run_llama_bench
-from .workload import BATCHED_BENCH_PROMPT_TOKENS, SAMPLING, measure_first_token, measure_waves
+from llcuda.benchmark.systems import Job, get_system
+from llcuda.benchmark.tools import run_batched_bench, run_llama_bench
+from llcuda.benchmark.workload import BATCHED_BENCH_PROMPT_TOKENS, SAMPLING, measure_first_token, measure_waves
+from llcuda.errors import LlcudaError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -59,7 +59,7 @@ def slots_and_context(request: dict[str, Any]) -> tuple[int, int]:
 
 
 def _binaries() -> Any:
-    from llcuda import find_binaries
+    from llcuda.system.binaries import find_binaries
 
     return find_binaries()
 

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .systems import SYSTEMS
-from .workload import SAMPLING
+from llcuda.benchmark.systems import SYSTEMS
+from llcuda.benchmark.workload import SAMPLING
+from llcuda.errors import ConfigError
 
 DEFAULT_MODEL = "random-1b"
 DEFAULT_CONCURRENCY = (1, 16, 64)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError, ServerStartError, ServerTimeoutError
-from .workload import Reply, Sampling
+from llcuda.benchmark.workload import Reply, Sampling
+from llcuda.errors import ConfigError, ServerStartError, ServerTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class EngineSystem(System):
         self.engine: Any = None
 
     def start(self, job: Job) -> dict[str, Any]:
-        from llcuda import InferenceEngine
+        from llcuda.engine import InferenceEngine
 
         self.engine = InferenceEngine(backend=self.backend, request_timeout=REQUEST_TIMEOUT_S)
         self.engine.load_model(job.model, gpu_layers=job.gpu_layers, ctx_size=job.ctx_size,
@@ -146,7 +146,7 @@ class LlamaServerSystem(OpenAIClientSystem):
     server_name = "llama-server"
 
     def start(self, job: Job) -> dict[str, Any]:
-        from llcuda import LlamaServer, ServerSettings
+        from llcuda.processes.llama_server import LlamaServer, ServerSettings
 
         self.server = LlamaServer(
             ServerSettings(model_path=job.model, ctx_size=job.ctx_size, n_parallel=job.n_parallel,
@@ -173,8 +173,8 @@ class ServeSystem(OpenAIClientSystem):
         return super().unavailable()
 
     def start(self, job: Job) -> dict[str, Any]:
-        from ..server import free_port, read_log_tail, spawn_process, stop_process
-        from ..bootstrap import find_binaries, subprocess_env
+        from llcuda.processes.process import free_port, read_log_tail, spawn_process, stop_process
+        from llcuda.system.binaries import find_binaries, subprocess_env
 
         port = free_port()
         log_path = job.log_dir / f"llcuda-serve-{'stream' if self.stream else 'plain'}.log"

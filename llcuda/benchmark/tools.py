@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LlcudaError
+from llcuda.errors import LlcudaError
 
 if TYPE_CHECKING:
-    from ..types import Binaries
+    from llcuda.system.binaries import Binaries
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def parse_batched_bench(stdout: str) -> dict[str, dict[str, float]]:
 
 
 def _run(cmd: list[str], binaries: Binaries) -> str:
-    from ..bootstrap import subprocess_env
+    from llcuda.system.binaries import subprocess_env
 
     done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(binaries), check=False)
     if done.returncode != 0:
@@ -84,7 +84,7 @@ def _run(cmd: list[str], binaries: Binaries) -> str:
 
 def run_llama_bench(binaries: Binaries, model: Path, *, prompt_tokens: int, max_tokens: int, repeats: int,
                     gpu_layers: int, flash_attn: str) -> dict[str, Any]:
-    from ..bootstrap import tool
+    from llcuda.system.binaries import tool
 
     cmd = llama_bench_command(tool("llama-bench", binaries), model, prompt_tokens=prompt_tokens,
                               max_tokens=max_tokens, repeats=repeats, gpu_layers=gpu_layers, flash_attn=flash_attn)
@@ -93,7 +93,7 @@ def run_llama_bench(binaries: Binaries, model: Path, *, prompt_tokens: int, max_
 
 def run_batched_bench(binaries: Binaries, model: Path, *, levels: Sequence[int], prompt_tokens: int,
                       max_tokens: int, gpu_layers: int, flash_attn: str) -> dict[str, Any]:
-    from ..bootstrap import tool
+    from llcuda.system.binaries import tool
 
     cmd = batched_bench_command(tool("llama-batched-bench", binaries), model, levels=levels,
                                 prompt_tokens=prompt_tokens, max_tokens=max_tokens, gpu_layers=gpu_layers,

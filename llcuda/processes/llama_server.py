@@ -134,7 +134,7 @@ class LlamaServer(ManagedProcess):
     """A llama-server child process. Use :meth:`start`, then :attr:`url`; :meth:`stop` when done."""
 
     name = "llama-server"
-    bind_failure_markers = ("couldn't bind", "address already in use", "failed to bind")
+    bind_failure_markers: tuple[str, ...] = ("couldn't bind", "address already in use", "failed to bind")
 
     def __init__(
         self,

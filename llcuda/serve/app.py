@@ -25,8 +25,8 @@ import logging
 import sys
 import threading
 import time
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable
 

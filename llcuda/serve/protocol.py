@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llcuda.options import SamplingOptions
 from llcuda import options as validation
 from llcuda.errors import ConfigError
+from llcuda.options import SamplingOptions
 
 _DEFAULTS = SamplingOptions()  # the one set of defaults: the Python API's
 DEFAULT_TEMPERATURE = _DEFAULTS.temperature
