@@ -51,7 +51,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             throughput.append({
                 "system": name, "label": section["label"], "sampling": sampling, "level": level, "tps": tps["median"],
                 "tps_min": tps["min"], "tps_max": tps["max"], "repeats": tps["n"], "ceiling": ceiling,
-                "ceiling_source": f"llama-bench {ceil['tg_key']}" if level == 1 else f"llama-batched-bench S_TG B={level}",
+                "ceiling_source": (f"llama-bench {ceil['tg_key']}" if level == 1
+                                   else f"llama-batched-bench S_TG B={level}"),
                 "ratio": tps["median"] / ceiling if ceiling else None,
                 "short_requests": sum(r["short_requests"] for r in rows),
             })
@@ -103,7 +104,8 @@ def markdown(data: dict[str, Any]) -> str:
     env, settings, summary = data["environment"], data["settings"], data["summary"]
     model = env["model"]
     ceil = summary["ceilings"]
-    levels = sorted({row["level"] for row in summary["throughput"]} | set(ceil["batched"]) | set(settings["concurrency"]))
+    levels = sorted({row["level"] for row in summary["throughput"]} | set(ceil["batched"])
+                    | set(settings["concurrency"]))
     driver = (f"driver {env['driver_version']} (CUDA {env.get('driver_cuda_version') or '?'})"
               if env.get("driver_version") else "no NVIDIA driver")
     size = f"{model['bytes'] / 1e6:,.0f} MB"

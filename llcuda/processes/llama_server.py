@@ -127,7 +127,8 @@ def _validate(settings: ServerSettings) -> None:
         )
     if settings.port is not None and not 0 < settings.port < 65536:
         raise ConfigError(f"port={settings.port} must be between 1 and 65535.")
-    LoadOptions(**{f.name: getattr(settings, f.name) for f in fields(LoadOptions) if hasattr(settings, f.name)}).checked()
+    LoadOptions(**{f.name: getattr(settings, f.name) for f in fields(LoadOptions)
+                   if hasattr(settings, f.name)}).checked()
 
 
 class LlamaServer(ManagedProcess):
