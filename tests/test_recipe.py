@@ -42,6 +42,13 @@ def one(rendered: list[dict], name: str, prefix: str = "") -> dict:
     return found[0]
 
 
+def script_lines(test: dict) -> str:
+    """The commands of one rendered `script` test, as one text."""
+    script = test["script"]
+    content = script["content"] if isinstance(script, dict) else script
+    return content if isinstance(content, str) else "\n".join(content)
+
+
 def test_context_keeps_the_llama_pin() -> None:
     # scripts/llama_source.py reads these keys with yaml.safe_load.
     assert BUILD == 11434
@@ -89,6 +96,7 @@ def test_cuda12_binaries(rendered: list[dict]) -> None:
         "gxx_linux-64 14.*",
         "cmake",
         "ninja",
+        "nodejs >=22.12",
         "cuda-nvcc_linux-64 12.9.*",
     ]
     assert req["host"] == ["cuda-version 12.9.*", "cuda-cudart-dev", "libcublas-dev"]
@@ -97,11 +105,16 @@ def test_cuda12_binaries(rendered: list[dict]) -> None:
         "pin_compatible": {"name": "cuda-version", "lower_bound": "x.x.x.x.x.x", "upper_bound": "x"}
     }
     assert cuda["build"]["dynamic_linking"]["missing_dso_allowlist"] == ["*/libcuda.so.1"]
-    assert cuda["build"]["script"]["env"] == {"LLAMA_BUILD_NUMBER": str(BUILD), "LLCUDA_CUDA": "ON"}
+    assert cuda["build"]["script"]["env"] == {
+        "LLAMA_BUILD_NUMBER": str(BUILD), "LLCUDA_CUDA": "ON", "LLCUDA_UI": "ON"
+    }
     contents = cuda["tests"][0]["package_contents"]
     assert "ggml-cuda" in contents["lib"]
-    # No test runs a binary: loading libggml-cuda needs the driver's libcuda.so.1.
-    assert [t for t in cuda["tests"] if "script" in t] == []
+    # No test runs a binary: loading libggml-cuda needs the driver's libcuda.so.1. The one script
+    # checks the chat page's files.
+    (script,) = [script_lines(t) for t in cuda["tests"] if "script" in t]
+    assert "share/llcuda/ui/index.html" in script
+    assert not any(tool in script for tool in contents["bin"]), script
 
 
 def test_cpu_binaries(rendered: list[dict]) -> None:
@@ -109,15 +122,17 @@ def test_cpu_binaries(rendered: list[dict]) -> None:
     assert re.fullmatch(rf"cpu_b{BUILD}_h[0-9a-f]{{7}}_0", cpu["build"]["string"])
     assert cpu["build"]["number"] == 0 < one(rendered, "llcuda-binaries", "cuda12_")["build"]["number"]
     assert cpu["requirements"] == {
-        "build": ["gcc_linux-64 14.*", "sysroot_linux-64 2.17.*", "gxx_linux-64 14.*", "cmake", "ninja"]
+        "build": ["gcc_linux-64 14.*", "sysroot_linux-64 2.17.*", "gxx_linux-64 14.*", "cmake", "ninja",
+                  "nodejs >=22.12"]
     }
     assert "missing_dso_allowlist" not in cpu["build"].get("dynamic_linking", {})
     assert cpu["build"]["script"]["file"] == "build-binaries.sh"
     assert cpu["build"]["script"]["env"]["LLCUDA_CUDA"] == "OFF"
-    scripts = [t["script"] for t in cpu["tests"] if "script" in t]
-    assert len(scripts) == 1
-    commands = "\n".join(scripts[0]["content"] if isinstance(scripts[0], dict) else scripts[0])
-    assert "llama-server --version" in commands and "llama-cli --version" in commands
+    assert cpu["build"]["script"]["env"]["LLCUDA_UI"] == "ON"
+    scripts = [script_lines(t) for t in cpu["tests"] if "script" in t]
+    assert len(scripts) == 2
+    assert "share/llcuda/ui/index.html" in scripts[0]
+    assert "llama-server --version" in scripts[1] and "llama-cli --version" in scripts[1]
 
 
 def test_binaries_source_and_licenses(rendered: list[dict]) -> None:
@@ -185,6 +200,7 @@ def test_ci_variant_is_cpu_with_the_system_toolchain(ci_rendered: list[dict]) ->
     assert string.startswith(f"cpu_b{BUILD}_h")
     assert build["variant"]["llcuda_toolchain"] == "system"
     assert build.get("requirements", {}) == {}  # nothing to fetch from a channel
+    assert build["build"]["script"]["env"]["LLCUDA_UI"] == "OFF"  # nor from the npm registry
     conda_recipe.check(ci_rendered)
 
 
