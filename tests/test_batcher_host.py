@@ -22,7 +22,7 @@ from llcuda.errors import ConfigError, InferenceError, LlcudaError
 from llcuda.libllama.batcher import GIL_HELD, gil_holding
 from llcuda.libllama.engine import InProcessEngine
 from llcuda.libllama.request import Request, Sampling
-from llcuda.options import GenerationArgs
+from llcuda.options import SamplingOptions
 
 PROMPT = "The weather today"
 N = 24
@@ -196,7 +196,7 @@ def test_gil_holding_calls_answer_like_the_library(engine):
 ])
 def test_sampling_options_are_checked_once_with_the_same_messages(kw, message):
     args = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "seed": None, **kw}
-    for check in (lambda: GenerationArgs.checked(**args), lambda: Sampling.make(**args)):
+    for check in (lambda: SamplingOptions.checked(**args), lambda: Sampling.make(**args)):
         with pytest.raises(ConfigError) as excinfo:
             check()
         assert str(excinfo.value) == message
@@ -206,7 +206,7 @@ def test_greedy_sampling_ignores_the_other_options():
     assert Sampling.make(0.0, 0.5, 7, 123) == Sampling()
     assert Sampling.make(0.8, 0.9, 20, -1) == Sampling(0.8, 0.9, 20, None)
     assert Sampling.make(0.8, 0.9, 20, 5) == Sampling(0.8, 0.9, 20, 5)
-    assert GenerationArgs.checked(temperature=1, top_k=3, seed=9) == GenerationArgs(
+    assert SamplingOptions.checked(temperature=1, top_k=3, seed=9) == SamplingOptions(
         temperature=1.0, top_k=3, seed=9)
 
 

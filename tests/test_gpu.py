@@ -145,7 +145,7 @@ with InProcessEngine() as engine:
 
 def test_in_process_engine_runs_on_cuda_with_backend_sampling(binaries, gpu_model: Path):
     # In a fresh interpreter, as llcuda's benchmarks use it: loading libllama inside this pytest process,
-    # after the server tests, crashed on the H100 (2026-11-25; cause not found, see benchmarks/results/NOTES.md).
+    # after the server tests, crashed on an H100 (cause not found; docs/design-notes.md).
     env = dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", IN_PROCESS_CHECK, str(gpu_model)], capture_output=True, text=True,
                           env=env, timeout=300)

@@ -34,7 +34,7 @@ from llcuda import (
     ServerStartError,
 )
 from llcuda.engine import InferenceEngine
-from llcuda.processes import llama_server as server_module
+from llcuda.processes import process as process_module
 from llcuda.processes.client import LlamaClient
 
 DEADLINE_S = 30.0
@@ -97,7 +97,7 @@ def _wait_for_log(server, text: str, within: float = DEADLINE_S) -> bool:
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory, llama_src: Path) -> Path:
     """The tiny model with a 128k training context, so one generation can run for minutes."""
-    from random_gguf import PRESETS, write_model
+    from llcuda.benchmark.random_model import PRESETS, write_model
 
     shape = replace(PRESETS["tiny"], context_length=131072)
     return write_model(tmp_path_factory.mktemp("long") / "tiny-long.gguf", llama_src / "models", shape)
@@ -171,7 +171,7 @@ def test_server_dies_with_its_parent(binaries, tiny_model, tmp_path, mode, expec
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
 def test_cli_serve_stops_its_server(binaries, tiny_model, tmp_path, how):
-    port = server_module.free_port()
+    port = process_module.free_port()
     env = dict(os.environ, LLCUDA_HOME=str(tmp_path), LLCUDA_BIN_DIR=str(binaries.bin_dir))
     cli = subprocess.Popen(
         [
@@ -285,9 +285,9 @@ def test_auto_port_moves_on_when_the_chosen_port_is_taken(binaries, tiny_model, 
         squatter.listen()
         taken = squatter.getsockname()[1]
         picks = iter([taken])
-        real_free_port = server_module.free_port
+        real_free_port = process_module.free_port
         monkeypatch.setattr(
-            server_module, "free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port(host)
+            process_module, "free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port(host)
         )
         engine = _engine(binaries, tiny_model)
         try:

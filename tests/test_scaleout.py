@@ -23,7 +23,7 @@ from llcuda import ConfigError, InferenceError, ServerStartError
 from llcuda.cli.main import build_parser, main
 from llcuda.engine import InferenceEngine
 from llcuda.processes import rpc_worker as rpc
-from llcuda.processes.llama_server import free_port
+from llcuda.processes.process import free_port
 from llcuda.system import placement as split
 from llcuda.system.gpu import GPUInfo, detect
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from llcuda import ConfigError, InferenceError, LlcudaError
 from llcuda.engine import InferenceEngine
 from llcuda.models import cache, hub, resolve_model
-from llcuda.processes import llama_server as server_module
+from llcuda.processes import process as process_module
 from llcuda.processes.llama_server import LlamaServer, ServerSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,7 +158,7 @@ def test_api_key_never_shows(keyed_engine, caplog):
 
 
 def test_cli_serve_with_a_key_never_prints_it(tiny_model, isolated_home):
-    port = server_module.free_port()
+    port = process_module.free_port()
     env = dict(os.environ, LLCUDA_HOME=str(isolated_home))
     cli = subprocess.Popen(
         [

@@ -18,29 +18,17 @@ must speak the same RPC protocol version as the main host's.
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import logging
 import re
 import socket
-import subprocess
-import threading
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llcuda import config
-from llcuda.errors import BinaryNotFoundError, ConfigError, ServerStartError, ServerTimeoutError
-from llcuda.processes.llama_server import (
-    free_port,
-    is_loopback,
-    new_log_path,
-    read_log_tail,
-    spawn_process,
-    stop_process,
-)
+from llcuda.errors import BinaryNotFoundError, ConfigError, ServerStartError
+from llcuda.processes.process import READY_POLL_S, ManagedProcess, connect_host, is_loopback
 from llcuda.system import binaries as bootstrap
 from llcuda.system.binaries import Binaries
 
@@ -49,10 +37,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 50052  # rpc-server's own default
 RPC_SERVER_NAMES = ("rpc-server", "ggml-rpc-server")  # llcuda's name, upstream's install name
 CONNECT_TIMEOUT_S = 3.0
-READY_POLL_S = 0.05
 ACCEPT_WAIT_S = 2.0  # after a successful probe, how long to wait for this rpc-server's log to show the accept
 STOP_GRACE_S = 5.0
-PORT_RETRIES = 3
 MAX_DEVICES = 15  # llama.cpp refuses 16 or more --tensor-split entries (llama_max_devices() == 16)
 _BIND_FAILURE = "Failed to create server socket"
 _DEVICE_LINE = re.compile(r"^\s+(\S+): (.*) \((\d+) MiB, (\d+) MiB free\)\s*$")
@@ -64,7 +50,6 @@ SECURITY_WARNING = (
     "on a private network you trust, or reach it through an SSH tunnel or VPN."
 )
 
-_live_workers: weakref.WeakSet[RpcWorker] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -170,7 +155,7 @@ def find_rpc_server(binaries: Binaries | None = None) -> Path:
 
 
 # -- the worker process ------------------------------------------------------------------------
-class RpcWorker:
+class RpcWorker(ManagedProcess):
     """An ``rpc-server`` child process that lends this host's devices to llama-servers elsewhere.
 
     Args:
@@ -185,6 +170,13 @@ class RpcWorker:
         allow_remote: permit a non-loopback ``host``. Read the module docstring first.
     """
 
+    name = "rpc-server"
+    bind_failure_markers = (_BIND_FAILURE.lower(),)
+    stop_grace_s = STOP_GRACE_S
+    # rpc-server writes to clients that may have gone away (a llama-server killed while it waited in the
+    # accept queue); with SIGPIPE's default action that would kill the worker.
+    ignore_sigpipe = True
+
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -198,7 +190,7 @@ class RpcWorker:
         binaries: Binaries | None = None,
         log_path: Path | None = None,
     ) -> None:
-        self.host = _check_bind_host(host, allow_remote)
+        host = _check_bind_host(host, allow_remote)
         if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
             raise ConfigError(f"port={port!r} must be between 1 and 65535 (or None for a free port).")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -206,53 +198,24 @@ class RpcWorker:
         names = [d.strip() for item in devices for d in item.split(",") if d.strip()]
         if any(not re.fullmatch(r"[A-Za-z0-9_.\-]+", d) for d in names):
             raise ConfigError(f"devices={list(devices)!r}: give device names such as CUDA0 or CPU.")
-        self.requested_port = port
         self.device_names = tuple(names)
         self.threads = threads
         self.cache = cache or cache_dir is not None
         self.cache_dir = cache_dir
-        self.binaries = binaries or bootstrap.find_binaries()
-        self._log_path = log_path
-        self._process: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
+        super().__init__(host=host, port=port, binaries=binaries, log_path=log_path)
         self._devices: tuple[WorkerDevice, ...] = ()
-        self._log_offset = 0
-        self._lock = threading.Lock()
-
-    # -- state -------------------------------------------------------------------------------
-    @property
-    def port(self) -> int | None:
-        return self._port
 
     @property
     def endpoint(self) -> str:
         """``host:port`` for ``load_model(rpc=[...])`` on this host (0.0.0.0 becomes 127.0.0.1)."""
         if self._port is None:
             raise ServerStartError("the worker has not been started; call start() first.")
-        host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
-        return f"{host}:{self._port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    @property
-    def log_path(self) -> Path | None:
-        return self._log_path
+        return f"{connect_host(self.host)}:{self._port}"
 
     @property
     def devices(self) -> tuple[WorkerDevice, ...]:
         """The devices rpc-server reported at start."""
         return self._devices
-
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def returncode(self) -> int | None:
-        return None if self._process is None else self._process.poll()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return read_log_tail(self._log_path, lines)
 
     def command(self, port: int) -> list[str]:
         cmd = [str(find_rpc_server(self.binaries)), "--host", self.host, "--port", str(port)]
@@ -264,120 +227,48 @@ class RpcWorker:
             cmd += ["--cache"]
         return cmd
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self, timeout: float | None = None) -> RpcWorker:
-        """Start rpc-server and wait until it accepts TCP connections; returns self."""
-        deadline_s = config.server_start_timeout(timeout)
-        with self._lock:
-            if self.is_running():
-                return self
-            attempts = 1 if self.requested_port is not None else PORT_RETRIES
-            for attempt in range(1, attempts + 1):
-                port = self.requested_port or free_port(self.host)
-                try:
-                    self._spawn(port)
-                    self._wait_ready(deadline_s)
-                    return self
-                except ServerStartError as exc:
-                    self._kill()
-                    if _BIND_FAILURE not in exc.log_tail or attempt == attempts:
-                        raise
-                    log.info("port %d was taken before rpc-server bound it; retrying", port)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _spawn(self, port: int) -> None:
-        if self._log_path is None:
-            self._log_path = new_log_path("rpc-server")
-        cmd = self.command(port)
-        env = bootstrap.subprocess_env(self.binaries)
+    def environment(self, port: int) -> dict[str, str]:
+        env = super().environment(port)
         if self.cache_dir is not None:
             env["LLAMA_CACHE"] = str(self.cache_dir)  # rpc-server keeps its cache in $LLAMA_CACHE/rpc
         if not is_loopback(self.host):
             log.warning("%s", SECURITY_WARNING.format(where=f"{_where(self.host)}, port {port}"))
-        log.info("starting rpc-server on %s:%d (log: %s)", self.host, port, self._log_path)
-        log.debug("command: %s", cmd)
-        self._log_offset = self._log_path.stat().st_size
-        try:
-            # SIGPIPE ignored: rpc-server writes to clients that may have gone away (a llama-server
-            # killed while it waited in the accept queue); with the default action that kills the worker.
-            self._process = spawn_process(cmd, log_path=self._log_path, env=env, ignore_sigpipe=True)
-        except OSError as exc:
-            raise ServerStartError(f"could not execute {cmd[0]}: {exc}") from exc
-        self._port = port
         self._devices = ()
-        _live_workers.add(self)
+        return env
 
-    def _wait_ready(self, deadline_s: float) -> None:
+    def probe(self) -> bool:
         """Ready when a TCP connection succeeds *and* this process's log shows it accepted one.
 
         The second condition matters: another process already listening on the port would accept the
         probe while this rpc-server is about to exit with "Failed to create server socket".
         """
-        started = time.monotonic()
-        probe_host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
-        while True:
-            self._raise_if_exited()
-            if probe(f"{probe_host}:{self._port}", timeout=1.0) is None and self._accepted_within(ACCEPT_WAIT_S):
-                break
-            if time.monotonic() - started > deadline_s:
-                raise ServerTimeoutError(
-                    f"rpc-server did not accept connections on {self.host}:{self._port} within {deadline_s:.0f} s; "
-                    "raise the deadline with LLCUDA_SERVER_START_TIMEOUT or check the log.",
-                    log_tail=self.log_tail(),
-                )
-            time.sleep(READY_POLL_S)
-        self._devices = parse_devices(self._new_output())
-        log.info("rpc-server ready at %s:%d in %.2f s, devices: %s", self.host, self._port,
-                 time.monotonic() - started, ", ".join(d.name for d in self._devices) or "?")
+        return probe(f"{connect_host(self.host)}:{self._port}", timeout=1.0) is None and self._accepted_within(
+            ACCEPT_WAIT_S)
 
-    def _new_output(self) -> str:
-        """What this run of rpc-server has written to the log (the file may hold earlier runs)."""
-        if self._log_path is None:
-            return ""
-        try:
-            with self._log_path.open("rb") as fh:
-                fh.seek(self._log_offset)
-                return fh.read(256 * 1024).decode("utf-8", errors="replace")
-        except OSError:
-            return ""
+    def on_ready(self) -> None:
+        self._devices = parse_devices(self.new_output())
+        log.info("rpc-server devices: %s", ", ".join(d.name for d in self._devices) or "?")
 
     def _accepted_within(self, seconds: float) -> bool:
         # rpc-server's stdout is block-buffered in a file; it is flushed right after each accept.
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if "Accepted client connection" in self._new_output():
+            if "Accepted client connection" in self.new_output():
                 return True
-            self._raise_if_exited()
+            self.raise_if_exited()
             time.sleep(READY_POLL_S)
         return False
 
-    def _raise_if_exited(self) -> None:
-        code = self.returncode()
-        if code is not None:
-            tail = self.log_tail()
-            raise ServerStartError(f"rpc-server exited with code {code} before it was ready: "
-                                   f"{_explain_exit(tail, self.host, self._port)}", log_tail=tail)
+    def explain_exit(self, code: int, tail: str) -> str:
+        return f"rpc-server exited with code {code} before it was ready: {_explain_exit(tail, self.host, self._port)}"
 
-    def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """Stop the worker: SIGTERM, then SIGKILL after ``grace`` seconds. Connected llama-servers fail."""
-        with self._lock:
-            if self._process is not None:
-                stop_process(self._process, grace, "rpc-server")
-            self._process = None
-            _live_workers.discard(self)
-
-    def _kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-        _live_workers.discard(self)
+    def start(self, timeout: float | None = None) -> RpcWorker:
+        """Start rpc-server and wait until it accepts TCP connections; returns self."""
+        self.start_process(timeout)
+        return self
 
     def __enter__(self) -> RpcWorker:
         return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"running pid={self.pid} at {self.host}:{self._port}" if self.is_running() else "stopped"
@@ -433,12 +324,3 @@ def _explain_exit(tail: str, host: str, port: int | None) -> str:
     if "No devices found" in tail:
         return "it found no device to expose."
     return "see the log below."
-
-
-@atexit.register
-def _stop_all() -> None:
-    for worker in list(_live_workers):
-        try:
-            worker.stop(grace=2.0)
-        except Exception:  # noqa: BLE001 - interpreter is exiting
-            pass
