@@ -72,8 +72,7 @@ def chat_model() -> Path:
 
 
 @pytest.fixture(scope="module")
-def chat_server(binaries: Binaries, ui_dir: Path, chat_model: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def chat_server(binaries: Binaries, ui_dir: Path, chat_model: Path) -> Iterator[str]:
     """The base URL of the server under test: the chat page at ``/``, and the API the page calls.
 
     The server here is llama-server itself, serving the built page from its folder (``--ui --path``).
@@ -86,8 +85,7 @@ def chat_server(binaries: Binaries, ui_dir: Path, chat_model: Path,
         # --ui after llcuda's own --no-webui: the last one wins. --n-predict caps an answer's length.
         extra_args=("--ui", "--path", str(ui_dir), "--n-predict", "32"),
     )
-    log = tmp_path_factory.mktemp("chat-server") / "llama-server.log"
-    server = LlamaServer(settings, binaries=binaries, log_path=log)
+    server = LlamaServer(settings, binaries=binaries)
     server.start(timeout=180)
     try:
         yield server.url
