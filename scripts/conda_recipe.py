@@ -14,7 +14,8 @@ that a later edit cannot quietly break it (tests/recipes_bad/ holds edits that m
   and outrank cpu_* builds and older CUDA majors by build number (build_base + 100 per major from 12);
   CUDA 13 targets glibc 2.28; cpu_* builds carry nothing of CUDA; every build declares its AVX2 code
   (x86_64-microarch-level) and excludes the packages that ship the same files (llama.cpp, whisper.cpp);
-  the tests list every tool the build script installs.
+  the tests list every tool the build script installs; builds with conda's toolchain also build the
+  browser chat page (LLCUDA_UI=ON, nodejs among the build tools).
 - llcuda-python: noarch: python, one build for all binaries variants, a version-range pin on
   llcuda-binaries, the console script of pyproject.toml.
 - llcuda: noarch, pulls llcuda-python (exact) and llcuda-binaries (range).
@@ -186,7 +187,7 @@ def _check_binaries(
         if number != base:
             problems.append(f"{where}: build number must be build_base ({base})")
     if conda_toolchain:
-        expected = {f"{c}_{PLATFORM}" for c in ("gcc", "gxx", "sysroot")} | {"cmake", "ninja"}
+        expected = {f"{c}_{PLATFORM}" for c in ("gcc", "gxx", "sysroot")} | {"cmake", "ninja", "nodejs"}
         if cuda:
             expected.add(f"cuda-nvcc_{PLATFORM}")
         missing = sorted(expected - set(spec_names(build_reqs)))
@@ -215,6 +216,8 @@ def _check_binaries(
             problems.append(f"{where}: LLCUDA_CUDA must be {'ON' if cuda else 'OFF'}")
         if env.get("LLCUDA_CPU_ISA") != "avx2":
             problems.append(f"{where}: LLCUDA_CPU_ISA must be avx2, the level {MICROARCH} declares")
+        if conda_toolchain and env.get("LLCUDA_UI") != "ON":
+            problems.append(f"{where}: LLCUDA_UI must be ON (the published packages carry the chat page)")
     sources = build.get("source", [])
     if len(sources) != 1 or sources[0].get("sha256") != context["llama_cpp_sdist_sha256"]:
         problems.append(f"{where}: the source must be the pinned sdist with its sha256")

@@ -10,6 +10,7 @@
 # an NVIDIA GPU (`nvidia-smi -L` lists one) are both there, else the CPU backend. LLCUDA_CUDA=1 or 0
 # forces one. A CUDA build is for the GPUs of this machine only (their compute capability, e.g. 9.0 ->
 # 90-real), or LLCUDA_CUDA_ARCHS, or without a GPU the build script's list.
+# LLCUDA_UI=ON also builds the browser chat page (needs Node.js >= 20.19 and npm).
 #   ./scripts/setup.sh --dry-run   prints the build command it would run, and stops
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,11 @@ if ((cuda)); then
 else
     echo "setup: CPU build (LLCUDA_CUDA=1 for CUDA; it needs nvcc and cuBLAS)" >&2
 fi
+case "${LLCUDA_UI:-OFF}" in
+    ON|on|1) build_args+=(--ui) ;;
+    OFF|off|0) ;;
+    *) echo "setup: LLCUDA_UI=${LLCUDA_UI} must be ON or OFF" >&2; exit 2 ;;
+esac
 if ((dry_run)); then
     echo "scripts/build_binaries.py ${build_args[*]}"
     exit 0

@@ -29,7 +29,9 @@ BUILD = CONTEXT["llama_cpp_build"]
 VARIANTS = yaml.safe_load((REPO / "recipe" / "variants.yaml").read_text(encoding="utf-8"))
 CUDA_ARCHS = "75-real;80-real;86-real;89-real;90-real;100-real;120-real;120-virtual"
 EXCLUDED = ["llama.cpp <0.0.0a0", "whisper.cpp <0.0.0a0", "ggml <0.0.0a0", "libggml <0.0.0a0"]
-TOOLCHAIN = ["gcc_linux-64 14.*", "sysroot_linux-64 {glibc}.*", "gxx_linux-64 14.*", "cmake", "ninja"]
+TOOLCHAIN = [
+    "gcc_linux-64 14.*", "sysroot_linux-64 {glibc}.*", "gxx_linux-64 14.*", "cmake", "ninja", "nodejs >=22.12"
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,13 @@ def one(rendered: list[dict], name: str, prefix: str = "") -> dict:
     found = [b for s, b in conda_recipe.builds(rendered, name).items() if s.startswith(prefix)]
     assert len(found) == 1, f"{name} {prefix}*: {len(found)} builds"
     return found[0]
+
+
+def script_lines(test: dict) -> str:
+    """The commands of one rendered `script` test, as one text."""
+    script = test["script"]
+    content = script["content"] if isinstance(script, dict) else script
+    return content if isinstance(content, str) else "\n".join(content)
 
 
 def test_context_keeps_the_llama_pin() -> None:
@@ -118,11 +127,15 @@ def test_cuda_binaries(rendered: list[dict], major: str, version: str, number: i
         "LLCUDA_CUDA": "ON",
         "LLCUDA_CUDA_ARCHS": CUDA_ARCHS,
         "LLCUDA_CPU_ISA": "avx2",
+        "LLCUDA_UI": "ON",
     }
     contents = cuda["tests"][0]["package_contents"]
     assert "ggml-cuda" in contents["lib"]
-    # No test runs a binary: loading libggml-cuda needs the driver's libcuda.so.1.
-    assert [t for t in cuda["tests"] if "script" in t] == []
+    # No test runs a binary: loading libggml-cuda needs the driver's libcuda.so.1. The one script
+    # checks the chat page's files.
+    (script,) = [script_lines(t) for t in cuda["tests"] if "script" in t]
+    assert "share/llcuda/ui/index.html" in script
+    assert not any(tool in script for tool in contents["bin"]), script
 
 
 def test_cuda13_archs_are_all_it_can_build() -> None:
@@ -147,11 +160,12 @@ def test_cpu_binaries(rendered: list[dict]) -> None:
         "LLAMA_BUILD_NUMBER": str(BUILD),
         "LLCUDA_CUDA": "OFF",
         "LLCUDA_CPU_ISA": "avx2",
+        "LLCUDA_UI": "ON",
     }
-    scripts = [t["script"] for t in cpu["tests"] if "script" in t]
-    assert len(scripts) == 1
-    commands = "\n".join(scripts[0]["content"] if isinstance(scripts[0], dict) else scripts[0])
-    assert "llama-server --version" in commands and "llama-cli --version" in commands
+    scripts = [script_lines(t) for t in cpu["tests"] if "script" in t]
+    assert len(scripts) == 2
+    assert "share/llcuda/ui/index.html" in scripts[0]
+    assert "llama-server --version" in scripts[1] and "llama-cli --version" in scripts[1]
 
 
 def _channel(path: Path, rendered: list[dict]) -> Path:
@@ -286,6 +300,7 @@ def test_ci_variant_is_cpu_with_the_system_toolchain(ci_rendered: list[dict]) ->
     assert string.startswith(f"cpu_b{BUILD}_h")
     assert build["variant"]["llcuda_toolchain"] == "system"
     assert build.get("requirements", {}) == {"run_constraints": EXCLUDED}  # nothing to fetch from a channel
+    assert build["build"]["script"]["env"]["LLCUDA_UI"] == "OFF"  # nor from the npm registry
     conda_recipe.check(ci_rendered)
 
 
