@@ -137,6 +137,9 @@ def server_build(server: Path) -> int | None:
     return _version_build(str(server), stat.st_mtime_ns, stat.st_size)
 
 
+_unknown_builds: set[Path] = set()  # folders whose build could not be told, already warned about
+
+
 def check_build(binaries: Binaries) -> None:
     """Raise BuildMismatchError unless the binaries are llama.cpp build :data:`LLAMA_CPP_BUILD`.
 
@@ -151,9 +154,11 @@ def check_build(binaries: Binaries) -> None:
         found = server_build(server)
         source = f"{server} --version"
     if found is None:
-        log.warning("cannot tell which llama.cpp build %s is (no build-info.json, no build number from "
-                    "--version); llcuda is made for b%d and may fail with another", binaries.bin_dir,
-                    LLAMA_CPP_BUILD)
+        if binaries.bin_dir not in _unknown_builds:  # once per folder, not on every load
+            _unknown_builds.add(binaries.bin_dir)
+            log.warning("cannot tell which llama.cpp build %s is (no build-info.json, no build number from "
+                        "--version); llcuda is made for b%d and may fail with another", binaries.bin_dir,
+                        LLAMA_CPP_BUILD)
         return
     where = f"{binaries.bin_dir} (found through {binaries.source}; {source} says b{found})"
     _refuse_other_build(found, where)
