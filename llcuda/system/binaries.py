@@ -160,7 +160,7 @@ def check_build(binaries: Binaries) -> None:
                         "--version); llcuda is made for b%d and may fail with another", binaries.bin_dir,
                         LLAMA_CPP_BUILD)
         return
-    where = f"{binaries.bin_dir} (found through {binaries.source}; {source} says b{found})"
+    where = f"{binaries.bin_dir} (found through {binaries.source}; build read from {source})"
     _refuse_other_build(found, where)
 
 
@@ -184,7 +184,7 @@ def check_library_build(lib_dir: Path) -> None:
     """
     found = library_build(lib_dir)
     if found is not None:
-        _refuse_other_build(found, f"{lib_dir} (libllama-common reports b{found})")
+        _refuse_other_build(found, f"{lib_dir} (build read from libllama-common's LLAMA_BUILD_NUMBER)")
 
 
 def _refuse_other_build(found: int, where: str) -> None:
