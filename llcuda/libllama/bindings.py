@@ -27,6 +27,7 @@ LLAMA_TOKEN_NULL = -1
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama_sampler_init_dist: a random seed, drawn again on every reset
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+POOLING_NONE, POOLING_MEAN = 0, 1  # enum llama_pooling_type (-1: the model's own)
 # llama_load_mode (config.LOAD_MODES names them), and llama-server's --load-mode spelling of each
 LOAD_MODES = {"auto": -1, "none": 0, "mmap": 1, "direct_io": 4}
 LOG_TAIL_LINES = 40
@@ -171,6 +172,13 @@ _FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
     "llama_sampler_sample": (c_int32, [c_void_p, c_void_p, c_int32]),
     "llama_sampler_reset": (None, [c_void_p]),
     "llama_sampler_free": (None, [c_void_p]),
+    # embeddings (a context created with embeddings=true)
+    "llama_model_n_embd": (c_int32, [c_void_p]),
+    "llama_model_has_encoder": (c_bool, [c_void_p]),
+    "llama_model_has_decoder": (c_bool, [c_void_p]),
+    "llama_encode": (c_int32, [c_void_p, Batch]),
+    "llama_pooling_type": (c_int, [c_void_p]),
+    "llama_get_embeddings_seq": (ctypes.POINTER(c_float), [c_void_p, c_int32]),
 }
 
 # Functions that only llcuda's patched builds have (recipe/patches), declared where the library has them;

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from llcuda.errors import ConfigError, ServerStartError
 from llcuda.options import LoadOptions
+from llcuda.processes import rpc_worker
 from llcuda.processes.process import ManagedProcess, connect_host, is_loopback
 from llcuda.system import binaries as bootstrap
 from llcuda.system.binaries import Binaries
@@ -181,8 +182,13 @@ class LlamaServer(ManagedProcess):
             self._session.close()
             self._session = None
 
+    def run_record(self) -> dict[str, Any]:
+        return {"url": self.url, "model": str(self.settings.model_path)}
+
     def explain_exit(self, code: int, tail: str) -> str:
-        return f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
+        message = f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
+        workers = rpc_worker.explain_worker_crash(self.settings.rpc, tail) if self.settings.rpc else ""
+        return f"{message}\n{workers}" if workers else message
 
     def load_options(self) -> LoadOptions:
         """The load options these settings carry."""
