@@ -64,7 +64,6 @@ SYSTEM_TOOLS = ("cmake", "ninja", "cc", "c++")
 # --variant: the cuda_compiler_version of its row in recipe/variants.yaml
 VARIANTS = {"cpu": "None", "cuda12": "12.9", "cuda13": "13.0"}
 ARCH_LIST = re.compile(r"\d+(-real|-virtual)?(;\d+(-real|-virtual)?)*")
-CUDA_LIBS = ("libcudart.so", "libcublas.so", "libcublasLt.so")  # what libggml-cuda links
 
 
 class CondaBuildError(RuntimeError):
@@ -309,10 +308,13 @@ def install_and_move(workdir: Path, built: dict) -> Path:
         [str(server), "--version"], check=False, capture_output=True, text=True, timeout=60
     )
     if probe.returncode != 0:
+        hint = (
+            " (this CUDA build takes the toolkit's libcudart and libcublas from the dynamic loader's path: "
+            "add the toolkit's lib folder to LD_LIBRARY_PATH or /etc/ld.so.conf.d)" if cuda else ""
+        )
         raise CondaBuildError(
-            f"{server} --version failed after the move (exit {probe.returncode}): {probe.stderr.strip()} "
-            "(a system-toolchain CUDA build takes the toolkit's libcudart and libcublas from the dynamic "
-            "loader's path: add the toolkit's lib folder to LD_LIBRARY_PATH or /etc/ld.so.conf.d)"
+            f"{server} --version failed after the move (exit {probe.returncode}): "
+            f"{probe.stderr.strip()}{hint}"
         )
     log(f"installed {spec} at {staging}, moved to {final}")
     return final

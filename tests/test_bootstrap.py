@@ -211,7 +211,7 @@ def test_the_in_process_engine_refuses_a_library_of_another_build(newer_library,
     from llcuda.libllama.bindings import load_library
 
     assert bootstrap.library_build(newer_library) == 11500
-    with pytest.raises(BuildMismatchError, match=r"libllama-common reports b11500"):
+    with pytest.raises(BuildMismatchError, match=r"libllama-common's LLAMA_BUILD_NUMBER\) are b11500"):
         load_library(Binaries(bin_dir=tmp_path / "bin", lib_dir=newer_library, source="test"))
 
 

@@ -264,11 +264,13 @@ def test_python_is_one_noarch_build_with_a_range_pin(rendered: list[dict]) -> No
     assert python["build"]["noarch"] == "python"
     assert python["variant"] == {"target_platform": "noarch"}  # no binaries variant leaked in
     assert python["requirements"]["host"] == ["python 3.9.*", "pip", "setuptools >=68", "wheel"]
-    run = python["requirements"]["run"]
-    assert run[:4] == ["python >=3.9", "requests >=2.28", "packaging >=22", "tqdm >=4.66"]
-    assert run[4] == {
-        "pin_subpackage": {"name": "llcuda-binaries", "lower_bound": "x.x.x", "upper_bound": "x.x"}
-    }
+    # python, then pyproject.toml's dependencies in its order, then the binaries
+    dependencies = [d.replace(">=", " >=") for d in PYPROJECT["project"]["dependencies"]]
+    assert python["requirements"]["run"] == [
+        "python >=3.9",
+        *dependencies,
+        {"pin_subpackage": {"name": "llcuda-binaries", "lower_bound": "x.x.x", "upper_bound": "x.x"}},
+    ]
     assert python["build"]["python"]["entry_points"] == ["llcuda = llcuda.cli.main:main"]
     assert PYPROJECT["project"]["scripts"] == {"llcuda": "llcuda.cli.main:main"}
     tests = python["tests"]

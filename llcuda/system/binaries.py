@@ -137,6 +137,9 @@ def server_build(server: Path) -> int | None:
     return _version_build(str(server), stat.st_mtime_ns, stat.st_size)
 
 
+_unknown_builds: set[Path] = set()  # folders whose build could not be told, already warned about
+
+
 def check_build(binaries: Binaries) -> None:
     """Raise BuildMismatchError unless the binaries are llama.cpp build :data:`LLAMA_CPP_BUILD`.
 
@@ -151,11 +154,13 @@ def check_build(binaries: Binaries) -> None:
         found = server_build(server)
         source = f"{server} --version"
     if found is None:
-        log.warning("cannot tell which llama.cpp build %s is (no build-info.json, no build number from "
-                    "--version); llcuda is made for b%d and may fail with another", binaries.bin_dir,
-                    LLAMA_CPP_BUILD)
+        if binaries.bin_dir not in _unknown_builds:  # once per folder, not on every load
+            _unknown_builds.add(binaries.bin_dir)
+            log.warning("cannot tell which llama.cpp build %s is (no build-info.json, no build number from "
+                        "--version); llcuda is made for b%d and may fail with another", binaries.bin_dir,
+                        LLAMA_CPP_BUILD)
         return
-    where = f"{binaries.bin_dir} (found through {binaries.source}; {source} says b{found})"
+    where = f"{binaries.bin_dir} (found through {binaries.source}; build read from {source})"
     _refuse_other_build(found, where)
 
 
@@ -179,7 +184,7 @@ def check_library_build(lib_dir: Path) -> None:
     """
     found = library_build(lib_dir)
     if found is not None:
-        _refuse_other_build(found, f"{lib_dir} (libllama-common reports b{found})")
+        _refuse_other_build(found, f"{lib_dir} (build read from libllama-common's LLAMA_BUILD_NUMBER)")
 
 
 def _refuse_other_build(found: int, where: str) -> None:
