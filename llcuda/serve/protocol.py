@@ -19,6 +19,7 @@ from typing import Any
 
 from llcuda import options as validation
 from llcuda.errors import ConfigError
+from llcuda.grammar import JSON_OBJECT_GRAMMAR, schema_to_gbnf
 from llcuda.options import SamplingOptions
 
 _DEFAULTS = SamplingOptions()  # the one set of defaults: the Python API's
@@ -131,9 +132,7 @@ def _grammar(body: Mapping[str, Any]) -> str | None:
         if kind == "text":
             pass
         elif kind == "json_object":
-            from llcuda.grammar import JSON_OBJECT_GRAMMAR
-
-            return str(JSON_OBJECT_GRAMMAR)
+            return JSON_OBJECT_GRAMMAR
         elif kind == "json_schema":
             spec = fmt.get("json_schema")
             schema = spec.get("schema") if isinstance(spec, dict) else None
@@ -146,8 +145,6 @@ def _grammar(body: Mapping[str, Any]) -> str | None:
     if schema is None and isinstance(body.get("json_schema"), dict):
         schema = body["json_schema"]
     if schema is not None:
-        from llcuda.grammar import schema_to_gbnf
-
         return str(_checked("response_format", schema_to_gbnf, schema))
     grammar = body.get("grammar")
     if grammar is None or grammar == "":
