@@ -70,7 +70,8 @@ def test_chat_reads_messages_and_commands_from_a_pipe(tiny_model, cli_env, tmp_p
 def test_infer_reads_the_prompt_from_stdin(tiny_model, tiny_engine, cli_env):
     expected = tiny_engine.infer("Hello", max_tokens=12, temperature=0.0).text
     for args in (["infer", "-"], ["infer"]):
-        done = run_cli(*args, "-m", str(tiny_model), "-n", "12", "--json", stdin="Hello\n", env_extra=cli_env)
+        done = run_cli(*args, "-m", str(tiny_model), "-n", "12", "-t", "0", "--json", stdin="Hello\n",
+                       env_extra=cli_env)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["text"] == expected
     empty = run_cli("infer", "-", "-m", str(tiny_model), stdin="\n", env_extra=cli_env)

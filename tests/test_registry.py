@@ -54,8 +54,9 @@ class Owner:
 
     def __init__(self, home: Path, model: Path, *extra: str, backend: str = "llama-server") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", OWNER, str(model), backend, *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=dict(os.environ, LLCUDA_HOME=str(home)),
+            [sys.executable, "-c", OWNER, str(model), backend, *extra], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, LLCUDA_HOME=str(home)),
         )  # fmt: skip
         line = self.process.stdout.readline()
         assert line.strip(), self.process.stderr.read()
@@ -162,6 +163,31 @@ def test_stop_all_stops_llama_server_and_rpc_server(binaries, tiny_model, home):
         assert llcuda(home, "stop", "--all").stdout.strip() == "no servers started by llcuda are running"
     finally:
         owner.close()
+
+
+def test_a_llcuda_serve_child_is_listed_and_stopped(binaries, tiny_model, home):
+    owner = Owner(home, tiny_model, backend="serve")  # InferenceEngine's default: `llcuda serve` in a child
+    try:
+        (serve_pid,) = owner.pids
+        (entry,) = ps(home)
+        assert (entry["pid"], entry["kind"]) == (serve_pid, "llcuda-serve")
+        assert entry["parent_pid"] == owner.process.pid
+        assert entry["model"] == str(tiny_model) and str(entry["url"]).startswith("http://127.0.0.1:")
+        done = llcuda(home, "stop", str(serve_pid))
+        assert done.returncode == 0, done.stderr
+        assert gone(serve_pid) and ps(home) == []
+    finally:
+        owner.close()
+
+
+def test_a_process_recorded_twice_keeps_what_each_record_told(home, monkeypatch):
+    monkeypatch.setenv("LLCUDA_HOME", str(home))
+    first = registry.register(os.getpid(), kind="llcuda-serve", host="127.0.0.1", port=9, model="/m/a.gguf",
+                              log_path="/l/serve.log")
+    second = registry.register(os.getpid(), kind="llcuda-serve", host="127.0.0.1", port=9,
+                               backend="inprocess")
+    assert (second.model, second.log_path, second.backend) == ("/m/a.gguf", "/l/serve.log", "inprocess")
+    assert second.id == first.id and registry.list_running() == [second]
 
 
 def test_stop_escalates_to_sigkill(home, monkeypatch):

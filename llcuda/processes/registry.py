@@ -157,8 +157,10 @@ def register(
     """Record the running process ``pid`` in ``<home>/run/<pid>.json`` (atomically) and return its entry.
 
     ``parent_pid`` defaults to this process for a child (``pid`` not ours) and to this process's
-    parent when a process registers itself (``llcuda serve``). Raises OSError if the file cannot
-    be written; callers that must not fail on it catch that.
+    parent when a process registers itself (``llcuda serve``). When the process was recorded already
+    (``llcuda serve`` started by an engine is recorded by both), the fields given here replace those
+    recorded and the others (None here) stay. Raises OSError if the file cannot be written; callers
+    that must not fail on it catch that.
     """
     ticks = start_ticks(pid)
     if parent_pid is None:
@@ -169,6 +171,10 @@ def register(
         log_path=None if log_path is None else str(log_path), parent_pid=parent_pid,
     )  # fmt: skip
     directory = run_dir()
+    recorded = _read(directory / f"{pid}.json")
+    if recorded is not None and recorded.start_ticks == ticks and ticks is not None:
+        given = {k: v for k, v in asdict(entry).items() if v is not None}
+        entry = RunEntry(**dict(asdict(recorded), **given))
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=f".{pid}.", suffix=".tmp", dir=directory)
     try:
