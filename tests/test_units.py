@@ -173,7 +173,8 @@ def test_load_mode_precedence_and_values(monkeypatch):
     monkeypatch.setenv("LLCUDA_LOAD_MODE", "fast")
     with pytest.raises(ConfigError, match="^LLCUDA_LOAD_MODE='fast' must be one of"):
         config.load_mode()
-    from llcuda.libllama.bindings import LOAD_MODES, SERVER_LOAD_MODES
+    from llcuda.libllama.bindings import LOAD_MODES
+    from llcuda.processes.llama_server import SERVER_LOAD_MODES
 
     assert set(config.LOAD_MODES) == set(LOAD_MODES) == set(SERVER_LOAD_MODES)
 
