@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -21,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ import jsonschema
 import openai
 import pytest
 import requests
-from openai import OpenAI
+from serving import Served, start_serve, stop_serve
 
 from llcuda import config
 from llcuda.models import SMOLLM2_MODEL
@@ -37,74 +35,6 @@ from llcuda.processes.process import free_port
 
 REAL_MODELS = config.models_dir()  # read at import, before a fixture points LLCUDA_HOME elsewhere
 KEY = "llcuda-serve-test-key-31c9"
-START_TIMEOUT_S = 240.0
-
-
-@dataclass
-class Served:
-    process: subprocess.Popen[str]
-    url: str
-    log: Path
-    auth: dict[str, str] = field(default_factory=dict)  # the API key's header, if the server has one
-
-    def client(self, api_key: str = "unused", **kwargs: Any) -> OpenAI:
-        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=120, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=60, **kwargs)
-
-    def post(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
-        return requests.post(self.url + path, json=body, timeout=120, **kwargs)
-
-    def running(self) -> int:
-        return int(self.get("/health").json()["running"])
-
-    def metric(self, line_start: str) -> float:
-        for line in self.get("/metrics", headers=self.auth).text.splitlines():
-            if line.startswith(line_start):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-
-def start_serve(model: Path | str, *args: str, log: Path, env: dict[str, str] | None = None,
-                api_key: str | None = None) -> Served:
-    """``llcuda serve`` on a free loopback port; returns once ``/health`` answers 200."""
-    command = [sys.executable, "-m", "llcuda", "serve", "-m", str(model), "--port", "0", "--threads", "1", *args]
-    full_env = dict(os.environ, **(env or {}))
-    full_env.pop("LLCUDA_API_KEY", None)
-    if api_key:
-        full_env["LLCUDA_API_KEY"] = api_key
-    with log.open("w") as err:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=full_env)
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    found = re.search(r"listening at (http://127\.0\.0\.1:\d+)", first)
-    if not found:
-        process.kill()
-        pytest.fail(f"llcuda serve did not say where it listens: {first!r}\n{log.read_text()}")
-    served = Served(process, found.group(1), log, {"Authorization": f"Bearer {api_key}"} if api_key else {})
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        status = served.get("/health").status_code
-        if status == 200:
-            break
-        assert status == 503, f"/health answered {status} while loading"
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"llcuda serve did not become ready (exit {process.poll()}):\n{log.read_text()}")
-        time.sleep(0.2)
-    assert "serving" in process.stdout.readline()
-    return served
-
-
-def stop_serve(served: Served) -> None:
-    served.process.send_signal(signal.SIGTERM)
-    try:
-        code = served.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        served.process.kill()
-        raise
-    assert code == 0, f"llcuda serve exited with {code} after SIGTERM:\n{served.log.read_text()}"
 
 
 def _smollm2() -> Path | str:
@@ -146,6 +76,8 @@ def test_chat_completion(smol: Served) -> None:
     assert reply.usage.prompt_tokens == len(smol.post("/tokenize", {"content": prompt}).json()["tokens"])
     assert 0 < reply.usage.completion_tokens <= 48
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    timings = reply.model_extra["timings"]  # llama-server's, which llama.cpp's chat page shows
+    assert timings["predicted_n"] == reply.usage.completion_tokens and timings["predicted_ms"] >= 0
 
 
 @pytest.mark.realmodel
@@ -276,6 +208,13 @@ def test_models_tokenize_detokenize(smol: Served) -> None:
     pieces = smol.post("/tokenize", {"content": "Hello world", "with_pieces": True}).json()["tokens"]
     assert [p["id"] for p in pieces] == tokens and "".join(p["piece"] for p in pieces) == "Hello world"
     assert smol.post("/detokenize", {"tokens": [10**9]}).status_code == 400
+    # what llama.cpp's chat page reads besides the OpenAI API
+    props = smol.get("/props").json()
+    assert props["total_slots"] == 4 and props["model_alias"] == SMOLLM2_MODEL
+    assert props["default_generation_settings"]["n_ctx"] == models[0].model_extra["meta"]["n_ctx"]
+    assert "<|im_start|>" in props["chat_template"]
+    assert smol.post("/v1/streams/lookup", {"conversation_ids": ["a"]}).json() == []
+    assert _error(smol.get("/tools"), 403)["code"] == "tools_disabled"
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -297,8 +236,9 @@ def test_bad_requests_get_openai_errors(smol: Served) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="gpt-4o", messages=QUESTION)
     assert missing.value.body["code"] == "model_not_found"
+    n_ctx = client.models.list().data[0].model_extra["meta"]["n_ctx"]
     with pytest.raises(openai.BadRequestError) as long:
-        client.completions.create(model="default", prompt="hello " * 1200, max_tokens=4)
+        client.completions.create(model="default", prompt="hello " * (n_ctx + 8), max_tokens=4)
     assert long.value.body["code"] == "context_length_exceeded"
     assert _error(smol.post("/v1/chat/completions", data=b"{not json"), 400)["type"] == "invalid_request_error"
     assert _error(smol.post("/v1/chat/completions", {"messages": []}), 400)["param"] == "messages"

@@ -21,6 +21,7 @@ from typing import Any
 import browser
 import pytest
 from conftest import REPO, build_env
+from serving import start_serve, stop_serve
 
 from llcuda.serve.webui import fallback_page, find_ui_dir
 from llcuda.system.binaries import Binaries
@@ -72,25 +73,19 @@ def chat_model() -> Path:
 
 
 @pytest.fixture(scope="module")
-def chat_server(binaries: Binaries, ui_dir: Path, chat_model: Path) -> Iterator[str]:
+def chat_server(binaries: Binaries, ui_dir: Path, chat_model: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of the server under test: the chat page at ``/``, and the API the page calls.
 
-    The server here is llama-server itself, serving the built page from its folder (``--ui --path``).
-    Any other server is tested the same way by yielding its URL instead: the tests use nothing else.
+    The server is ``llcuda serve`` (llcuda's own engine), serving the built page from its folder
+    (``--ui-dir``); ``--max-tokens`` caps an answer's length. The tests use nothing but this URL.
     """
-    from llcuda.processes.llama_server import LlamaServer, ServerSettings
-
-    settings = ServerSettings(
-        model_path=chat_model, ctx_size=2048, n_parallel=1, threads=2,
-        # --ui after llcuda's own --no-webui: the last one wins. --n-predict caps an answer's length.
-        extra_args=("--ui", "--path", str(ui_dir), "--n-predict", "32"),
-    )
-    server = LlamaServer(settings, binaries=binaries)
-    server.start(timeout=180)
+    served = start_serve(chat_model, "-np", "1", "--ui-dir", str(ui_dir), "--max-tokens", "32",
+                         log=tmp_path_factory.mktemp("chat-server") / "serve.log")
     try:
-        yield server.url
+        yield served.url
     finally:
-        server.stop()
+        stop_serve(served)
 
 
 # -- the page's files ----------------------------------------------------------------------------

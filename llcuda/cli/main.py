@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from llcuda import config, options
@@ -139,14 +140,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     return run_server(args.model, _load_kwargs(args), host=args.host, port=args.port, api_key=api_key,
                       allow_unauthenticated=args.allow_unauthenticated, alias=args.alias,
-                      log_level="info" if args.verbose else "warning",
+                      max_tokens=args.max_tokens, ui_dir=args.ui_dir, log_level="info" if args.verbose else "warning",
                       on_event=lambda message: print(f"llcuda: {message}", flush=True))
 
 
 def _serve_llama_server(args: argparse.Namespace, api_key: str | None) -> int:
     from llcuda.engine import InferenceEngine
 
-    extra = [*args.server_args, *(["--alias", args.alias] if args.alias else [])]
+    extra = [*(["--alias", args.alias] if args.alias else []),
+             *(["--n-predict", str(args.max_tokens)] if args.max_tokens else []),
+             *(["--ui", "--path", str(args.ui_dir)] if args.ui_dir else []), *args.server_args]
     engine = InferenceEngine(api_key=api_key, backend="llama-server")
     engine.load_model(args.model, host=args.host, port=args.port, allow_unauthenticated=args.allow_unauthenticated,
                       extra_args=extra, **_load_kwargs(args))
@@ -309,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback host without an API key")
     p.add_argument("--alias", default=None, help="the model's name in the API (default: the model's own name)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="the most tokens of one answer, whatever a request asks (default: up to the context's end)")
+    p.add_argument("--ui-dir", type=Path, default=None,
+                   help="serve the chat page built in this folder (default: the one beside the binaries)")
     p.add_argument("--llama-server", action="store_true",
                    help="serve with llama.cpp's llama-server in a child process instead of llcuda's engine")
     p.add_argument("server_args", nargs="*", metavar="-- LLAMA_SERVER_ARGS",

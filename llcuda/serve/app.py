@@ -78,8 +78,9 @@ def load_chat_template(engine: InProcessEngine) -> ChatTemplate:
 class ModelService:
     """The engine behind the app, once loaded, and what the handlers share: names, template, metrics."""
 
-    def __init__(self, alias: str | None = None) -> None:
+    def __init__(self, alias: str | None = None, max_tokens: int | None = None) -> None:
         self.alias = alias
+        self.max_tokens = max_tokens  # the most tokens of one answer, whatever a request asks
         self.engine: InProcessEngine | None = None
         self.template: ChatTemplate | None = None
         self.hub: StepHub | None = None
@@ -185,7 +186,7 @@ class ModelService:
         if room < 1:
             raise bad_request(f"This model's maximum context length is {n_ctx} tokens; the prompt has {len(tokens)} "
                               "tokens. Shorten it.", param=param, code="context_length_exceeded")
-        max_tokens = room if gen.max_tokens is None else min(gen.max_tokens, room)
+        max_tokens = min(room, gen.max_tokens or room, self.max_tokens or room)
         return engine.submit(tokens, stream=sink, max_tokens=max_tokens, **gen.submit_kwargs())
 
     async def generate(self, request: Request, endpoint: str, tokens: list[int], gen: Generation, *,
@@ -208,7 +209,7 @@ class ModelService:
         self._record(req)
         build = protocol.chat_response if chat else protocol.completion_response
         return JSONResponse(build(rid, model, result.text, result.finish_reason, result.prompt_tokens,
-                                  result.tokens_generated))
+                                  result.tokens_generated, _timings(req)))
 
     async def _wait(self, request: Request, req: EngineRequest) -> None:
         """Until ``req`` ends; cancels it if the client goes away first."""
@@ -250,7 +251,7 @@ class ModelService:
                 rest = decoder.finish()
                 if rest:
                     yield writer.text(rest)
-                yield writer.finish(req.finish)
+                yield writer.finish(req.finish, _timings(req))
                 if include_usage:
                     yield writer.usage(len(req.tokens), len(req.out))
                 self._record(req)
@@ -266,6 +267,10 @@ class ModelService:
     def _record(self, req: EngineRequest) -> None:
         ttft = req.first_token - req.submitted if req.first_token else None
         self.metrics.generation(len(req.tokens), len(req.out), ttft, req.done - req.submitted)
+
+
+def _timings(req: EngineRequest) -> dict[str, float]:
+    return protocol.timings(len(req.tokens), len(req.out), req.submitted, req.first_token, req.done)
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -442,7 +447,8 @@ async def props(request: Request, service: ModelService) -> Response:
     """llama-server's ``/props``: what llama.cpp's chat page reads at start."""
     engine = service.require()
     template = service.template
-    params = {"n_predict": -1, "max_tokens": -1, "seed": -1, "temperature": protocol.DEFAULT_TEMPERATURE,
+    limit = service.max_tokens or -1
+    params = {"n_predict": limit, "max_tokens": limit, "seed": -1, "temperature": protocol.DEFAULT_TEMPERATURE,
               "top_k": protocol.DEFAULT_TOP_K, "top_p": protocol.DEFAULT_TOP_P, "min_p": protocol.DEFAULT_MIN_P,
               "stop": [], "ignore_eos": False, "stream": True, "samplers": ["top_k", "top_p", "min_p", "temperature"],
               "backend_sampling": True}
@@ -463,6 +469,19 @@ async def props(request: Request, service: ModelService) -> Response:
         "build_info": f"llcuda {llcuda.__version__}",
         "is_sleeping": False,
     })
+
+
+async def stream_sessions(request: Request, service: ModelService) -> Response:
+    """llama-server's resumable streams: the chat page asks which of its conversations still stream.
+    This server keeps no stream sessions (a client that leaves cancels its generation): none."""
+    await _body(request)
+    return JSONResponse([])
+
+
+async def tools(request: Request, service: ModelService) -> Response:
+    """llama-server's built-in tools for the chat page, which this server does not run."""
+    raise APIError(403, "This server runs no tools; the chat works without them.", type="permission_error",
+                   code="tools_disabled")
 
 
 # -- security ------------------------------------------------------------------------------------
@@ -522,22 +541,27 @@ API_ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
     ("/detokenize", "POST", detokenize, "detokenize"),
     ("/apply-template", "POST", apply_template, "apply-template"),
     ("/props", "GET", props, "props"),
+    ("/v1/streams/lookup", "POST", stream_sessions, "streams"),
+    ("/tools", "GET", tools, "tools"),
+    ("/tools", "POST", tools, "tools"),
 )
 
 
 def create_app(engine: InProcessEngine | None = None, *, api_key: str | None = None, alias: str | None = None,
-               ui_dir: Path | None = None, ui_searched: Path | None = None) -> Starlette:
+               max_tokens: int | None = None, ui_dir: Path | None = None,
+               ui_searched: Path | None = None) -> Starlette:
     """The app serving ``engine`` (a loaded :class:`InProcessEngine`).
 
     Without an engine, the app answers 503 (``/health`` included) until
     ``app.state.service.attach(engine)`` is called, from any thread: a server can listen while its
     model loads. ``api_key``: required on every API path but ``/health`` (None: no key).
     ``alias``: the model's name in responses (default: the engine's model name); requests may name
-    the model by it, by the model's name or file name, or send ``"default"``. ``ui_dir``: built chat
+    the model by it, by the model's name or file name, or send ``"default"``. ``max_tokens``: the most
+    tokens of one answer, whatever a request asks (None: up to the end of the context). ``ui_dir``: built chat
     page files served at ``/`` (None: a page saying it is not built; ``ui_searched`` names where it
     was looked for).
     """
-    service = ModelService(alias)
+    service = ModelService(alias, max_tokens)
     if engine is not None:
         service.attach(engine)
     routes: list[Route | Mount] = [

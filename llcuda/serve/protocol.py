@@ -250,19 +250,31 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_response(rid: str, model: str, text: str, finish: str, prompt_tokens: int,
-                  completion_tokens: int) -> dict[str, Any]:
+def timings(prompt_tokens: int, generated: int, submitted: float, first_token: float | None,
+            done: float) -> dict[str, float]:
+    """llama-server's ``timings`` of a finished request (llama.cpp's chat page shows them); the times
+    are ``time.perf_counter()`` values."""
+    first = first_token or done
+    prompt_ms, predicted_ms = (first - submitted) * 1000.0, (done - first) * 1000.0
+    return {"prompt_n": prompt_tokens, "prompt_ms": prompt_ms,
+            "prompt_per_second": prompt_tokens / prompt_ms * 1000.0 if prompt_ms > 0 else 0.0,
+            "predicted_n": generated, "predicted_ms": predicted_ms,
+            "predicted_per_second": (generated - 1) / predicted_ms * 1000.0 if predicted_ms > 0 else 0.0}
+
+
+def chat_response(rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
+                  timing: dict[str, float]) -> dict[str, Any]:
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                          "finish_reason": finish}],
-            "usage": usage(prompt_tokens, completion_tokens)}
+            "usage": usage(prompt_tokens, completion_tokens), "timings": timing}
 
 
-def completion_response(rid: str, model: str, text: str, finish: str, prompt_tokens: int,
-                        completion_tokens: int) -> dict[str, Any]:
+def completion_response(rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
+                        timing: dict[str, float]) -> dict[str, Any]:
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            "usage": usage(prompt_tokens, completion_tokens)}
+            "usage": usage(prompt_tokens, completion_tokens), "timings": timing}
 
 
 def _event(obj: Any) -> bytes:
@@ -301,9 +313,11 @@ class ChunkWriter:
         return _event({**self._head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                   "logprobs": None, "finish_reason": None}]})
 
-    def finish(self, reason: str) -> bytes:
+    def finish(self, reason: str, timing: dict[str, float]) -> bytes:
+        """The last chunk with a choice: no text, the finish reason, and llama-server's ``timings``."""
         choice: dict[str, Any] = {"index": 0, "delta": {}} if self._chat else {"index": 0, "text": ""}
-        return _event({**self._head, "choices": [{**choice, "logprobs": None, "finish_reason": reason}]})
+        return _event({**self._head, "choices": [{**choice, "logprobs": None, "finish_reason": reason}],
+                       "timings": timing})
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The chunk ``stream_options.include_usage`` asks for: no choices, the usage of the whole stream."""
