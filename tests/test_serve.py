@@ -9,6 +9,7 @@ No timing asserts: "while generating" is checked with the server's own count of 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -287,6 +288,8 @@ def test_api_key_is_required_except_for_health(tiny: Served) -> None:
     reply = tiny.client(KEY).completions.create(model="tiny", prompt="x", max_tokens=2)
     assert reply.model == "tiny"
     assert tiny.post("/tokenize", {"content": "x"}).status_code == 401
+    assert tiny.post("/completion", {"prompt": "x"}).status_code == 401  # any POST, even to no endpoint
+    assert tiny.get("/").status_code == 200  # the chat page (here: the page saying it is not built)
     assert tiny.get("/metrics").status_code == 401 and tiny.get("/metrics", headers=tiny.auth).status_code == 200
 
 
@@ -437,3 +440,43 @@ def test_llama_server_flag_serves_with_llama_server_and_passes_arguments(tiny_mo
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+# -- the decode thread's hand-over to the event loop ------------------------------------------------
+def _in_thread(*calls: Any) -> Any:
+    """Run ``calls`` one after the other in another thread, as the decode thread would."""
+    def run() -> None:
+        for call in calls:
+            call()
+    return asyncio.to_thread(run)
+
+
+def test_step_hub_wakes_streams_once_per_interval_but_at_once_for_first_and_last_tokens() -> None:
+    from llcuda.serve.streaming import StepHub
+
+    async def scenario() -> None:
+        hub = StepHub(asyncio.get_running_loop(), interval=3600.0)  # later tokens wait for the interval
+        sink = hub.sink()
+        batches = sink.batches()
+        await _in_thread(lambda: sink.put(7), hub.on_step)
+        assert await batches.__anext__() == [7]  # the first token: at once
+        await asyncio.sleep(0)
+        sink.event.clear()  # the first wake-up, seen
+        await _in_thread(lambda: sink.put(8), hub.on_step, lambda: sink.put(9), hub.on_step)
+        await asyncio.sleep(0)  # a wake-up scheduled from the thread would have run by now
+        assert not sink.event.is_set()
+        await _in_thread(lambda: sink.put(None), hub.on_step)
+        assert await batches.__anext__() == [8, 9, None]  # the end: at once, with what waited
+
+        every = StepHub(asyncio.get_running_loop(), interval=0.0)
+        one, two = every.sink(), every.sink()
+        await _in_thread(lambda: one.put(1), lambda: two.put(2), every.on_step)
+        assert await one.batches().__anext__() == [1] and await two.batches().__anext__() == [2]
+        await asyncio.sleep(0)
+        one.event.clear()
+        two.event.clear()
+        await _in_thread(lambda: one.put(3), every.on_step)
+        await asyncio.sleep(0)
+        assert one.event.is_set() and not two.event.is_set()
+
+    asyncio.run(scenario())

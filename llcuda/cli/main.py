@@ -19,6 +19,7 @@ from llcuda import config, options
 from llcuda.errors import ConfigError, LlcudaError
 from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
 from llcuda.processes.process import is_loopback
+from llcuda.serve.streaming import STREAM_INTERVAL_S
 
 log = logging.getLogger("llcuda.cli.main")
 
@@ -140,7 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     return run_server(args.model, _load_kwargs(args), host=args.host, port=args.port, api_key=api_key,
                       allow_unauthenticated=args.allow_unauthenticated, alias=args.alias,
-                      max_tokens=args.max_tokens, ui_dir=args.ui_dir, log_level="info" if args.verbose else "warning",
+                      max_tokens=args.max_tokens, stream_interval=args.stream_interval, ui_dir=args.ui_dir,
+                      log_level="info" if args.verbose else "warning",
                       on_event=lambda message: print(f"llcuda: {message}", flush=True))
 
 
@@ -314,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default=None, help="the model's name in the API (default: the model's own name)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="the most tokens of one answer, whatever a request asks (default: up to the context's end)")
+    p.add_argument("--stream-interval", type=float, default=STREAM_INTERVAL_S, metavar="SECONDS",
+                   help="the shortest time between two chunks of a stream; faster decode steps share a chunk "
+                        f"(default {STREAM_INTERVAL_S}; 0: a chunk per step)")
     p.add_argument("--ui-dir", type=Path, default=None,
                    help="serve the chat page built in this folder (default: the one beside the binaries)")
     p.add_argument("--llama-server", action="store_true",

@@ -50,7 +50,7 @@ from llcuda.libllama.request import Request as EngineRequest
 from llcuda.serve import protocol
 from llcuda.serve.prometheus import CONTENT_TYPE, ServeMetrics
 from llcuda.serve.protocol import APIError, ChunkWriter, Generation, bad_request
-from llcuda.serve.streaming import AsyncSink, PieceCache, StepHub
+from llcuda.serve.streaming import STREAM_INTERVAL_S, AsyncSink, PieceCache, StepHub
 from llcuda.serve.webui import fallback_page
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,10 @@ def load_chat_template(engine: InProcessEngine) -> ChatTemplate:
 class ModelService:
     """The engine behind the app, once loaded, and what the handlers share: names, template, metrics."""
 
-    def __init__(self, alias: str | None = None, max_tokens: int | None = None) -> None:
+    def __init__(self, alias: str | None = None, max_tokens: int | None = None,
+                 stream_interval: float = STREAM_INTERVAL_S) -> None:
         self.alias = alias
+        self.stream_interval = stream_interval
         self.max_tokens = max_tokens  # the most tokens of one answer, whatever a request asks
         self.engine: InProcessEngine | None = None
         self.template: ChatTemplate | None = None
@@ -115,7 +117,7 @@ class ModelService:
         if pending is None or self._loop is None:
             return
         engine, template = pending
-        self.hub = StepHub(self._loop)
+        self.hub = StepHub(self._loop, self.stream_interval)
         engine.add_step_listener(self.hub.on_step)
         self.pieces = PieceCache(engine.piece)
         path = Path(str(engine.model_path))
@@ -486,20 +488,22 @@ async def tools(request: Request, service: ModelService) -> Response:
 
 # -- security ------------------------------------------------------------------------------------
 class BearerAuth:
-    """ASGI middleware: API paths need ``Authorization: Bearer <key>``; ``/health`` and the chat
-    page's static files do not (nor CORS preflights, which carry no credentials)."""
+    """ASGI middleware: requests need ``Authorization: Bearer <key>``, except ``/health``, CORS
+    preflights (which carry no credentials) and GETs of the chat page's static files (any GET outside
+    the API's paths)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, api_paths: frozenset[str]) -> None:
         self.app = app
         self._key = api_key.encode("utf-8") if api_key else None
         self._api_paths = api_paths
 
-    def _protected(self, path: str) -> bool:
-        return path not in PUBLIC_PATHS and (path in self._api_paths or path.startswith("/v1/"))
+    def _protected(self, method: str, path: str) -> bool:
+        if path in PUBLIC_PATHS or method == "OPTIONS":
+            return False
+        return method not in ("GET", "HEAD") or path in self._api_paths or path.startswith("/v1/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self._key is not None and scope["type"] == "http" and scope["method"] != "OPTIONS"
-                and self._protected(scope["path"])):
+        if self._key is not None and scope["type"] == "http" and self._protected(scope["method"], scope["path"]):
             given = b""
             for name, value in scope["headers"]:
                 if name == b"authorization":
@@ -548,8 +552,8 @@ API_ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
 
 
 def create_app(engine: InProcessEngine | None = None, *, api_key: str | None = None, alias: str | None = None,
-               max_tokens: int | None = None, ui_dir: Path | None = None,
-               ui_searched: Path | None = None) -> Starlette:
+               max_tokens: int | None = None, stream_interval: float = STREAM_INTERVAL_S,
+               ui_dir: Path | None = None, ui_searched: Path | None = None) -> Starlette:
     """The app serving ``engine`` (a loaded :class:`InProcessEngine`).
 
     Without an engine, the app answers 503 (``/health`` included) until
@@ -557,11 +561,13 @@ def create_app(engine: InProcessEngine | None = None, *, api_key: str | None = N
     model loads. ``api_key``: required on every API path but ``/health`` (None: no key).
     ``alias``: the model's name in responses (default: the engine's model name); requests may name
     the model by it, by the model's name or file name, or send ``"default"``. ``max_tokens``: the most
-    tokens of one answer, whatever a request asks (None: up to the end of the context). ``ui_dir``: built chat
+    tokens of one answer, whatever a request asks (None: up to the end of the context).
+    ``stream_interval``: the shortest time between two chunks of a stream, in seconds (0: a chunk per
+    decode step; a stream's first token and its end are sent at once). ``ui_dir``: built chat
     page files served at ``/`` (None: a page saying it is not built; ``ui_searched`` names where it
     was looked for).
     """
-    service = ModelService(alias, max_tokens)
+    service = ModelService(alias, max_tokens, stream_interval)
     if engine is not None:
         service.attach(engine)
     routes: list[Route | Mount] = [

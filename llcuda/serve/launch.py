@@ -23,6 +23,7 @@ from llcuda.errors import ConfigError
 from llcuda.libllama.engine import InProcessEngine
 from llcuda.processes.process import connect_host, is_loopback
 from llcuda.serve.app import create_app
+from llcuda.serve.streaming import STREAM_INTERVAL_S
 from llcuda.serve.webui import INDEX, UI_SUBDIR, find_ui_dir
 from llcuda.system import binaries as bootstrap
 from llcuda.system.binaries import Binaries
@@ -78,6 +79,7 @@ def run_server(
     allow_unauthenticated: bool = False,
     alias: str | None = None,
     max_tokens: int | None = None,
+    stream_interval: float = STREAM_INTERVAL_S,
     ui_dir: Path | None = None,
     binaries: Binaries | None = None,
     log_level: str = "warning",
@@ -88,7 +90,8 @@ def run_server(
     ``load_options``: keyword arguments of :meth:`InProcessEngine.load_model` (``n_parallel``,
     ``ctx_size``, ``gpu_layers``, ``embeddings``, ...). ``api_key``: the argument, else
     ``LLCUDA_API_KEY``; a non-loopback ``host`` needs one unless ``allow_unauthenticated``.
-    ``max_tokens``: the most tokens of one answer (None: up to the end of the context). ``ui_dir``: the
+    ``max_tokens``: the most tokens of one answer (None: up to the end of the context).
+    ``stream_interval``: the shortest time between two chunks of a stream (seconds). ``ui_dir``: the
     built chat page to serve at ``/`` (default: the one beside the binaries, if they have one).
     ``on_event(message)`` hears the address once listening and the model once loaded.
     """
@@ -100,9 +103,11 @@ def run_server(
     url = url_of(sock)
     if max_tokens is not None:
         validation.check_max_tokens(max_tokens)
+    validation.number(stream_interval, "stream_interval", 0.0, 10.0)
     if ui_dir is not None and not (Path(ui_dir) / INDEX).is_file():
         raise ConfigError(f"{ui_dir} has no {INDEX}: point --ui-dir at a built chat page (share/llcuda/ui).")
-    app = create_app(api_key=api_key, alias=alias, max_tokens=max_tokens, ui_dir=ui_dir or find_ui_dir(binaries),
+    app = create_app(api_key=api_key, alias=alias, max_tokens=max_tokens, stream_interval=stream_interval,
+                     ui_dir=ui_dir or find_ui_dir(binaries),
                      ui_searched=binaries.bin_dir.parent / UI_SUBDIR)
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
                                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
