@@ -42,7 +42,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import llcuda
-from llcuda.errors import ConfigError, LlcudaError
+from llcuda.errors import ConfigError, ContextLengthError, LlcudaError
 from llcuda.libllama.chat_template import ChatTemplate
 from llcuda.libllama.engine import InProcessEngine
 from llcuda.libllama.request import PieceDecoder
@@ -177,7 +177,7 @@ class ModelService:
         if grammar is not None:
             engine.check_grammar(grammar)
         if isinstance(prompt, str):
-            return engine.tokenize(prompt, add_special=True, parse_special=True)
+            return engine.prompt_tokens(prompt)
         return engine.check_tokens(prompt)
 
     # -- generation ------------------------------------------------------------------------------
@@ -315,6 +315,8 @@ def _endpoint(name: str, handler: Handler, service: ModelService) -> Callable[[R
             response = await handler(request, service)
         except APIError as exc:
             response = error_response(exc)
+        except ContextLengthError as exc:
+            response = error_response(bad_request(str(exc), code="context_length_exceeded"))
         except ConfigError as exc:
             response = error_response(bad_request(str(exc)))
         except LlcudaError as exc:
