@@ -26,8 +26,8 @@ from llcuda.models.gguf import read_gguf_info
 from llcuda.processes import rpc_worker as rpc
 from llcuda.processes.process import free_port
 from llcuda.system import placement as split
-from llcuda.system.memory import head_sizes
 from llcuda.system.gpu import GPUInfo, detect
+from llcuda.system.memory import head_sizes
 
 LOAD = {"ctx_size": 512, "n_parallel": 1, "threads": 1}
 VERBOSE = ("--log-verbosity", "4")  # llama.cpp logs where each buffer went at verbosity 4

@@ -153,7 +153,7 @@ def check_memory(
         if extra & _KV_ON_CPU_FLAGS
         else kv_cache(
             info,
-            settings.ctx_size,
+            settings.ctx_size or info.context_length or 4096,
             settings.n_parallel,
             KV_QUANTIZED_MIN_BYTES if extra & _KV_TYPE_FLAGS else KV_F16_BYTES,
         )
