@@ -108,11 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.ui_only:
         flags = {"LLCUDA_UI": "only"}
     else:
-        flags = {"LLCUDA_CUDA": "ON" if args.cuda else "OFF", "LLCUDA_CPU_ISA": args.cpu_isa}
+        flags = {
+            "LLCUDA_CUDA": "ON" if args.cuda else "OFF",
+            "LLCUDA_CPU_ISA": args.cpu_isa,
+            "LLCUDA_UI": "ON" if args.ui else "OFF",  # always set: never taken from the caller's environment
+        }
         if args.cuda and args.archs:
             flags["LLCUDA_CUDA_ARCHS"] = args.archs
-        if args.ui:
-            flags["LLCUDA_UI"] = "ON"  # absent otherwise, so that the keys of earlier builds still hit
     prefix = build(flags, args.jobs)
     if args.prefix:
         copy_prefix(prefix, args.prefix)

@@ -84,6 +84,9 @@ class ServerBackend:
                                                            report=report)
         if binaries.build_info.get("backend") == "cpu" and options.gpu_layers and not endpoints:
             log.info("CPU build of llama.cpp: layers run on the CPU (gpu_layers ignored)")
+        if endpoints:  # llama.cpp cannot resolve "auto" through RPC workers
+            options = dataclasses.replace(options, flash_attn=rpc_workers.flash_attn_over_rpc(
+                options.flash_attn, vram.head_sizes(resolved.info)))
         options = dataclasses.replace(options, split_mode=split_mode, tensor_split=split_shares, main_gpu=main_gpu)
         settings = ServerSettings.from_options(
             resolved.path, options, ctx_size=options.context_tokens(resolved.info.context_length), host=host,
@@ -179,9 +182,12 @@ class ServerBackend:
         lost = [f"{ep} ({why})" for ep in server.settings.rpc if (why := rpc_workers.probe(ep)) is not None]
         then = (f"RPC worker(s) unreachable: {', '.join(lost)}. Restart them; the next call restarts llama-server"
                 if lost else "the next call restarts it")
+        tail = server.log_tail()
+        workers = rpc_workers.explain_worker_crash(server.settings.rpc, tail)
         return InferenceError(
-            f"llama-server died during the request (exit code {code}); {then}. Cause: {exc}",
-            log_tail=server.log_tail(),
+            f"llama-server died during the request (exit code {code}); {then}. Cause: {exc}"
+            + (f"\n{workers}" if workers else ""),
+            log_tail=tail,
         )
 
     def _recorded(self, func: Callable[[LlamaClient], Any]) -> Any:

@@ -46,7 +46,7 @@ def run_quick_bench(
         opts = opts.replace(n_parallel=top)
     started = time.monotonic()
     eng = InferenceEngine(backend=backend)
-    eng.load_model(model, opts, offline=offline, **({"rpc": rpc} if rpc else {}))
+    eng.load_model(model, opts, offline=offline, rpc=rpc)
     load_seconds = time.monotonic() - started
 
     def one(_: int) -> Any:

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from llcuda import config, options
-from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
 from llcuda.errors import ConfigError, LlcudaError
+from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
 from llcuda.processes.process import is_loopback
 
 log = logging.getLogger("llcuda.cli.main")

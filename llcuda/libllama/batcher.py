@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -37,7 +36,7 @@ from llcuda.libllama.bindings import (
     log_tail,
     new_batch,
 )
-from llcuda.libllama.request import GREEDY, Request, Sampling
+from llcuda.libllama.request import GREEDY, Request, Sampling, TokenSink
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +334,7 @@ class Batcher:
         vocab_is_eog, vocab_p, is_eog, pieces = self._vocab_is_eog, self._vocab_p, self._is_eog, self._pieces
         finished: list[Request] = []
         n_ctx_seq = self.n_ctx_seq
-        streamed: list[tuple[queue.SimpleQueue[int | None], int]] = []
+        streamed: list[tuple[TokenSink, int]] = []
         on_cpu = False
         for (row, req), token in zip(outputs, tokens):
             if token == LLAMA_TOKEN_NULL:  # the sampler chain could not run on the backend

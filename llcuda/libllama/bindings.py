@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llcuda.errors import LlcudaError
-from llcuda.system.binaries import Binaries
+from llcuda.system.binaries import Binaries, check_library_build
 
 c_bool, c_int32, c_uint32, c_float, c_void_p, c_char_p = (
     ctypes.c_bool, ctypes.c_int32, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p, ctypes.c_char_p)
@@ -234,7 +234,8 @@ def load_library(binaries: Binaries) -> Any:
     """libllama from the binaries' lib folder, with the signatures above declared (cached per path).
 
     The first call opens it and initialises ggml's backends (CUDA's included); ctypes releases the
-    GIL meanwhile, so other threads run. Thread-safe."""
+    GIL meanwhile, so other threads run. Thread-safe. Raises BuildMismatchError when the libraries
+    report another llama.cpp build than llcuda's bindings follow."""
     if binaries.lib_dir is None:
         raise LlcudaError(f"no lib/ folder with libllama next to {binaries.bin_dir}; the in-process engine needs "
                           "the shared libraries of the llama.cpp build (conda/pixi and the wheel ship them).")
@@ -243,6 +244,7 @@ def load_library(binaries: Binaries) -> Any:
         if path in _libs:
             return _libs[path]
         set_device_order()
+        check_library_build(binaries.lib_dir)
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:

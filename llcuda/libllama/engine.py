@@ -155,7 +155,8 @@ class InProcessEngine:
         """
         opts = (options or LoadOptions()).replace(**overrides) if overrides else (options or LoadOptions()).checked()
         gpu_layers, n_parallel, flash_attn, threads = opts.gpu_layers, opts.n_parallel, opts.flash_attn, opts.threads
-        split_mode, tensor_split, main_gpu, kv_unified = opts.split_mode, opts.tensor_split, opts.main_gpu, opts.kv_unified
+        split_mode, tensor_split, main_gpu = opts.split_mode, opts.tensor_split, opts.main_gpu
+        kv_unified = opts.kv_unified
         n_batch = opts.batch_size or 2048
         n_ubatch = min(opts.ubatch_size or 512, n_batch)
         mode = opts.load_mode or config.DEFAULT_LOAD_MODE

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, cast
 
 from llcuda import options as validation
 from llcuda.options import SamplingOptions
@@ -195,7 +195,7 @@ def stream_pieces(req: Request, piece: Callable[[int], bytes], final_text: Calla
     decoder = PieceDecoder(req, piece)
     while True:
         try:
-            token = req.stream.get(timeout=max(0.0, deadline - time.monotonic()))
+            token = cast("queue.SimpleQueue[int | None]", req.stream).get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             raise on_timeout() from None
         if token is None:

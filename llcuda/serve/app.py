@@ -25,8 +25,8 @@ import logging
 import sys
 import threading
 import time
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,12 +68,11 @@ DEFAULT_NAMES = ("default", "")  # model values that mean "whatever this server 
 
 def load_chat_template(engine: InProcessEngine) -> ChatTemplate:
     """The model's own chat template, else ChatML (with a warning)."""
-    name = engine.model_name or "the model"
     try:
-        return ChatTemplate.from_gguf(str(engine.model_path), name=name)
+        return engine.chat_template()
     except ConfigError as exc:
         log.warning("%s; chat requests use ChatML instead", exc)
-        return ChatTemplate(CHATML_TEMPLATE, name=name)
+        return ChatTemplate(CHATML_TEMPLATE, name=engine.model_name or "the model")
 
 
 class ModelService:
@@ -215,14 +214,16 @@ class ModelService:
         """Until ``req`` ends; cancels it if the client goes away first."""
         done = asyncio.wrap_future(req.future)
         gone = asyncio.ensure_future(_disconnected(request.receive))
+        finished = False
         try:
             await asyncio.wait((done, gone), return_when=asyncio.FIRST_COMPLETED)
+            finished = done.done()
         finally:
-            if not req.future.done():
-                self.require().cancel(req)
-                done.cancel()
             gone.cancel()
-        if not done.done():
+            if not finished:  # the client went away (or the server is stopping)
+                done.cancel()
+                self.require().cancel(req)
+        if not finished:
             raise APIError(499, "The client closed the connection.", code="client_closed")
 
     async def _events(self, endpoint: str, req: EngineRequest, sink: AsyncSink, writer: ChunkWriter,

@@ -28,6 +28,7 @@ from llcuda.system.binaries import Binaries
 
 log = logging.getLogger(__name__)
 
+BACKLOG = 2048  # uvicorn's default
 GRACEFUL_SHUTDOWN_S = 3  # open streams get this long to finish once the server is asked to stop
 
 
@@ -41,7 +42,8 @@ def check_public_host(host: str, api_key: str | None, allow_unauthenticated: boo
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host``:``port`` (0: a free port), ready for uvicorn to listen on."""
+    """A TCP socket listening on ``host``:``port`` (0: a free port), for uvicorn to serve: connections
+    made before the server runs wait in its backlog."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -55,7 +57,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port (0: any free "
                           "one) or stop what uses it.") from None
-    sock.set_inheritable(True)
+    sock.listen(BACKLOG)
     return sock
 
 

@@ -19,11 +19,14 @@ from typing import Any
 
 from llcuda import options as validation
 from llcuda.errors import ConfigError
+from llcuda.grammar import JSON_OBJECT_GRAMMAR, schema_to_gbnf
+from llcuda.options import SamplingOptions
 
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_P = 0.95
-DEFAULT_TOP_K = 40
-DEFAULT_MIN_P = 0.05
+_DEFAULTS = SamplingOptions()  # the one set of defaults: the Python API's
+DEFAULT_TEMPERATURE = _DEFAULTS.temperature
+DEFAULT_TOP_P = _DEFAULTS.top_p
+DEFAULT_TOP_K = _DEFAULTS.top_k
+DEFAULT_MIN_P = _DEFAULTS.min_p
 DONE = b"data: [DONE]\n\n"
 
 
@@ -115,7 +118,7 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
         value = body.get(name)
         if value is None or (value == -1 and not isinstance(value, bool)):  # -1: llama-server's "no limit"
             continue
-        return int(_checked(name, validation.max_tokens, value))
+        return int(_checked(name, validation.check_max_tokens, value))
     return None
 
 
@@ -129,9 +132,7 @@ def _grammar(body: Mapping[str, Any]) -> str | None:
         if kind == "text":
             pass
         elif kind == "json_object":
-            from llcuda.grammar import JSON_OBJECT_GRAMMAR
-
-            return str(JSON_OBJECT_GRAMMAR)
+            return JSON_OBJECT_GRAMMAR
         elif kind == "json_schema":
             spec = fmt.get("json_schema")
             schema = spec.get("schema") if isinstance(spec, dict) else None
@@ -144,8 +145,6 @@ def _grammar(body: Mapping[str, Any]) -> str | None:
     if schema is None and isinstance(body.get("json_schema"), dict):
         schema = body["json_schema"]
     if schema is not None:
-        from llcuda.grammar import schema_to_gbnf
-
         return str(_checked("response_format", schema_to_gbnf, schema))
     grammar = body.get("grammar")
     if grammar is None or grammar == "":
@@ -173,7 +172,7 @@ def generation(body: Mapping[str, Any]) -> Generation:
     seed = body.get("seed")
     if seed is not None:
         seed = _checked("seed", validation.integer, seed, "seed", -(2**63), 2**64 - 1) % 2**32  # a 32-bit seed
-    stop = _checked("stop", validation.stop, body.get("stop"))
+    stop = _checked("stop", validation.check_stop, body.get("stop"))
     ignore_eos = body.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise bad_request("ignore_eos must be true or false.", param="ignore_eos")

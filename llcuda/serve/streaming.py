@@ -70,7 +70,7 @@ class AsyncSink:
                 return
 
 
-class PieceCache(dict):  # type: ignore[type-arg]
+class PieceCache(dict[int, bytes]):
     """``piece(token)`` of each token seen so far (a token's bytes never change)."""
 
     def __init__(self, piece: Callable[[int], bytes]) -> None:

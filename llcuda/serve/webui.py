@@ -62,7 +62,9 @@ line-height: 1.5 }} code, pre {{ background: #f3f3f3; padding: 0.1rem 0.3rem }}<
 <code>/v1/models</code>), but its binaries were built without the browser chat page.</p>
 {where}<p>To get the page, use binaries built with it:</p>
 <ul>
-<li>the conda package: <code>conda install -c conda-forge llcuda</code> (or <code>pixi add llcuda</code>);</li>
+<li>the conda package: <code>conda install -c conda-forge llcuda</code>
+(or <code>pixi add llcuda</code>);</li>
+<li>the pip wheel: <code>pip install llcuda</code>;</li>
 <li>in a source checkout, build it (needs Node.js 20.19 or newer and npm):
 <pre>LLCUDA_UI=ON ./scripts/setup.sh</pre></li>
 </ul>

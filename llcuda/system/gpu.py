@@ -2,7 +2,8 @@
 
 Reads the driver's management library NVML (``libnvidia-ml.so.1``, through ctypes: no child
 process), or ``nvidia-smi`` where NVML cannot be loaded or fails. NVML is not CUDA: no CUDA context
-is created (tests/test_gpu_nvml.py checks it on a GPU machine). A CUDA build records its architectures in build-info.json
+is created (tests/test_gpu_nvml.py checks it on a GPU machine). A CUDA build records its
+architectures in build-info.json
 (``"90-real"`` = SASS for sm_90, ``"90-virtual"`` = PTX that the driver JIT-compiles for sm_90
 and newer); :func:`check_compatibility` compares them with each visible GPU's compute capability
 and the driver's CUDA version.
