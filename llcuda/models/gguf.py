@@ -104,6 +104,8 @@ class GGUFInfo:
     vocab_size: int | None
     chat_template: str | None = field(default=None, repr=False)
     metadata: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    tensor_types: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+    """Elements (parameters) per ggml tensor type, e.g. ``{"Q4_K": 1.2e8, "F32": 3e4}``."""
 
     @property
     def has_chat_template(self) -> bool:
@@ -251,6 +253,7 @@ def _parse(fh: BinaryIO, size: int, label: str, path: Path | None) -> GGUFInfo:
     names: set[str] = set()
     data_size = 0
     params = 0
+    by_type: dict[str, int] = {}
     for i in range(n_tensors):
         name = r.string(f"the name of tensor {i}", MAX_KEY_LEN)
         if len(name.encode("utf-8", errors="replace")) > MAX_TENSOR_NAME_LEN:
@@ -282,6 +285,7 @@ def _parse(fh: BinaryIO, size: int, label: str, path: Path | None) -> GGUFInfo:
         nbytes = nelements // info["block_size"] * info["type_size"]
         data_size += -(-nbytes // alignment) * alignment
         params += nelements
+        by_type[info["name"]] = by_type.get(info["name"], 0) + nelements
 
     data_offset = -(-r.pos // alignment) * alignment if n_tensors else r.pos
     if data_offset + data_size > size:
@@ -322,6 +326,7 @@ def _parse(fh: BinaryIO, size: int, label: str, path: Path | None) -> GGUFInfo:
         vocab_size=tokens.length if isinstance(tokens, ArrayValue) else None,
         chat_template=_str("tokenizer.chat_template"),
         metadata=MappingProxyType(meta),
+        tensor_types=MappingProxyType(by_type),
     )
 
 

@@ -1,4 +1,4 @@
-"""scripts/random_gguf.py: presets, skeletons (--make-skeleton) and same-shape models (--like)."""
+"""llcuda.benchmark.random_model: presets, skeletons and same-shape models (write_like), the random-model cache."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from random_gguf import make_skeleton, write_like
+from llcuda.benchmark.random_model import make_skeleton, write_like
+from llcuda.errors import LlcudaError
 
 REAL_GEMMA = Path.home() / ".cache/llcuda/models/gemma-3-270m-Q4_K_M.gguf"
 
@@ -46,7 +47,7 @@ def test_like_a_real_gguf_directly_and_fewer_layers(tiny_model: Path, tmp_path: 
     assert not any(n.startswith("blk.1.") for n in names) and any(n.startswith("blk.0.") for n in names)
     reader = gguf.GGUFReader(out)
     assert int(reader.fields["llama.block_count"].parts[-1][0]) == 1
-    with pytest.raises(SystemExit, match="has 2 blocks"):
+    with pytest.raises(LlcudaError, match="has 2 blocks"):
         write_like(tmp_path / "bad.gguf", tiny_model, layers=3)
 
 

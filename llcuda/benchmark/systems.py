@@ -1,0 +1,223 @@
+"""The systems the benchmark compares with llama.cpp's own tools: one small class each, in :data:`SYSTEMS`.
+
+A system starts the model (:meth:`System.start`, timed as load -> ready), answers one request at a time
+from any thread (:meth:`System.request`), and stops. Adding a system is one class and one entry.
+Each runs in a fresh Python process of its own (see :mod:`llcuda.benchmark.sections`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from llcuda.benchmark.workload import Reply, Sampling
+from llcuda.errors import ConfigError, ServerStartError, ServerTimeoutError
+
+log = logging.getLogger(__name__)
+
+SERVE_READY_TIMEOUT_S = 600.0
+REQUEST_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every system loads: the same model, slots and context."""
+
+    model: Path
+    n_parallel: int
+    ctx_size: int
+    gpu_layers: int
+    flash_attn: str
+    log_dir: Path
+
+
+class System:
+    """One way of running the model. Subclasses set ``label`` and implement the four methods."""
+
+    label = ""
+
+    def unavailable(self) -> str | None:
+        """Why this system cannot run here (a missing package or module), or None."""
+        return None
+
+    def start(self, job: Job) -> dict[str, Any]:
+        """Load the model and return facts worth recording (which API, which backend)."""
+        raise NotImplementedError
+
+    def request(self, prompt: str, max_tokens: int, sampling: Sampling) -> Reply:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class EngineSystem(System):
+    """``llcuda.InferenceEngine`` with a given backend (None: the default one)."""
+
+    def __init__(self, backend: str | None) -> None:
+        self.backend = backend
+        self.label = f"InferenceEngine(backend={backend!r})" if backend else "InferenceEngine() default"
+        self.engine: Any = None
+
+    def start(self, job: Job) -> dict[str, Any]:
+        from llcuda.engine import InferenceEngine
+
+        self.engine = InferenceEngine(backend=self.backend, request_timeout=REQUEST_TIMEOUT_S)
+        self.engine.load_model(job.model, gpu_layers=job.gpu_layers, ctx_size=job.ctx_size,
+                               n_parallel=job.n_parallel, flash_attn=job.flash_attn)
+        return {"backend": self.engine.backend, "load_timings": dict(self.engine.load_timings or {})}
+
+    def request(self, prompt: str, max_tokens: int, sampling: Sampling) -> Reply:
+        t0 = time.perf_counter()
+        result = self.engine.infer(prompt, max_tokens=max_tokens, ignore_eos=True, **sampling.arguments())
+        return Reply(result.tokens_generated, time.perf_counter() - t0, result.prompt_tokens)
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.unload()
+
+
+class OpenAIClientSystem(System):
+    """An OpenAI-compatible server through the official ``openai`` client: ``/v1/completions``,
+    streamed or not. Subclasses start the server and set ``base_url``."""
+
+    server_name = ""
+
+    def __init__(self, stream: bool) -> None:
+        self.stream = stream
+        self.label = f"{self.server_name} via openai client" + (", streaming" if stream else "")
+        self.base_url = ""
+        self.client: Any = None
+        self.model_id = ""
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("openai") is None:
+            return "the openai package is not installed: pip install 'llcuda[bench]'"
+        return None
+
+    def connect(self) -> None:
+        import openai
+
+        self.client = openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0,
+                                    timeout=REQUEST_TIMEOUT_S)
+        self.model_id = self.client.models.list().data[0].id
+
+    def request(self, prompt: str, max_tokens: int, sampling: Sampling) -> Reply:
+        args = sampling.arguments()
+        extra = {"ignore_eos": True}
+        if "top_k" in args:
+            extra["top_k"] = args.pop("top_k")
+        t0 = time.perf_counter()
+        if not self.stream:
+            done = self.client.completions.create(model=self.model_id, prompt=prompt, max_tokens=max_tokens,
+                                                  extra_body=extra, **args)
+            usage = done.usage
+            return Reply(usage.completion_tokens, time.perf_counter() - t0, usage.prompt_tokens)
+        first = None
+        pieces = 0
+        usage = None
+        stream = self.client.completions.create(model=self.model_id, prompt=prompt, max_tokens=max_tokens,
+                                                extra_body=extra, stream=True,
+                                                stream_options={"include_usage": True}, **args)
+        for chunk in stream:
+            if chunk.choices:
+                pieces += 1
+                if first is None:
+                    first = time.perf_counter() - t0
+            if getattr(chunk, "usage", None):
+                usage = chunk.usage
+        wall = time.perf_counter() - t0
+        tokens = usage.completion_tokens if usage else pieces
+        return Reply(tokens, wall, usage.prompt_tokens if usage else None, first)
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+class LlamaServerSystem(OpenAIClientSystem):
+    """Stock llama-server, started by llcuda's :class:`~llcuda.LlamaServer` with the job's settings."""
+
+    server_name = "llama-server"
+
+    def start(self, job: Job) -> dict[str, Any]:
+        from llcuda.processes.llama_server import LlamaServer, ServerSettings
+
+        self.server = LlamaServer(
+            ServerSettings(model_path=job.model, ctx_size=job.ctx_size, n_parallel=job.n_parallel,
+                           gpu_layers=job.gpu_layers, flash_attn=job.flash_attn),
+            log_path=job.log_dir / f"llama-server-{'stream' if self.stream else 'plain'}.log",
+        )
+        self.base_url = self.server.start(SERVE_READY_TIMEOUT_S)
+        self.connect()
+        return {"server_log": str(self.server.log_path)}
+
+    def stop(self) -> None:
+        super().stop()
+        self.server.stop()
+
+
+class ServeSystem(OpenAIClientSystem):
+    """``llcuda serve`` (llcuda's own OpenAI-compatible app), started as a user would, on loopback."""
+
+    server_name = "llcuda serve"
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("llcuda.serve") is None:
+            return "this llcuda has no llcuda.serve"
+        return super().unavailable()
+
+    def start(self, job: Job) -> dict[str, Any]:
+        from llcuda.processes.process import free_port, read_log_tail, spawn_process, stop_process
+        from llcuda.system.binaries import find_binaries, subprocess_env
+
+        port = free_port()
+        log_path = job.log_dir / f"llcuda-serve-{'stream' if self.stream else 'plain'}.log"
+        cmd = [sys.executable, "-m", "llcuda", "serve", "--model", str(job.model), "--host", "127.0.0.1",
+               "--port", str(port), "--ctx-size", str(job.ctx_size), "--n-parallel", str(job.n_parallel),
+               "--gpu-layers", str(job.gpu_layers), "--flash-attn", job.flash_attn]
+        self.process = spawn_process(cmd, log_path=log_path, env=subprocess_env(find_binaries()))
+        self._stop_process: Callable[[], None] = lambda: stop_process(self.process, 10.0, "llcuda serve")
+        self.base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + SERVE_READY_TIMEOUT_S
+        while True:
+            if self.process.poll() is not None:
+                raise ServerStartError(f"llcuda serve exited with code {self.process.returncode} before it was "
+                                       "ready.", log_tail=read_log_tail(log_path))
+            try:
+                self.connect()
+                break
+            except Exception as exc:  # noqa: BLE001 - not listening yet; the deadline bounds the wait
+                if time.monotonic() > deadline:
+                    self._stop_process()
+                    raise ServerTimeoutError(f"llcuda serve was not ready after {SERVE_READY_TIMEOUT_S:.0f} s "
+                                             f"({exc}).", log_tail=read_log_tail(log_path)) from None
+                time.sleep(0.2)
+        return {"server_log": str(log_path), "command": cmd}
+
+    def stop(self) -> None:
+        super().stop()
+        self._stop_process()
+
+
+# name -> factory; the order is the report's.
+SYSTEMS: dict[str, Callable[[], System]] = {
+    "inprocess": lambda: EngineSystem("inprocess"),
+    "engine": lambda: EngineSystem(None),
+    "serve": lambda: ServeSystem(stream=False),
+    "serve-stream": lambda: ServeSystem(stream=True),
+    "llama-server": lambda: LlamaServerSystem(stream=False),
+    "llama-server-stream": lambda: LlamaServerSystem(stream=True),
+}
+
+
+def get_system(name: str) -> System:
+    try:
+        return SYSTEMS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}.") from None
