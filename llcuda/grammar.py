@@ -7,7 +7,7 @@ type ``json_schema``, tool-call arguments). :data:`JSON_OBJECT_GRAMMAR` accepts 
 grammar, "root")``::
 
     >>> print(schema_to_gbnf({"type": "object", "properties": {"ok": {"type": "boolean"}},
-    ...                       "required": ["ok"], "additionalProperties": False}))
+    ...                       "required": ["ok"], "additionalProperties": False}), end="")
     root ::= "{" ws "\\"ok\\"" ws ":" ws boolean ws "}"
     boolean ::= "true" | "false"
     ws ::= | " " | "\\n" [ \\t]{0,40}
@@ -52,7 +52,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ConfigError
+from llcuda.errors import ConfigError
 
 MAX_REPETITION = 2000  # llama.cpp's grammar parser leaves larger {m,n} bounds open
 MAX_DIGITS = 16  # digits of an unbounded integer part, as llama.cpp's own converter writes

@@ -11,6 +11,7 @@ random walks through each grammar must only ever produce JSON that the schema ac
 from __future__ import annotations
 
 import ctypes
+import doctest
 import json
 import math
 import random
@@ -612,6 +613,12 @@ def test_other_schema_errors() -> None:
         schema_to_gbnf({"type": "string", "minLength": 2, "maxLength": 1})
     with pytest.raises(ConfigError, match="no value of the enum"):
         schema_to_gbnf({"type": "integer", "enum": ["a"]})
+
+
+def test_the_module_docstring_example() -> None:
+    import llcuda.grammar
+
+    assert doctest.testmod(llcuda.grammar).failed == 0
 
 
 def test_annotations_and_unknown_keywords_are_ignored() -> None:

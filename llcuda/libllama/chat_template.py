@@ -4,7 +4,9 @@ A GGUF keeps the Hugging Face chat template in ``tokenizer.chat_template``. :cla
 renders it the way transformers' ``apply_chat_template`` does: jinja2's immutable sandbox (a
 template cannot reach Python internals or change the messages), ``trim_blocks`` and
 ``lstrip_blocks``, the ``loopcontrols`` extension, transformers' ``tojson`` filter (no HTML
-escaping, ``ensure_ascii=False``) and its globals ``raise_exception`` and ``strftime_now``::
+escaping, ``ensure_ascii=False``), its globals ``raise_exception`` and ``strftime_now``, and its
+``{% generation %}`` blocks (rendered as their body). One difference: an attribute the sandbox
+refuses (``{{ ''.__class__ }}``) is an error here, not an empty string. For example::
 
     from llcuda.libllama.chat_template import ChatTemplate
 
