@@ -21,7 +21,7 @@ From Python::
 
 from __future__ import annotations
 
-from .runner import BenchOutput, run_benchmark
-from .settings import BenchSettings
+from llcuda.benchmark.runner import BenchOutput, run_benchmark
+from llcuda.benchmark.settings import BenchSettings
 
 __all__ = ["BenchOutput", "BenchSettings", "run_benchmark"]

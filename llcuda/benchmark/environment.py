@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..types import Binaries
+    from llcuda.system.binaries import Binaries
 
 
 def cpu_model() -> str:
@@ -25,14 +25,14 @@ def cpu_model() -> str:
 
 
 def slug(text: str) -> str:
-    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``: lower case, runs of other characters as ``-``."""
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``: lower case, other characters as ``-``."""
     text = re.sub(r"\((r|tm|c)\)", " ", text, flags=re.IGNORECASE)
     text = re.sub(r"\bcpu\b.*@.*$", "", text, flags=re.IGNORECASE)  # "... CPU @ 2.10GHz"
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
 def model_facts(path: Path, spec: str) -> dict[str, Any]:
-    from ..models import read_gguf_info
+    from llcuda.models import read_gguf_info
 
     info = read_gguf_info(path)
     return {
@@ -54,8 +54,7 @@ def model_facts(path: Path, spec: str) -> dict[str, Any]:
 def collect(binaries: Binaries, model: dict[str, Any]) -> dict[str, Any]:
     """The environment record of a run; ``device`` is what the run's folder is named after."""
     import llcuda
-
-    from ..gpu import detect
+    from llcuda.system.gpu import detect
 
     report = detect()
     gpus = [g.as_dict() for g in report.gpus]

@@ -225,8 +225,10 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from llcuda.cli.bench import run_quick_bench
+    from llcuda.cli.bench import run_compare, run_quick_bench
 
+    if args.compare:
+        return run_compare(args)
     backend = config.backend(args.backend)
     options = _scaleout(args)
     if backend == "inprocess":
@@ -235,7 +237,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.server_url:
             raise ConfigError("--server-url is an option of the server backend; use --backend server.")
     report = run_quick_bench(
-        model=args.model, concurrency=args.concurrency, max_tokens=args.max_tokens, gpu_layers=args.gpu_layers,
+        model=args.model, concurrency=args.concurrency or [1, 4], max_tokens=args.max_tokens or 64,
+        gpu_layers=args.gpu_layers,
         ctx_size=args.ctx_size, flash_attn=args.flash_attn, offline=args.offline, load_options=options,
         engine=backend,
     )
@@ -328,12 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p, n_parallel=4, backend=False)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("bench", help="measure llcuda throughput at several concurrency levels")
-    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4],
-                   help="comma-separated levels (default 1,4)")
-    p.add_argument("-n", "--max-tokens", type=int, default=64)
+    from llcuda.cli.bench import add_compare_options
+
+    p = sub.add_parser("bench", help="measure llcuda throughput at several concurrency levels (--compare: "
+                                     "against llama.cpp's own tools)")
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="comma-separated levels (default 1,4; with --compare 1,16,64)")
+    p.add_argument("-n", "--max-tokens", type=int, default=None,
+                   help="tokens per request (default 64; with --compare 128)")
     p.add_argument("--json", action="store_true")
     _add_model_options(p)
+    add_compare_options(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("rpc-worker", help="lend this host's GPUs to llama-servers elsewhere (llama.cpp rpc-server)",
