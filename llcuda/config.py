@@ -17,8 +17,8 @@ DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
 DEFAULT_SERVER_START_TIMEOUT_S = 120.0
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
-BACKENDS = ("server", "inprocess")
-DEFAULT_BACKEND = "server"
+BACKENDS = ("serve", "inprocess", "llama-server")
+DEFAULT_BACKEND = "serve"
 LOAD_MODES = ("auto", "mmap", "none", "direct_io")  # how llama.cpp reads the weights (llama_model_params.load_mode)
 DEFAULT_LOAD_MODE = "auto"
 
@@ -76,9 +76,7 @@ def home_dir() -> Path:
     raw = _env("LLCUDA_HOME")
     if raw:
         return Path(raw).expanduser()
-    xdg = _env("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "llcuda"
+    return _cache_base() / "llcuda"
 
 
 def models_dir() -> Path:
@@ -97,9 +95,35 @@ def hf_endpoint() -> str:
     return (_env("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
 
 
+def _cache_base() -> Path:
+    xdg = _env("XDG_CACHE_HOME")
+    return Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+
+
+def hf_home() -> Path:
+    """``HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``, as in huggingface_hub."""
+    raw = _env("HF_HOME")
+    return Path(raw).expanduser() if raw else _cache_base() / "huggingface"
+
+
+def hf_token_path() -> Path:
+    """Where ``hf auth login`` stores the token: ``HF_TOKEN_PATH``, else ``<hf_home>/token``."""
+    raw = _env("HF_TOKEN_PATH")
+    return Path(raw).expanduser() if raw else hf_home() / "token"
+
+
 def hf_token() -> str | None:
-    """The Hugging Face token (``HF_TOKEN``). Never log it."""
-    return _env("HF_TOKEN") or _env("HUGGING_FACE_HUB_TOKEN")
+    """The Hugging Face token: ``HF_TOKEN`` (or the older ``HUGGING_FACE_HUB_TOKEN``), else the
+    first line of :func:`hf_token_path`, else None. Read on every call; never log it."""
+    token = _env("HF_TOKEN") or _env("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    try:
+        text = hf_token_path().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # no file, or unreadable: same as not logged in
+        return None
+    first = text.strip().split("\n", 1)[0].strip()
+    return first or None
 
 
 def pypi_index() -> str:
@@ -128,15 +152,17 @@ def request_timeout(explicit: float | None = None) -> float:
 
 
 def backend(explicit: str | None = None) -> str:
-    """Which engine ``InferenceEngine`` runs: the argument, else ``LLCUDA_BACKEND``, else "server".
+    """Which engine ``InferenceEngine`` runs: the argument, else ``LLCUDA_BACKEND``, else "serve".
 
-    "server": llama-server in a child process (crash isolation, OpenAI API, embeddings, restarts);
-    "inprocess": libllama in this process (the fastest decode; see README "Backends").
+    "serve": llcuda's engine in a ``llcuda serve`` child process (the fast engine with crash isolation);
+    "inprocess": the same engine in this process (no HTTP); "llama-server": llama.cpp's own server
+    (its tool-call parsing, multimodal models, web UI). See docs/backends-and-engine.md.
     """
     value = explicit if explicit is not None else _env("LLCUDA_BACKEND")
     if value is None:
         return DEFAULT_BACKEND
-    name = value.strip().lower().replace("-", "").replace("_", "")
+    name = value.strip().lower().replace("_", "-")
+    name = "inprocess" if name == "in-process" else name
     if name not in BACKENDS:
         where = "backend" if explicit is not None else "LLCUDA_BACKEND"
         raise ConfigError(f"{where}={value!r} must be one of {', '.join(map(repr, BACKENDS))}.")

@@ -15,6 +15,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 # LLCUDA_HOME as the run started, before `isolated_home` points it at a temporary folder: the
 # build caches (source, CPU build) that scripts/setup.sh filled live there.
 _USER_LLCUDA_HOME = os.environ.get("LLCUDA_HOME")
+# The suites written against llama-server's behaviour pick it by default; tests of the default backend name it.
+os.environ.setdefault("LLCUDA_BACKEND", "llama-server")
 
 
 def _put_llcuda_home(value: str | None) -> None:
@@ -52,7 +54,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (run `pytest -m gpu` on a GPU machine)")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:  # keywords would also match a folder named gpu
             item.add_marker(skip)
 
 
@@ -102,3 +104,13 @@ def tiny_engine(binaries, tiny_model: Path, isolated_home: Path):
     engine.load_model(tiny_model, ctx_size=2048, n_parallel=4, threads=1)
     yield engine
     engine.unload()
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1, ~100 MB, with a chat template) from the user's cache, pulled if missing."""
+    from llcuda.models import SMOLLM2_MODEL
+    from llcuda.models.resolve import resolve_model
+
+    with _llcuda_home(_USER_LLCUDA_HOME):  # the user's cache, even after isolated_home has begun
+        return resolve_model(SMOLLM2_MODEL, progress=False).path

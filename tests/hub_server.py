@@ -1,9 +1,13 @@
 """A real loopback HTTP server that behaves like the Hugging Face hub and a PyPI simple index.
 
+* ``GET /api/models/{owner}/{repo}/revision/{rev}``: the repository's commit and file list
+  (``siblings``), as huggingface.co answers it.
 * ``HEAD/GET /{owner}/{repo}/resolve/{rev}/{path}``: for LFS files a 302 to the CDN with
   ``X-Linked-Etag`` (the sha256) and ``X-Linked-Size``, like huggingface.co; small non-LFS files
   are served directly with a git-style ``ETag``. Unknown repos/revisions/files and gated repos
-  answer with the hub's status codes and ``X-Error-Code`` headers.
+  answer with the hub's status codes and ``X-Error-Code`` headers. A private repository answers
+  as if it did not exist unless the request carries ``Authorization: Bearer <token>``; a gated one
+  lists its files to anyone but serves them only with the token.
 * ``GET /cdn/{sha256}``: the bytes, with ``Range`` support. The CDN is addressed as
   ``localhost`` while the hub is ``127.0.0.1``, so (as on the real hub) they are different hosts.
 * ``GET /simple/{project}/`` (PEP 691 JSON or PEP 503 HTML) and ``GET /packages/{file}``.
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -48,6 +53,7 @@ class HubEntry:
 class Repo:
     files: dict[tuple[str, str], HubEntry] = field(default_factory=dict)  # (revision, path) -> entry
     gated: bool = False
+    private: bool = False
     renamed_to: str | None = None
 
 
@@ -93,10 +99,11 @@ class FakeHub:
 
     # -- content ---------------------------------------------------------------------------------
     def add_file(self, repo: str, path: str, data: bytes, *, revision: str = "main", lfs: bool = True,
-                 gated: bool = False) -> str:
+                 gated: bool = False, private: bool = False) -> str:
         entry = HubEntry(data, lfs)
         r = self.repos.setdefault(repo, Repo())
         r.gated = r.gated or gated
+        r.private = r.private or private
         r.files[(revision, path)] = entry
         self.blobs[entry.sha256] = data
         return entry.sha256
@@ -105,15 +112,16 @@ class FakeHub:
         self.repos[old] = Repo(renamed_to=new)
 
     def add_wheel(self, project: str, version: str, members: dict[str, bytes], *, sha256: str | None = None,
-                  record_override: dict[str, str] | None = None) -> str:
-        """Serve a wheel holding ``members``; ``sha256`` overrides the hash the index lists."""
+                  record_override: dict[str, str] | None = None, yanked: bool | str = False) -> str:
+        """Serve a wheel holding ``members``; ``sha256`` overrides the hash the index lists; ``yanked``
+        (True or a reason) marks it yanked (PEP 592/691)."""
         filename, data = build_wheel(project, version, members, record_override=record_override)
         self.packages[filename] = data
         digest = sha256 or hashlib.sha256(data).hexdigest()
         norm = re.sub(r"[-_.]+", "-", project).lower()
         self.projects.setdefault(norm, []).append(
             {"filename": filename, "url": f"../../packages/{filename}", "hashes": {"sha256": digest},
-             "size": len(data), "requires-python": ">=3.9", "yanked": False}
+             "size": len(data), "requires-python": ">=3.9", "yanked": yanked}
         )
         return filename
 
@@ -153,6 +161,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             with hub._lock:
                 hub.log.append((self.command, self.path, dict(self.headers)))
             path = self.path.split("?", 1)[0]
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", path)
+            if m:
+                return self._revision(m.group(1), unquote(m.group(2)))
             m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if m:
                 return self._resolve(m.group(1), m.group(2), m.group(3), head)
@@ -177,13 +188,29 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if not head:
                 self.wfile.write(body)
 
+        def _authorized(self) -> bool:
+            return self.headers.get("Authorization") == f"Bearer {hub.token}"
+
+        def _revision(self, repo_id: str, rev: str) -> None:
+            repo = hub.repos.get(repo_id)
+            if repo is None or (repo.private and not self._authorized()):
+                return self._reply(401, b'{"error":"Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+            if repo.renamed_to:
+                return self._reply(307, b"", {"Location": f"/api/models/{repo.renamed_to}/revision/{rev}"})
+            files = [path for r, path in repo.files if r == rev]
+            if not files:
+                return self._reply(404, b'{"error":"Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
+            body = json.dumps({"id": repo_id, "sha": COMMIT, "private": repo.private, "gated": repo.gated,
+                               "siblings": [{"rfilename": path} for path in sorted(files)]}).encode()
+            return self._reply(200, body, {"Content-Type": "application/json"})
+
         def _resolve(self, repo_id: str, rev: str, file: str, head: bool) -> None:
             repo = hub.repos.get(repo_id)
-            if repo is None:
+            if repo is None or (repo.private and not self._authorized()):
                 return self._reply(401, b"Repository not found", {"X-Error-Code": "RepoNotFound"}, head)
             if repo.renamed_to:
                 return self._reply(307, b"", {"Location": f"/{repo.renamed_to}/resolve/{rev}/{file}"}, head)
-            if repo.gated and self.headers.get("Authorization") != f"Bearer {hub.token}":
+            if repo.gated and not self._authorized():
                 return self._reply(403, b"gated", {"X-Error-Code": "GatedRepo"}, head)
             if not any(r == rev for r, _ in repo.files):
                 return self._reply(404, b"Invalid rev id", {"X-Error-Code": "RevisionNotFound"}, head)
@@ -210,8 +237,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 body = json.dumps({"meta": {"api-version": "1.1"}, "name": project, "files": files,
                                    "versions": sorted({f["filename"].split("-")[1] for f in files})}).encode()
                 return self._reply(200, body, {"Content-Type": "application/vnd.pypi.simple.v1+json"})
-            links = "".join(f'<a href="{f["url"]}#sha256={f["hashes"]["sha256"]}">{f["filename"]}</a><br/>'
-                            for f in files)
+            def yanked(f: dict[str, Any]) -> str:
+                reason = f["yanked"]
+                if reason is False:
+                    return ""
+                return f' data-yanked="{reason if isinstance(reason, str) else ""}"'
+
+            links = "".join(f'<a href="{f["url"]}#sha256={f["hashes"]["sha256"]}"{yanked(f)}>{f["filename"]}</a>'
+                            "<br/>" for f in files)
             return self._reply(200, f"<html><body>{links}</body></html>".encode(), {"Content-Type": "text/html"})
 
         # -- bytes with Range and faults ---------------------------------------------------------

@@ -30,6 +30,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for var in ("HF_TOKEN", "LLCUDA_OFFLINE", "HF_HUB_OFFLINE", "LLCUDA_PYPI_INDEX", "PIP_INDEX_URL",
                 "LLCUDA_DEFAULT_MODEL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("LLCUDA_HOME", str(tmp_path / "home"))
     yield tmp_path / "home" / "models"
 
@@ -114,3 +115,33 @@ def test_pull_from_a_hub_and_doctor_summary(home: Path, tmp_path: Path, monkeypa
 def test_unknown_name_exits_1_with_suggestion(home: Path) -> None:
     code, _, err = run("models", "pull", "-q", "gemma-3-1b-Q4KM")
     assert code == 1 and "Did you mean: gemma-3-1b-Q4_K_M" in err
+
+
+def test_show(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    template = "{% for m in messages %}\n{{ m['content'] }}\n{% endfor %}"
+    src = make_gguf(tmp_path / "Shown.gguf", tensor_bytes=64 << 10, chat_template=template)
+    code, out, err = run("models", "show", str(src))
+    assert code == 0, err
+    expected = [("path", str(src)), ("architecture", "llama"), ("parameters", "16.4K (16,384)"),
+                ("quantization", "F32 (tensors: F32 100%)"), ("context length", "2048"),
+                ("embedding length", "64"), ("layers", "1"), ("attention heads", "?"), ("vocabulary", "4"),
+                ("chat template", "yes: {% for m in messages %}")]
+    assert out.startswith("Shown (test-llama)\n")
+    for label, value in expected:
+        assert f"\n  {label:17} {value}\n" in out, (label, out)
+    assert "source" not in out and "cannot load" not in out
+    code, out, _ = run("models", "show", str(src), "--template")
+    assert out.endswith("  chat template     yes, below\n" + template + "\n")
+    code, out, _ = run("models", "show", str(src), "--json")
+    facts = json.loads(out)
+    assert facts["parameters"] == 16384 and facts["chat_template"] == "{% for m in messages %}"
+    code, _, err = run("models", "show", "gemma-3-1b-Q4_K_M")
+    assert code == 1 and "not in the model cache" in err and "llcuda models pull gemma-3-1b-Q4_K_M" in err
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        hub.add_file("org/repo", "m-Q8_0.gguf", src.read_bytes())
+        code, out, err = run("models", "show", "--pull", "--json", "org/repo:Q8_0")
+        assert code == 0, err
+        assert json.loads(out)["origin"] == "hf://org/repo/m-Q8_0.gguf"
+        code, out, _ = run("models", "show", "hf.co/org/repo:q8_0")
+        assert "  source            hf hf://org/repo/m-Q8_0.gguf\n" in out and "  sha256   " in out

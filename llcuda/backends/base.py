@@ -4,7 +4,7 @@
   crash isolation, restarts, the OpenAI API.
 - :mod:`llcuda.backends.inprocess`: libllama in this process (:mod:`llcuda.libllama.engine`): the fastest decode.
 
-The engine checks the arguments once (into :class:`GenerationArgs`), picks the backend and owns
+The engine checks the arguments once (into :class:`SamplingOptions`), picks the backend and owns
 the metrics recorder; a backend loads the model and runs the requests. Both start an
 embeddings-only llama-server on demand (:mod:`llcuda.backends.embeddings`).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from llcuda.options import GenerationArgs
+from llcuda.options import SamplingOptions
 from llcuda.results import InferResult, TokenStream
 
 
@@ -36,14 +36,14 @@ class Backend(Protocol):
 
     def unload(self) -> None: ...
 
-    def infer(self, prompt: str, args: GenerationArgs) -> InferResult: ...
+    def infer(self, prompt: str, args: SamplingOptions) -> InferResult: ...
 
-    def infer_stream(self, prompt: str, args: GenerationArgs) -> TokenStream: ...
+    def infer_stream(self, prompt: str, args: SamplingOptions) -> TokenStream: ...
 
-    def chat(self, messages: list[dict[str, Any]], args: GenerationArgs,
+    def chat(self, messages: list[dict[str, Any]], args: SamplingOptions,
              stream: bool) -> InferResult | TokenStream: ...
 
-    def batch_infer(self, prompts: list[str], args: GenerationArgs,
+    def batch_infer(self, prompts: list[str], args: SamplingOptions,
                     max_workers: int | None) -> list[InferResult]: ...
 
     def embed(self, texts: list[str]) -> list[list[float]]: ...

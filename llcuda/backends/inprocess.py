@@ -7,14 +7,13 @@ which match llama-server's) and starts an embeddings-only llama-server for ``emb
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llcuda.backends.embeddings import EmbeddingServer
 from llcuda.errors import LlcudaError
 from llcuda.metrics import MetricsRecorder
-from llcuda.options import GenerationArgs
+from llcuda.options import LoadOptions, SamplingOptions
 from llcuda.processes.llama_server import ServerSettings
 from llcuda.results import InferResult, TokenStream
 from llcuda.system import binaries as bootstrap
@@ -45,30 +44,23 @@ class InProcessBackend:
         self.load_mode: str | None = None
 
     # -- loading -----------------------------------------------------------------------------
-    def load(self, model: str | Path, *, offline: bool | None, pooling: str | None, gpu_layers: int,
-             ctx_size: int, flash_attn: str, threads: int | None, split_mode: str | None,
-             tensor_split: Sequence[float] | None, main_gpu: int | None, load_mode: str | None = None,
-             **params: Any) -> None:
-        """Load ``model`` with libllama; ``params`` go to :meth:`InProcessEngine.load_model` as they are."""
+    def load(self, model: str | Path, options: LoadOptions, *, offline: bool | None) -> None:
+        """Load ``model`` with libllama."""
         from llcuda.libllama.engine import InProcessEngine
 
         engine = InProcessEngine(binaries=self._binaries, request_timeout=self._request_timeout,
                                  metrics=self._metrics)
         with self._lock:
             self.unload()
-            engine.load_model(model, offline=offline, gpu_layers=gpu_layers, ctx_size=ctx_size,
-                              flash_attn=flash_attn, threads=threads, split_mode=split_mode,
-                              tensor_split=tensor_split, main_gpu=main_gpu, load_mode=load_mode, **params)
+            engine.load_model(model, options, offline=offline)
             if engine.model_path is None:
                 raise LlcudaError("the in-process engine loaded no model; this is a bug in llcuda, please report it.")
             self._engine = engine
             self.model_name, self.model_path = engine.model_name, engine.model_path
             self.load_seconds, self.load_timings = engine.load_seconds, dict(engine.load_timings)
             self.load_mode = engine.load_mode
-            self._embed_settings = ServerSettings(
-                model_path=engine.model_path, ctx_size=ctx_size, gpu_layers=gpu_layers, flash_attn=flash_attn,
-                threads=threads, pooling=pooling, alias=engine.model_name, split_mode=split_mode,
-                tensor_split=tuple(tensor_split or ()), main_gpu=main_gpu, api_key=self._api_key)
+            self._embed_settings = ServerSettings.from_options(
+                engine.model_path, options, ctx_size=engine.n_ctx_seq, alias=engine.model_name, api_key=self._api_key)
 
     @property
     def is_loaded(self) -> bool:
@@ -104,22 +96,18 @@ class InProcessBackend:
         return f"in-process {'loaded' if self._engine else 'not loaded'}"
 
     # -- requests ----------------------------------------------------------------------------
-    def infer(self, prompt: str, args: GenerationArgs) -> InferResult:
-        return self._local().infer(prompt, args.max_tokens, args.temperature, args.top_p, args.top_k, args.seed,
-                                   args.stop, ignore_eos=args.ignore_eos)
+    def infer(self, prompt: str, args: SamplingOptions) -> InferResult:
+        return self._local().infer(prompt, args)
 
-    def infer_stream(self, prompt: str, args: GenerationArgs) -> TokenStream:
-        return self._local().infer_stream(prompt, args.max_tokens, args.temperature, args.top_p, args.top_k,
-                                          args.seed, args.stop, ignore_eos=args.ignore_eos)
+    def infer_stream(self, prompt: str, args: SamplingOptions) -> TokenStream:
+        return self._local().infer_stream(prompt, args)
 
-    def chat(self, messages: list[dict[str, Any]], args: GenerationArgs, stream: bool) -> InferResult | TokenStream:
-        return self._local().chat(messages, args.max_tokens, args.temperature, args.top_p, args.top_k, args.seed,
-                                  args.stop, stream=stream)
+    def chat(self, messages: list[dict[str, Any]], args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
+        return self._local().chat(messages, args, stream=stream)
 
-    def batch_infer(self, prompts: list[str], args: GenerationArgs, max_workers: int | None) -> list[InferResult]:
+    def batch_infer(self, prompts: list[str], args: SamplingOptions, max_workers: int | None) -> list[InferResult]:
         """Every prompt submitted at once (``max_workers`` is not needed)."""
-        return self._local().batch_infer(prompts, args.max_tokens, args.temperature, args.top_p, args.top_k,
-                                         args.seed, args.stop, ignore_eos=args.ignore_eos)
+        return self._local().batch_infer(prompts, args)
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Through an embeddings-only llama-server for the loaded model, started on first use."""

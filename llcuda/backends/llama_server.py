@@ -6,6 +6,7 @@ server that died during a request as such, and builds results from its JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,10 +19,11 @@ from typing import Any, Callable
 from llcuda.backends.embeddings import EmbeddingServer
 from llcuda.errors import ConfigError, InferenceError, LlcudaError, RequestTimeoutError
 from llcuda.metrics import MetricsRecorder
-from llcuda.options import GenerationArgs
+from llcuda.options import LoadOptions, SamplingOptions
 from llcuda.processes import rpc_worker as rpc_workers
 from llcuda.processes.client import LlamaClient
 from llcuda.processes.llama_server import LlamaServer, ServerSettings
+from llcuda.processes.llcuda_server import LlcudaServer
 from llcuda.results import InferResult, TokenStream
 from llcuda.system import binaries as bootstrap
 from llcuda.system import gpu
@@ -40,7 +42,9 @@ class ServerBackend:
     """llama-server started by this engine, or the one at ``server_url``."""
 
     def __init__(self, *, server_url: str | None, api_key: str | None, request_timeout: float,
-                 start_timeout: float, binaries: Binaries | None, metrics: MetricsRecorder) -> None:
+                 start_timeout: float, binaries: Binaries | None, metrics: MetricsRecorder,
+                 kind: str = "llama-server") -> None:
+        self.kind = kind  # "serve": llcuda's engine (llcuda serve); "llama-server": llama.cpp's server
         self._api_key = api_key
         self._request_timeout = request_timeout
         self._start_timeout = start_timeout
@@ -63,10 +67,10 @@ class ServerBackend:
         return LlamaClient(url, api_key=self._api_key, timeout=self._request_timeout)
 
     # -- loading -----------------------------------------------------------------------------
-    def load(self, model: str | Path, *, offline: bool | None, gpu_layers: int, split_mode: str | None,
-             tensor_split: Sequence[float] | None, main_gpu: int | None, rpc: Sequence[str] | None,
-             extra_args: Sequence[str], **options: Any) -> None:
-        """Resolve ``model``, check it fits, and start llama-server; ``options`` are ServerSettings fields."""
+    def load(self, model: str | Path, options: LoadOptions, *, offline: bool | None, host: str, port: int | None,
+             allow_unauthenticated: bool, rpc: Sequence[str] | None, backend_sampling: bool,
+             extra_args: Sequence[str]) -> None:
+        """Resolve ``model``, check it fits, and start the server process."""
         from llcuda.models import resolve_model
 
         resolved = resolve_model(model, offline=offline)
@@ -75,18 +79,23 @@ class ServerBackend:
         for warning in gpu.check_compatibility(binaries.build_info, report):
             log.warning("%s", warning)
         endpoints = rpc_workers.parse_endpoints(rpc)
-        split_mode, split_shares, main_gpu = split.prepare(binaries.build_info, split_mode, tensor_split, main_gpu,
-                                                           endpoints, report=report)
-        if binaries.build_info.get("backend") == "cpu" and gpu_layers and not endpoints:
+        split_mode, split_shares, main_gpu = split.prepare(binaries.build_info, options.split_mode,
+                                                           options.tensor_split, options.main_gpu, endpoints,
+                                                           report=report)
+        if binaries.build_info.get("backend") == "cpu" and options.gpu_layers and not endpoints:
             log.info("CPU build of llama.cpp: layers run on the CPU (gpu_layers ignored)")
-        settings = ServerSettings(
-            model_path=resolved.path, gpu_layers=gpu_layers, api_key=self._api_key, alias=resolved.name,
-            split_mode=split_mode, tensor_split=split_shares, main_gpu=main_gpu, rpc=endpoints,
-            extra_args=tuple(extra_args), **options,
-        )
+        if endpoints:  # llama.cpp cannot resolve "auto" through RPC workers
+            options = dataclasses.replace(options, flash_attn=rpc_workers.flash_attn_over_rpc(
+                options.flash_attn, vram.head_sizes(resolved.info)))
+        options = dataclasses.replace(options, split_mode=split_mode, tensor_split=split_shares, main_gpu=main_gpu)
+        settings = ServerSettings.from_options(
+            resolved.path, options, ctx_size=options.context_tokens(resolved.info.context_length), host=host,
+            port=port, api_key=self._api_key, allow_unauthenticated=allow_unauthenticated, alias=resolved.name,
+            rpc=endpoints, backend_sampling=backend_sampling, extra_args=tuple(extra_args))
         rpc_workers.check_workers(endpoints)  # before unloading: an unreachable worker keeps the old model
         vram.check_memory(resolved.info, settings, binaries.build_info, report)  # before a CUDA out-of-memory crash
-        server = LlamaServer(settings, binaries=binaries)  # validates: a bad argument leaves the old model running
+        process = LlcudaServer if self.kind == "serve" else LlamaServer
+        server = process(settings, binaries=binaries)  # validates: a bad argument leaves the old model running
         with self._lock:
             self.unload()
             started = time.monotonic()
@@ -173,9 +182,12 @@ class ServerBackend:
         lost = [f"{ep} ({why})" for ep in server.settings.rpc if (why := rpc_workers.probe(ep)) is not None]
         then = (f"RPC worker(s) unreachable: {', '.join(lost)}. Restart them; the next call restarts llama-server"
                 if lost else "the next call restarts it")
+        tail = server.log_tail()
+        workers = rpc_workers.explain_worker_crash(server.settings.rpc, tail)
         return InferenceError(
-            f"llama-server died during the request (exit code {code}); {then}. Cause: {exc}",
-            log_tail=server.log_tail(),
+            f"llama-server died during the request (exit code {code}); {then}. Cause: {exc}"
+            + (f"\n{workers}" if workers else ""),
+            log_tail=tail,
         )
 
     def _recorded(self, func: Callable[[LlamaClient], Any]) -> Any:
@@ -194,13 +206,17 @@ class ServerBackend:
             raise
 
     # -- generation --------------------------------------------------------------------------
-    def infer(self, prompt: str, args: GenerationArgs) -> InferResult:
+    def infer(self, prompt: str, args: SamplingOptions) -> InferResult:
+        if self.kind == "serve":
+            return self._openai_infer(prompt, args, stream=False)  # type: ignore[return-value]
         body = _completion_body(prompt, args)
         started = time.monotonic()
         data = self._recorded(lambda c: c.completion(body))
         return self._completion_result(data, started, None)
 
-    def infer_stream(self, prompt: str, args: GenerationArgs) -> TokenStream:
+    def infer_stream(self, prompt: str, args: SamplingOptions) -> TokenStream:
+        if self.kind == "serve":
+            return self._openai_infer(prompt, args, stream=True)  # type: ignore[return-value]
         body = _completion_body(prompt, args)
         started = time.monotonic()
         got = _Streamed()
@@ -214,7 +230,31 @@ class ServerBackend:
 
         return TokenStream(pieces(), lambda: self._completion_result(got.data, started, got.first, got.text))
 
-    def chat(self, messages: list[dict[str, Any]], args: GenerationArgs, stream: bool) -> InferResult | TokenStream:
+    def _openai_infer(self, prompt: str, args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
+        """A raw-text completion through OpenAI's ``/v1/completions`` (llcuda serve)."""
+        body: dict[str, Any] = {"prompt": prompt, "max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos,
+                                **_sampling(args)}
+        if args.seed is None:
+            body.pop("seed")
+        started = time.monotonic()
+        if not stream:
+            data = self._recorded(lambda c: c.text_completion(body))
+            choice = data["choices"][0]
+            return self._chat_result(data, choice.get("text") or "", choice.get("finish_reason"), started, None)
+        body["stream_options"] = {"include_usage": True}
+        got = _Streamed()
+
+        def pieces() -> Iterator[str]:
+            for event in self._recorded_stream(lambda c: c.text_completion_stream(body)):
+                got.data.update({k: v for k, v in event.items() if k in ("usage", "timings")})
+                for choice in event.get("choices") or []:
+                    got.finish = choice.get("finish_reason") or got.finish
+                    if piece := choice.get("text") or "":
+                        yield got.add(piece)
+
+        return TokenStream(pieces(), lambda: self._chat_result(got.data, got.text, got.finish, started, got.first))
+
+    def chat(self, messages: list[dict[str, Any]], args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
         body: dict[str, Any] = {"messages": messages, "max_tokens": args.max_tokens, **_sampling(args)}
         started = time.monotonic()
         if not stream:
@@ -235,7 +275,7 @@ class ServerBackend:
 
         return TokenStream(pieces(), lambda: self._chat_result(got.data, got.text, got.finish, started, got.first))
 
-    def batch_infer(self, prompts: list[str], args: GenerationArgs, max_workers: int | None) -> list[InferResult]:
+    def batch_infer(self, prompts: list[str], args: SamplingOptions, max_workers: int | None) -> list[InferResult]:
         """Every prompt concurrently; the server decodes up to ``n_parallel`` together, queues the rest."""
         slots = self._server.settings.n_parallel if self._server else DEFAULT_SLOTS
         workers = max_workers or min(len(prompts), max(slots, 1) * 2)
@@ -273,6 +313,8 @@ class ServerBackend:
         finished = time.monotonic()
         generated = int(tokens or 0)
         tps = float(timings.get("predicted_per_second") or 0.0)
+        if not tps and first is not None and int(tokens or 0) > 1 and finished > first:
+            tps = (int(tokens) - 1) / (finished - first)
         self._metrics.record(started, finished, generated, tps)
         return InferResult(
             text=text,
@@ -342,13 +384,17 @@ class _Streamed:
         return "".join(self.parts)
 
 
-def _sampling(args: GenerationArgs) -> dict[str, Any]:
+def _sampling(args: SamplingOptions) -> dict[str, Any]:
     """The sampling fields llama-server's /completion and /v1/chat/completions share."""
-    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-            "seed": -1 if args.seed is None else args.seed, "stop": list(args.stop)}
+    body: dict[str, Any] = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+                            "min_p": args.min_p, "seed": -1 if args.seed is None else args.seed,
+                            "stop": list(args.stop)}
+    if args.grammar is not None:
+        body["grammar"] = args.grammar
+    return body
 
 
-def _completion_body(prompt: str, args: GenerationArgs) -> dict[str, Any]:
+def _completion_body(prompt: str, args: SamplingOptions) -> dict[str, Any]:
     return {"prompt": prompt, "cache_prompt": True, "n_predict": args.max_tokens, **_sampling(args),
             "ignore_eos": args.ignore_eos}
 

@@ -13,11 +13,14 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from llcuda.benchmark.workload import Reply, Sampling
 from llcuda.errors import ConfigError
 from llcuda.processes.process import ManagedProcess
+
+if TYPE_CHECKING:
+    from llcuda.options import LoadOptions
 
 SERVE_READY_TIMEOUT_S = 600.0
 REQUEST_TIMEOUT_S = 600.0
@@ -33,6 +36,13 @@ class Job:
     gpu_layers: int
     flash_attn: str
     log_dir: Path
+
+    def load_options(self) -> LoadOptions:
+        from llcuda.options import LoadOptions
+
+        return LoadOptions(
+            gpu_layers=self.gpu_layers, ctx_size=self.ctx_size, n_parallel=self.n_parallel, flash_attn=self.flash_attn
+        ).checked()
 
     def log_file(self, name: str) -> Path:
         """``<log_dir>/<name>.log``, created empty (a child process's output is appended to it)."""
@@ -73,13 +83,7 @@ class EngineSystem(System):
         from llcuda import InferenceEngine
 
         self.engine = InferenceEngine(backend=self.backend, request_timeout=REQUEST_TIMEOUT_S)
-        self.engine.load_model(
-            job.model,
-            gpu_layers=job.gpu_layers,
-            ctx_size=job.ctx_size,
-            n_parallel=job.n_parallel,
-            flash_attn=job.flash_attn,
-        )
+        self.engine.load_model(job.model, job.load_options())
         return {"backend": self.engine.backend, "load_timings": dict(self.engine.load_timings or {})}
 
     def request(self, prompt: str, max_tokens: int, sampling: Sampling) -> Reply:
@@ -171,16 +175,7 @@ class LlamaServerSystem(OpenAIClientSystem):
         from llcuda.processes.llama_server import LlamaServer, ServerSettings
 
         log_path = job.log_file(f"llama-server-{'stream' if self.stream else 'plain'}")
-        self.server = LlamaServer(
-            ServerSettings(
-                model_path=job.model,
-                ctx_size=job.ctx_size,
-                n_parallel=job.n_parallel,
-                gpu_layers=job.gpu_layers,
-                flash_attn=job.flash_attn,
-            ),
-            log_path=log_path,
-        )
+        self.server = LlamaServer(ServerSettings.from_options(job.model, job.load_options()), log_path=log_path)
         self.base_url = self.server.start(SERVE_READY_TIMEOUT_S)
         self.connect()
         return {"server_log": log_path.name}
@@ -191,7 +186,7 @@ class LlamaServerSystem(OpenAIClientSystem):
 
 
 class ServeProcess(ManagedProcess):
-    """``llcuda serve`` on loopback, as a user starts it: ready once ``/v1/models`` answers 200."""
+    """``llcuda serve`` on loopback, as a user starts it: ready once ``/health`` answers 200."""
 
     name = "llcuda serve"
     bind_failure_markers = ("address already in use",)
@@ -201,15 +196,15 @@ class ServeProcess(ManagedProcess):
         self.job = job
 
     def command(self, port: int) -> list[str]:
-        job = self.job
-        return [sys.executable, "-m", "llcuda", "serve", "--model", str(job.model), "--host", self.host,
-                "--port", str(port), "--ctx-size", str(job.ctx_size), "--n-parallel", str(job.n_parallel),
-                "--gpu-layers", str(job.gpu_layers), "--flash-attn", job.flash_attn]  # fmt: skip
+        from llcuda.options import to_arguments
+
+        cmd = [sys.executable, "-m", "llcuda", "serve", "--model", str(self.job.model), "--host", self.host]
+        return cmd + ["--port", str(port), *to_arguments(self.job.load_options())]
 
     def probe(self) -> bool:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
         try:
-            with opener.open(f"http://{self.host}:{self.port}/v1/models", timeout=2.0) as resp:
+            with opener.open(f"http://{self.host}:{self.port}/health", timeout=2.0) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False

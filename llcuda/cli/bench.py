@@ -1,9 +1,8 @@
-"""``llcuda bench``: aggregate decode throughput of one engine at several concurrency levels.
+"""``llcuda bench``: aggregate decode throughput of one backend at several concurrency levels.
 
-Two engines can be measured: ``"server"`` (:class:`InferenceEngine`, llama-server over loopback HTTP,
-the default) and ``"inprocess"`` (:class:`llcuda.libllama.engine.InProcessEngine`, libllama in this
-process with sampling on the GPU). ``llcuda bench --compare`` (also ``python -m llcuda.benchmark``) runs
-the full comparison against llama.cpp's own ceilings instead (:mod:`llcuda.benchmark`).
+The quick check a user runs on their machine, through :class:`~llcuda.engine.InferenceEngine` on
+any backend. ``llcuda bench --compare`` (also ``python -m llcuda.benchmark``) runs the full
+comparison against llama.cpp's own tools instead (:mod:`llcuda.benchmark`).
 """
 
 from __future__ import annotations
@@ -15,8 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from llcuda.engine import InferenceEngine
+from llcuda.options import LoadOptions
+
 BENCH_PROMPT = "Write a long story about a lighthouse keeper who finds a map."
-ENGINES = ("server", "inprocess")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -31,53 +32,32 @@ def run_quick_bench(
     model: str | None,
     concurrency: list[int],
     max_tokens: int = 64,
-    gpu_layers: int = 99,
-    ctx_size: int = 4096,
-    flash_attn: str = "auto",
+    options: LoadOptions | None = None,
     offline: bool | None = None,
     requests_per_level: int | None = None,
-    load_options: dict[str, Any] | None = None,
-    engine: str = "server",
-    backend_sampling: bool = False,
+    backend: str | None = None,
+    rpc: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Greedy, end-of-sequence ignored, so every request decodes exactly ``max_tokens`` tokens.
+    """Greedy, end-of-generation ignored, so every request decodes exactly ``max_tokens`` tokens.
 
-    ``load_options`` go to ``load_model`` as they are (e.g. ``rpc``, ``split_mode``, ``tensor_split``
-    for the server engine; ``kv_unified`` for the in-process one). ``backend_sampling`` passes
-    ``--backend-sampling`` to llama-server (the in-process engine always samples on the backend).
+    ``options`` load the model (its ``n_parallel`` is raised to the highest concurrency level) on
+    ``backend`` (default: InferenceEngine's).
     """
-    from llcuda.engine import InferenceEngine
-
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
     top = max(concurrency)
-    ctx = max(ctx_size, top * (max_tokens + 64))
+    opts = options or LoadOptions()
+    if opts.n_parallel < top:
+        opts = opts.replace(n_parallel=top)
     started = time.monotonic()
-    eng: Any
-    if engine == "server":
-        eng = InferenceEngine()
-        eng.load_model(model, gpu_layers=gpu_layers, ctx_size=ctx, n_parallel=top, flash_attn=flash_attn,
-                       offline=offline, backend_sampling=backend_sampling, **(load_options or {}))
-    else:
-        from llcuda.libllama.engine import InProcessEngine
-
-        eng = InProcessEngine()
-        eng.load_model(model, gpu_layers=gpu_layers, ctx_size=ctx, n_parallel=top,
-                       flash_attn="on" if flash_attn == "auto" else flash_attn, offline=offline,
-                       **(load_options or {}))
+    eng = InferenceEngine(backend=backend)
+    eng.load_model(model, opts, offline=offline, rpc=rpc)
     load_seconds = time.monotonic() - started
 
     def one(_: int) -> Any:
-        if engine == "server":
-            return eng.infer(BENCH_PROMPT, max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-        return eng.infer(BENCH_PROMPT, max_tokens=max_tokens, ignore_eos=True)
+        return eng.infer(BENCH_PROMPT, max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
 
     runs = []
     try:
-        if engine == "server":
-            eng.infer(BENCH_PROMPT, max_tokens=8, temperature=0.0)  # warm-up
-        else:
-            eng.infer(BENCH_PROMPT, max_tokens=8)
+        eng.infer(BENCH_PROMPT, max_tokens=8, temperature=0.0)  # warm-up
         for level in concurrency:
             count = requests_per_level or level
             t0 = time.monotonic()
@@ -96,13 +76,10 @@ def run_quick_bench(
                 "latency_ms_p50": _percentile(latencies, 0.50),
                 "latency_ms_p95": _percentile(latencies, 0.95),
             })
-        if engine == "server":
-            backend = eng.server.binaries.build_info.get("backend", "?") if eng.server else "?"
-        else:
-            from llcuda.system import binaries as bootstrap
+        from llcuda.system.binaries import find_binaries
 
-            backend = bootstrap.find_binaries().build_info.get("backend", "?")
-        return {"model": eng.model_name, "backend": backend, "engine": engine, "load_seconds": load_seconds,
+        build = find_binaries().build_info.get("backend", "?")
+        return {"model": eng.model_name, "backend": build, "engine": eng.backend, "load_seconds": load_seconds,
                 "max_tokens": max_tokens, "runs": runs}
     finally:
         eng.unload()

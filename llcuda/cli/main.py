@@ -1,4 +1,7 @@
-"""The ``llcuda`` command line: infer, chat, serve, bench, rpc-worker, models, doctor. The only module that prints."""
+"""The ``llcuda`` command line: infer, chat, serve, bench, rpc-worker, models, ps, stop, doctor.
+
+The only module that prints.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from llcuda import config
+from llcuda import config, options
 from llcuda.errors import ConfigError, LlcudaError
+from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
 from llcuda.processes.process import is_loopback
 
 log = logging.getLogger("llcuda.cli.main")
@@ -25,53 +29,36 @@ def _version() -> str:
 
 
 # -- shared options ----------------------------------------------------------------------------
-def _add_model_options(parser: argparse.ArgumentParser, *, n_parallel: int = 1, ctx_size: int = 4096,
-                       backend: bool = True) -> None:
-    group = parser.add_argument_group("model and server")
+def _add_model_options(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
+    group = parser.add_argument_group("model")
     if backend:
         group.add_argument("--backend", choices=config.BACKENDS, default=None,
-                           help="server: llama-server in a child process; inprocess: libllama in this process, "
-                                "the fastest decode (default: LLCUDA_BACKEND, else server)")
+                           help="serve: llcuda's engine in a child process; inprocess: the same engine in this "
+                                "process; llama-server: llama.cpp's server (default: LLCUDA_BACKEND, else serve)")
+        group.add_argument("--server-url", default=None, help="use a running server instead of starting one")
     group.add_argument("-m", "--model", default=None,
-                       help=f"registry name, path, hf://repo/file.gguf or URL (default: {config.DEFAULT_MODEL}, "
-                            "or LLCUDA_DEFAULT_MODEL)")
-    group.add_argument("--server-url", default=None, help="use a running llama-server instead of starting one")
-    group.add_argument("--gpu-layers", "-ngl", type=int, default=99, help="layers to offload to the GPU (default 99)")
-    group.add_argument("--ctx-size", "-c", type=int, default=ctx_size, help=f"context size (default {ctx_size})")
-    group.add_argument("--n-parallel", "-np", type=int, default=n_parallel, help="server slots")
-    group.add_argument("--flash-attn", "-fa", choices=["on", "off", "auto"], default="auto")
+                       help=f"registry name, path, owner/repo:QUANT, hf://repo/file.gguf or URL (default: "
+                            f"{config.DEFAULT_MODEL}, or LLCUDA_DEFAULT_MODEL)")
     group.add_argument("--offline", action="store_true", default=None, help="never download (also LLCUDA_OFFLINE=1)")
-    group = parser.add_argument_group("several GPUs and RPC workers")
-    group.add_argument("--split-mode", "-sm", choices=["none", "layer", "row", "tensor"], default=None,
-                       help="how to spread the model over devices (llama.cpp's default: layer)")
-    group.add_argument("--tensor-split", "-ts", type=_tensor_split, default=None, metavar="N0,N1,...",
-                       help="proportion per device, e.g. 3,1 (default: by free memory); RPC workers' devices first")
-    group.add_argument("--main-gpu", "-mg", type=int, default=None, help="device index for split-mode none/row")
+    options.add_arguments(parser.add_argument_group("loading (the same defaults in Python)"), LoadOptions)
+    group = parser.add_argument_group("llama-server backend")
     group.add_argument("--rpc", action="append", default=None, metavar="HOST:PORT",
-                       help="an `llcuda rpc-worker` to offload layers to (repeatable)")
+                       help="an `llcuda rpc-worker` to offload layers to (repeatable; --backend llama-server)")
 
 
-def _tensor_split(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace("/", ",").split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers such as 3,1") from None
+def _load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_model`` keyword arguments from the parsed flags."""
+    kwargs: dict[str, Any] = {"options": options.load_options_from(args), "offline": args.offline}
+    if getattr(args, "rpc", None):
+        kwargs["rpc"] = args.rpc
+    return kwargs
 
 
-def _scaleout(args: argparse.Namespace) -> dict[str, Any]:
-    return {"split_mode": args.split_mode, "tensor_split": args.tensor_split, "main_gpu": args.main_gpu,
-            "rpc": args.rpc}
-
-
-def _add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int, temperature: float) -> None:
-    group = parser.add_argument_group("sampling")
-    group.add_argument("-n", "--max-tokens", type=int, default=max_tokens, help=f"default {max_tokens}")
-    group.add_argument("-t", "--temperature", type=float, default=temperature,
-                       help=f"0 is greedy (default {temperature})")
-    group.add_argument("--top-p", type=float, default=0.95)
-    group.add_argument("--top-k", type=int, default=40)
-    group.add_argument("--seed", type=int, default=None)
-    group.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+def _add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int | None = None) -> None:
+    group = parser.add_argument_group("sampling (the same defaults in Python)")
+    options.add_arguments(group, SamplingOptions)
+    if max_tokens is not None:
+        parser.set_defaults(max_tokens=max_tokens)
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -79,28 +66,41 @@ def _engine(args: argparse.Namespace) -> Any:
 
     engine = InferenceEngine(server_url=args.server_url, backend=args.backend)
     if not args.server_url:
-        engine.load_model(args.model, gpu_layers=args.gpu_layers, ctx_size=args.ctx_size,
-                          n_parallel=args.n_parallel, flash_attn=args.flash_attn, offline=args.offline,
-                          **_scaleout(args))
+        engine.load_model(args.model, **_load_kwargs(args))
     return engine
 
 
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    return {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-            "top_k": args.top_k, "seed": args.seed, "stop": args.stop}
+def _sampling(args: argparse.Namespace, chat: bool = False) -> dict[str, Any]:
+    """The sampling keyword arguments of the parsed flags (a chat turn always ends at end-of-generation)."""
+    names = [n for n in options.sampling_option_names() if hasattr(args, n) and not (chat and n == "ignore_eos")]
+    return {name: getattr(args, name) for name in names}
 
 
 # -- commands ----------------------------------------------------------------------------------
+def _infer_prompt(args: argparse.Namespace) -> str:
+    """The prompt argument; ``-`` (or none, with stdin not a terminal) reads stdin, final newlines dropped."""
+    if args.prompt is not None and args.prompt != "-":
+        return str(args.prompt)
+    if args.prompt is None and sys.stdin.isatty():
+        raise ConfigError('give a prompt (llcuda infer "Once upon a time") or pipe one in '
+                          "(echo text | llcuda infer).")
+    text = sys.stdin.read().rstrip("\r\n")
+    if not text.strip():
+        raise ConfigError("the prompt read from stdin is empty; pipe text in or give the prompt as argument.")
+    return text
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
+    prompt = _infer_prompt(args)
     with _engine(args) as engine:
         if args.json:
-            result = engine.infer(args.prompt, **_sampling(args))
+            result = engine.infer(prompt, **_sampling(args))
             print(json.dumps({"text": result.text, "tokens_generated": result.tokens_generated,
                               "prompt_tokens": result.prompt_tokens, "latency_ms": round(result.latency_ms, 2),
                               "tokens_per_sec": round(result.tokens_per_sec, 2),
                               "finish_reason": result.finish_reason, "model": result.model}))
             return 0
-        stream = engine.infer_stream(args.prompt, **_sampling(args))
+        stream = engine.infer_stream(prompt, **_sampling(args))
         for piece in stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -113,59 +113,43 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    messages: list[dict[str, Any]] = []
-    if args.system:
-        messages.append({"role": "system", "content": args.system})
-    with _engine(args) as engine:
-        def turn(text: str) -> None:
-            messages.append({"role": "user", "content": text})
-            stream = engine.chat(messages, stream=True, **_sampling(args))
-            for piece in stream:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            messages.append({"role": "assistant", "content": stream.text()})
+    from llcuda.cli.chat import run_chat
 
-        if args.message:
-            turn(args.message)
-            return 0
-        interactive = sys.stdin.isatty()
-        if interactive:
-            print(f"llcuda chat with {engine.model_name} — /reset clears the history, /exit or Ctrl-D quits.")
-        while True:
-            if interactive:
-                sys.stdout.write("you> ")
-                sys.stdout.flush()
-            line = sys.stdin.readline()
-            if not line:
-                break
-            text = line.strip()
-            if not text:
-                continue
-            if text in ("/exit", "/quit"):
-                break
-            if text == "/reset":
-                del messages[1 if args.system else 0:]
-                continue
-            turn(text)
-    return 0
+    with _engine(args) as engine:
+        return run_chat(engine, _sampling(args, chat=True), message=args.message, system=args.system,
+                        verbose=args.verbose)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from llcuda.engine import InferenceEngine
-
+    """The OpenAI-compatible server on llcuda's in-process engine (llcuda.serve), or llama-server."""
     api_key = config.api_key(args.api_key)
     if not is_loopback(args.host) and not api_key and not args.allow_unauthenticated:
         raise ConfigError(
             f"refusing to serve on {args.host} without an API key: anyone who can reach it could use the model. "
             "Pass --api-key KEY (or set LLCUDA_API_KEY), or --allow-unauthenticated if you really mean it."
         )
-    engine = InferenceEngine(api_key=api_key, backend="server")  # serving is what the server backend is
-    engine.load_model(args.model, gpu_layers=args.gpu_layers, ctx_size=args.ctx_size, n_parallel=args.n_parallel,
-                      flash_attn=args.flash_attn, host=args.host, port=args.port, offline=args.offline,
-                      embeddings=args.embeddings, allow_unauthenticated=args.allow_unauthenticated,
-                      **_scaleout(args))
+    if args.llama_server:
+        return _serve_llama_server(args, api_key)
+    if args.server_args:
+        raise ConfigError(f"{' '.join(args.server_args)!r}: arguments after -- go to llama-server; add --llama-server "
+                          "(or drop them).")
+    if args.rpc:
+        raise ConfigError("--rpc is an option of llama-server; add --llama-server to use it.")
+    from llcuda.serve.launch import run_server
+
+    return run_server(args.model, _load_kwargs(args), host=args.host, port=args.port, api_key=api_key,
+                      allow_unauthenticated=args.allow_unauthenticated, alias=args.alias,
+                      log_level="info" if args.verbose else "warning",
+                      on_event=lambda message: print(f"llcuda: {message}", flush=True))
+
+
+def _serve_llama_server(args: argparse.Namespace, api_key: str | None) -> int:
+    from llcuda.engine import InferenceEngine
+
+    extra = [*args.server_args, *(["--alias", args.alias] if args.alias else [])]
+    engine = InferenceEngine(api_key=api_key, backend="llama-server")
+    engine.load_model(args.model, host=args.host, port=args.port, allow_unauthenticated=args.allow_unauthenticated,
+                      extra_args=extra, **_load_kwargs(args))
     server = engine.server
     assert server is not None
     stop = {"now": False}
@@ -217,7 +201,7 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
     finally:
         code = worker.returncode()
         worker.stop()
-    # Ctrl-C in a terminal reaches rpc-server too (same process group): that is a clean stop as well.
+    # An rpc-server stopped by SIGINT sent to it directly ended cleanly as well.
     if not stop["now"] and code not in (None, 0, -signal.SIGINT):
         print(f"llcuda: rpc-server exited with code {code}; log tail:\n{worker.log_tail(20)}", file=sys.stderr)
         return 1
@@ -229,19 +213,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.compare:
         return run_compare(args)
-    backend = config.backend(args.backend)
-    options = _scaleout(args)
-    if backend == "inprocess":
-        if options.pop("rpc"):
-            raise ConfigError("--rpc is an option of the server backend; drop it or use --backend server.")
-        if args.server_url:
-            raise ConfigError("--server-url is an option of the server backend; use --backend server.")
-    report = run_quick_bench(
-        model=args.model, concurrency=args.concurrency or [1, 4], max_tokens=args.max_tokens or 64,
-        gpu_layers=args.gpu_layers,
-        ctx_size=args.ctx_size, flash_attn=args.flash_attn, offline=args.offline, load_options=options,
-        engine=backend,
-    )
+    if args.server_url:
+        raise ConfigError("llcuda bench loads its own model; drop --server-url.")
+    report = run_quick_bench(model=args.model, concurrency=args.concurrency, max_tokens=args.max_tokens,
+                             options=options.load_options_from(args), offline=args.offline, backend=args.backend,
+                             rpc=args.rpc)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -307,28 +283,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("infer", help="continue a prompt (greedy by default)")
-    p.add_argument("prompt")
+    p = sub.add_parser("infer", help="continue a prompt")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="the text to continue; - reads it from stdin (so does none, with stdin not a tty)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming text")
     _add_model_options(p)
-    _add_sampling_options(p, max_tokens=64, temperature=0.0)
+    _add_sampling_options(p)
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("chat", help="chat with the model's own template (interactive, or one message)")
+    p = sub.add_parser("chat", help="chat with the model's own template (interactive, or one message)",
+                       description="Chat with the model. Interactive: line editing and history, Ctrl-C "
+                                   "stops a reply, Ctrl-D quits, /help lists the commands (/system, /clear, "
+                                   "/save, /load).")
     p.add_argument("message", nargs="?", default=None, help="one message; omit for an interactive session")
     p.add_argument("--system", default=None, help="system prompt")
     _add_model_options(p)
-    _add_sampling_options(p, max_tokens=256, temperature=0.7)
+    _add_sampling_options(p, max_tokens=CHAT_MAX_TOKENS)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("serve", help="run an OpenAI-compatible server (127.0.0.1 by default)")
+    p = sub.add_parser("serve", help="run an OpenAI-compatible server (127.0.0.1 by default)",
+                       description="Serve the model over HTTP with llcuda's in-process engine (OpenAI-compatible "
+                                   "API, Prometheus /metrics, the chat page at /), or with llama.cpp's "
+                                   "llama-server (--llama-server; arguments after -- go to it).")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
     p.add_argument("--api-key", default=None, help="require this key (also LLCUDA_API_KEY)")
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback host without an API key")
-    p.add_argument("--embeddings", action="store_true", help="serve embeddings only")
-    _add_model_options(p, n_parallel=4, backend=False)
+    p.add_argument("--alias", default=None, help="the model's name in the API (default: the model's own name)")
+    p.add_argument("--llama-server", action="store_true",
+                   help="serve with llama.cpp's llama-server in a child process instead of llcuda's engine")
+    p.add_argument("server_args", nargs="*", metavar="-- LLAMA_SERVER_ARGS",
+                   help="with --llama-server: more llama-server arguments, after --")
+    _add_model_options(p, backend=False)
     p.set_defaults(func=cmd_serve)
 
     from llcuda.cli.bench import add_compare_options
@@ -361,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_models_parser(sub)
     sub.choices["models"].set_defaults(func=run_models_command)
+
+    from llcuda.cli.ps import add_parsers as add_ps_parsers
+
+    add_ps_parsers(sub)
 
     p = sub.add_parser("doctor", help="check binaries, GPUs, driver and model cache")
     p.add_argument("--json", action="store_true")

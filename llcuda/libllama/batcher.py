@@ -18,30 +18,30 @@ usual calls, ending 64 requests in one step cost milliseconds.
 from __future__ import annotations
 
 import ctypes
-import heapq
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
-from llcuda.errors import InferenceError, LlcudaError
+from llcuda.errors import ConfigError, InferenceError, LlcudaError
 from llcuda.libllama.bindings import (
     LLAMA_DEFAULT_SEED,
     LLAMA_TOKEN_NULL,
+    LogitBias,
     SamplerSeqConfig,
     c_int32,
     log_tail,
     new_batch,
 )
-from llcuda.libllama.request import GREEDY, Request, Sampling
+from llcuda.libllama.request import GREEDY, Request, Sampling, TokenSink
 
 log = logging.getLogger(__name__)
 
-STATS = ("steps", "tokens", "decode_call_s", "wait_s", "host_s", "sampler_changes", "bulk_reads")
+STATS = ("steps", "tokens", "decode_call_s", "wait_s", "host_s", "sampler_changes", "bulk_reads",
+         "reused_tokens")
 # Called per token or per request, each a few µs at most (llama_get_sampled_token_ith: a stream
 # synchronize each, ~3 µs on an H100 host, hence llama_get_sampled_tokens, one call per step, where the
 # build has it); llama_decode, llama_synchronize and CPU sampling, which take milliseconds, still release the GIL.
@@ -71,11 +71,23 @@ def _seq_of(req: Request) -> int:
     return req.seq
 
 
-def new_chain(lib: Any, sampling: Sampling) -> int:
-    """A sampler chain like llama-server's default one (top-k, top-p, min-p 0.05, temperature, dist)."""
+def new_chain(lib: Any, sampling: Sampling, vocab: Any = None, eog_tokens: Sequence[int] = ()) -> int:
+    """A sampler chain like llama-server's default one: (EOG ban,) (grammar,) top-k, top-p, min-p,
+    temperature, a random draw; greedy takes the most likely token instead of the last four."""
     params = lib.llama_sampler_chain_default_params()
     params.no_perf = True
     chain = lib.llama_sampler_chain_init(params)
+    if sampling.ban_eog and eog_tokens:
+        biases = (LogitBias * len(eog_tokens))(*(LogitBias(t, float("-inf")) for t in eog_tokens))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_logit_bias(
+            lib.llama_vocab_n_tokens(vocab), len(eog_tokens), biases))
+    if sampling.grammar is not None:
+        grammar = lib.llama_sampler_init_grammar(vocab, sampling.grammar.encode("utf-8"), b"root")
+        if not grammar:
+            lib.llama_sampler_free(chain)
+            raise ConfigError("llama.cpp could not parse the grammar (GBNF); its log says where: "
+                              f"{log_tail(5)}")
+        lib.llama_sampler_chain_add(chain, grammar)
     if sampling.greedy:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         return int(chain)
@@ -83,7 +95,8 @@ def new_chain(lib: Any, sampling: Sampling) -> int:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(sampling.top_k))
     if sampling.top_p < 1.0:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(sampling.top_p, 1))
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(0.05, 1))
+    if sampling.min_p > 0.0:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(sampling.min_p, 1))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(sampling.temperature))
     seed = LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
@@ -130,9 +143,16 @@ class Batcher:
         self._cv = threading.Condition()
         self._queue: deque[Request] = deque()
         self._active: list[Request] = []
-        self._free_seqs = list(range(self.n_parallel))  # a heap: the lowest free sequence id first
+        self._free_seqs = list(range(self.n_parallel))  # sequence ids no request holds
+        # Prefix reuse: the tokens a finished request left in the KV cache of its (now free) sequence, and when.
+        # A new request takes the free sequence whose tokens share the longest prefix with its prompt and
+        # prefills only the rest; otherwise the lowest empty id, else the least recently used one.
+        self._cached: dict[int, list[int]] = {}
+        self._last_used: dict[int, float] = {}
+        self._eog_tokens: list[int] | None = None  # every end-of-generation token, listed on first need
         self._cancels = False  # a request was cancelled since the worker last looked
         self._closing = False
+        self._listeners: tuple[Callable[[], None], ...] = ()  # add_step_listener
         self.backend_sampling: bool | None = None  # known after the first token
         self.stats: dict[str, float] = dict.fromkeys(STATS, 0)
         self._worker = threading.Thread(target=self._loop, name="llcuda-inprocess", daemon=True)
@@ -178,8 +198,33 @@ class Batcher:
             self._lib.llama_sampler_free(chain)
         self._chains = []
 
+    def add_step_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` in the worker thread after every pass of the decode loop that may have
+        put tokens (or the final None) into requests' streams: once per decode step, after the step's
+        tokens went into the streams and its finished requests ended; also after requests were
+        cancelled, failed, or ended by :meth:`close`. One call per step lets a reader in another
+        thread wake all its streams at once instead of once per token. It must be quick and must not
+        block; its exceptions are logged and ignored."""
+        self._listeners = (*self._listeners, listener)
+
+    def remove_step_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners = tuple(f for f in self._listeners if f is not listener)
+
+    def _tell_listeners(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the decode loop
+                log.exception("step listener %r failed", listener)
+
     # -- the worker --------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._decode_until_closed()
+        finally:
+            self._tell_listeners()  # the requests close() ended
+
+    def _decode_until_closed(self) -> None:
         while True:
             with self._cv:
                 while not self._queue and not self._active and not self._closing:
@@ -199,7 +244,7 @@ class Batcher:
                 new = []
                 while self._queue and self._free_seqs:
                     req = self._queue.popleft()
-                    req.seq = heapq.heappop(self._free_seqs)
+                    req.seq = self._pick_seq(req.tokens)
                     new.append(req)
             try:
                 if cancels:
@@ -220,9 +265,11 @@ class Batcher:
                         self._release(req)
                     except Exception:  # noqa: BLE001 - free the sequence id even if libllama objects
                         with self._cv:
-                            heapq.heappush(self._free_seqs, req.seq)
+                            self._free_seqs.append(req.seq)
                     req.end(error)
                 self._active.clear()
+            if self._listeners:
+                self._tell_listeners()
 
     def _step(self) -> None:
         # Tokens go in ascending sequence-id order and ids are handed out lowest-first: with one KV
@@ -268,6 +315,8 @@ class Batcher:
         self._batch.n_tokens = n
         t1 = time.perf_counter()
         rc = lib.llama_decode(ctx, self._batch)
+        if rc == 1 and self._evict_cached():  # no room in the KV cache: drop the reusable prefixes, try again
+            rc = lib.llama_decode(ctx, self._batch)
         t2 = time.perf_counter()
         if rc != 0:
             raise InferenceError(f"llama_decode failed with code {rc} for a batch of {n} tokens (1: the KV cache "
@@ -284,7 +333,8 @@ class Batcher:
         tokens = self._read_sampled(outputs)
         vocab_is_eog, vocab_p, is_eog, pieces = self._vocab_is_eog, self._vocab_p, self._is_eog, self._pieces
         finished: list[Request] = []
-        streamed: list[tuple[queue.SimpleQueue[int | None], int]] = []
+        n_ctx_seq = self.n_ctx_seq
+        streamed: list[tuple[TokenSink, int]] = []
         on_cpu = False
         for (row, req), token in zip(outputs, tokens):
             if token == LLAMA_TOKEN_NULL:  # the sampler chain could not run on the backend
@@ -310,8 +360,8 @@ class Batcher:
             stream = req.stream
             if stream is not None:
                 streamed.append((stream, token))
-            if len(out) >= req.max_tokens:
-                finished.append(req)
+            if len(out) >= req.max_tokens or len(req.tokens) + len(out) >= n_ctx_seq:
+                finished.append(req)  # finish "length": max_tokens, or the sequence's context is full
         if on_cpu:
             self.backend_sampling = False
         elif self.backend_sampling is None and outputs:
@@ -343,26 +393,66 @@ class Batcher:
         self.stats["bulk_reads"] += 1
         return self._sampled[:n]
 
+    def _pick_seq(self, tokens: list[int]) -> int:
+        """Take the free sequence for a prompt (see ``_cached``); called with the lock held."""
+        best, best_len = -1, 0
+        for seq in self._free_seqs:
+            cached = self._cached.get(seq)
+            if cached:
+                n = common_prefix(cached, tokens)
+                if n > best_len:
+                    best, best_len = seq, n
+        if best < 0:
+            empty = [s for s in self._free_seqs if s not in self._cached]
+            best = min(empty) if empty else min(self._free_seqs, key=lambda s: self._last_used.get(s, 0.0))
+        self._free_seqs.remove(best)
+        return best
+
     def _finish(self, reqs: list[Request], error: BaseException | None = None) -> None:
-        """Take ``reqs`` out of the batch, free their sequences, then wake their callers."""
+        """Take ``reqs`` out of the batch, free their sequences (keeping the KV of those that ended
+        well, for prefix reuse), then wake their callers."""
         if not reqs:
             return
         seq_rm, mem_p = self._seq_rm, self._mem_p
+        now = time.monotonic()
         for req in reqs:
-            seq_rm(mem_p, req.seq, -1, -1)
+            if error is None and not req.cancelled and req.prefilled == len(req.tokens):
+                # the KV holds the prompt and every generated token but the last (never decoded)
+                self._cached[req.seq] = req.tokens + req.out[:-1]
+                self._last_used[req.seq] = now
+            else:
+                seq_rm(mem_p, req.seq, -1, -1)
+                self._cached.pop(req.seq, None)
         gone = set(reqs)
         self._active[:] = [r for r in self._active if r not in gone]
         with self._cv:
-            for req in reqs:
-                heapq.heappush(self._free_seqs, req.seq)
+            self._free_seqs.extend(req.seq for req in reqs)
         for req in reqs:
             req.end(error)
 
+    def _evict_cached(self) -> bool:
+        """Drop the KV every free sequence keeps for prefix reuse; False if there was none."""
+        with self._cv:
+            idle = [s for s in self._free_seqs if s in self._cached]
+        for seq in idle:
+            self._seq_rm(self._mem_p, seq, -1, -1)
+            self._cached.pop(seq, None)
+        return bool(idle)
+
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (for ``ignore_eos``'s ban)."""
+        if self._eog_tokens is None:
+            is_eog, vocab_p = self._vocab_is_eog, self._vocab_p
+            self._eog_tokens = [t for t in range(int(self._lib.llama_vocab_n_tokens(self._vocab)))
+                                if is_eog(vocab_p, t)]
+        return self._eog_tokens
+
     def _attach(self, req: Request) -> None:
-        """Give ``req``'s sequence a sampler chain for its sampling (a new one only when it differs)."""
+        """Give ``req``'s sequence a sampler chain for its sampling (a new one only when it differs), and
+        reuse what the sequence's KV cache already holds of its prompt."""
         lib, seq = self._lib, req.seq
         if self._chain_sampling[seq] != req.sampling:
-            chain = new_chain(lib, req.sampling)
+            chain = new_chain(lib, req.sampling, self._vocab, self.eog_tokens() if req.sampling.ban_eog else ())
             if not lib.llama_set_sampler(self._ctx, seq, chain):
                 log.info("sampler chain for sequence %d runs on the CPU (not offloadable)", seq)
             lib.llama_sampler_free(self._chains[seq])
@@ -370,8 +460,27 @@ class Batcher:
             self.stats["sampler_changes"] += 1
         # a seeded chain starts its random numbers afresh
         self._sampler_reset(ctypes.c_void_p(self._chains[seq]))
+        cached = self._cached.pop(seq, None)
+        if cached:
+            keep = min(common_prefix(cached, req.tokens), len(req.tokens) - 1)  # the last prompt token is decoded
+            self._seq_rm(self._mem_p, seq, keep, -1)
+            req.prefilled = req.reused = keep
+            self.stats["reused_tokens"] += keep
 
     def _release(self, req: Request) -> None:
         self._seq_rm(self._mem_p, req.seq, -1, -1)
+        self._cached.pop(req.seq, None)
         with self._cv:
-            heapq.heappush(self._free_seqs, req.seq)
+            self._free_seqs.append(req.seq)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of ``a`` and ``b`` (slice comparisons, in C)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -1,7 +1,7 @@
 """libllama through ctypes: the structures and functions llcuda's in-process engine uses.
 
 The structure layouts follow ``include/llama.h`` of the pinned llama.cpp build (b11434);
-``tests/test_fastpath.py`` checks every field offset against the header with a C compiler.
+``tests/test_libllama_bindings.py`` checks every field offset against the header with a C compiler.
 Nothing here runs at import: :func:`load_library` opens the library on first use.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llcuda.errors import LlcudaError
-from llcuda.system.binaries import Binaries
+from llcuda.system.binaries import Binaries, check_library_build
 
 c_bool, c_int32, c_uint32, c_float, c_void_p, c_char_p = (
     ctypes.c_bool, ctypes.c_int32, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p, ctypes.c_char_p)
@@ -27,9 +27,9 @@ LLAMA_TOKEN_NULL = -1
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama_sampler_init_dist: a random seed, drawn again on every reset
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+POOLING_NONE, POOLING_MEAN = 0, 1  # enum llama_pooling_type (-1: the model's own)
 # llama_load_mode (config.LOAD_MODES names them), and llama-server's --load-mode spelling of each
 LOAD_MODES = {"auto": -1, "none": 0, "mmap": 1, "direct_io": 4}
-SERVER_LOAD_MODES = {"auto": "auto", "none": "none", "mmap": "mmap", "direct_io": "dio"}
 LOG_TAIL_LINES = 40
 
 
@@ -98,6 +98,11 @@ def new_batch(n: int) -> BatchArrays:
     return BatchArrays(Batch(0, token, None, pos, n_seq, seq_ptrs, logits), token, pos, seq, logits)
 
 
+class LogitBias(ctypes.Structure):
+    # typedef struct llama_logit_bias { llama_token token; float bias; } llama_logit_bias;
+    _fields_ = [("token", c_int32), ("bias", c_float)]
+
+
 class ChainParams(ctypes.Structure):
     _fields_ = [("no_perf", c_bool)]
 
@@ -146,10 +151,34 @@ _FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
     "llama_sampler_init_top_p": (c_void_p, [c_float, ctypes.c_size_t]),
     "llama_sampler_init_min_p": (c_void_p, [c_float, ctypes.c_size_t]),
     "llama_sampler_init_temp": (c_void_p, [c_float]),
+    # LLAMA_API struct llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_logit_bias,
+    #                                                                const llama_logit_bias * logit_bias);
+    "llama_sampler_init_logit_bias": (c_void_p, [c_int32, c_int32, ctypes.POINTER(LogitBias)]),
+    # LLAMA_API struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * vocab,
+    #                                                             const char * grammar_str, const char * grammar_root);
+    "llama_sampler_init_grammar": (c_void_p, [c_void_p, c_char_p, c_char_p]),
+    # LLAMA_API bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);
+    "llama_vocab_get_add_bos": (c_bool, [c_void_p]),
+    # LLAMA_API llama_token llama_vocab_bos(const struct llama_vocab * vocab);
+    "llama_vocab_bos": (c_int32, [c_void_p]),
+    # LLAMA_API llama_token llama_vocab_eos(const struct llama_vocab * vocab);
+    "llama_vocab_eos": (c_int32, [c_void_p]),
+    # LLAMA_API int32_t llama_model_n_ctx_train(const struct llama_model * model);
+    "llama_model_n_ctx_train": (c_int32, [c_void_p]),
+    # LLAMA_API int32_t llama_model_meta_val_str(const struct llama_model * model, const char * key,
+    #                                            char * buf, size_t buf_size);
+    "llama_model_meta_val_str": (c_int32, [c_void_p, c_char_p, c_char_p, ctypes.c_size_t]),
     "llama_set_sampler": (c_bool, [c_void_p, c_int32, c_void_p]),
     "llama_sampler_sample": (c_int32, [c_void_p, c_void_p, c_int32]),
     "llama_sampler_reset": (None, [c_void_p]),
     "llama_sampler_free": (None, [c_void_p]),
+    # embeddings (a context created with embeddings=true)
+    "llama_model_n_embd": (c_int32, [c_void_p]),
+    "llama_model_has_encoder": (c_bool, [c_void_p]),
+    "llama_model_has_decoder": (c_bool, [c_void_p]),
+    "llama_encode": (c_int32, [c_void_p, Batch]),
+    "llama_pooling_type": (c_int, [c_void_p]),
+    "llama_get_embeddings_seq": (ctypes.POINTER(c_float), [c_void_p, c_int32]),
 }
 
 # Functions that only llcuda's patched builds have (recipe/patches), declared where the library has them;
@@ -205,7 +234,8 @@ def load_library(binaries: Binaries) -> Any:
     """libllama from the binaries' lib folder, with the signatures above declared (cached per path).
 
     The first call opens it and initialises ggml's backends (CUDA's included); ctypes releases the
-    GIL meanwhile, so other threads run. Thread-safe."""
+    GIL meanwhile, so other threads run. Thread-safe. Raises BuildMismatchError when the libraries
+    report another llama.cpp build than llcuda's bindings follow."""
     if binaries.lib_dir is None:
         raise LlcudaError(f"no lib/ folder with libllama next to {binaries.bin_dir}; the in-process engine needs "
                           "the shared libraries of the llama.cpp build (conda/pixi and the wheel ship them).")
@@ -214,6 +244,7 @@ def load_library(binaries: Binaries) -> Any:
         if path in _libs:
             return _libs[path]
         set_device_order()
+        check_library_build(binaries.lib_dir)
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:

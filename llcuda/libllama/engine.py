@@ -15,6 +15,7 @@ in :mod:`llcuda.libllama.request`.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import queue
 import time
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from llcuda import config
 from llcuda import options as validation
-from llcuda.errors import ConfigError, LlcudaError, RequestTimeoutError
+from llcuda.errors import ConfigError, ContextLengthError, LlcudaError, RequestTimeoutError
 from llcuda.libllama.batcher import STATS, Batcher, greedy_configs
 from llcuda.libllama.bindings import (
     FLASH_ATTN,
@@ -37,8 +38,11 @@ from llcuda.libllama.bindings import (
     log_tail,
     set_device_order,
 )
-from llcuda.libllama.request import Request, Sampling, stop_words, stream_pieces
+from llcuda.libllama.chat_template import ChatTemplate
+from llcuda.libllama.embedder import Embedder
+from llcuda.libllama.request import Request, Sampling, TokenSink, stop_words, stream_pieces
 from llcuda.metrics import MetricsRecorder
+from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
 from llcuda.processes.llama_server import ServerSettings
 from llcuda.results import InferResult, TokenStream
 from llcuda.system import binaries as bootstrap
@@ -54,6 +58,14 @@ log = logging.getLogger(__name__)
 
 PER_SEQUENCE_CTX = 4096  # InProcessEngine's default context per sequence
 T = TypeVar("T")
+
+
+def _sampling(options: SamplingOptions | None, overrides: dict[str, Any]) -> SamplingOptions:
+    """``options`` (default: SamplingOptions()) with ``overrides`` applied, checked."""
+    if not overrides:
+        return options or SamplingOptions()
+    base = dataclasses.asdict(options) if options is not None else {}
+    return SamplingOptions.checked(**{**base, **overrides})
 
 
 def _timed(func: Callable[..., T], *args: Any) -> tuple[T, float]:
@@ -75,6 +87,20 @@ def _check_gpus(build_info: dict[str, Any], split_mode: str | None, tensor_split
     for warning in gpu.check_compatibility(build_info, report):
         log.warning("%s", warning)
     return report, split.prepare(build_info, split_mode, tensor_split, main_gpu, report=report)
+
+
+def _text_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checked messages, each content a string (lists of text parts joined): this engine reads text only."""
+    checked = validation.messages(messages)
+    for i, message in enumerate(checked):
+        content = message["content"]
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise ConfigError(f"messages[{i}]['content'] has a part that is not text; the in-process backend "
+                                  "takes text only (use backend='server' for other content).")
+            message["content"] = "".join(p["text"] for p in content)
+    return checked
 
 
 class InProcessEngine:
@@ -100,6 +126,9 @@ class InProcessEngine:
         self._model: Any = None
         self._vocab: Any = None
         self._batcher: Batcher | None = None
+        self._embedder: Embedder | None = None
+        self._grammars: dict[str, bool] = {}  # grammars that parsed (check_grammar)
+        self._template: ChatTemplate | None = None
         self.model_name: str | None = None
         self.model_path: Path | None = None
         self.load_mode: str | None = None
@@ -111,43 +140,26 @@ class InProcessEngine:
     def load_model(
         self,
         model: str | Path | None = None,
+        options: LoadOptions | None = None,
         *,
-        gpu_layers: int = 99,
-        ctx_size: int | None = None,
-        n_parallel: int = 1,
-        flash_attn: str = "on",
-        threads: int | None = None,
-        batch_size: int | None = None,
-        ubatch_size: int | None = None,
-        split_mode: str | None = None,
-        tensor_split: Sequence[float] | None = None,
-        main_gpu: int | None = None,
-        kv_unified: bool = False,
         offline: bool | None = None,
-        load_mode: str | None = None,
+        **overrides: Any,
     ) -> InProcessEngine:
         """Load ``model`` (anything ``InferenceEngine.load_model`` takes) and start the worker.
 
-        ``ctx_size`` is the whole KV cache (default 4096 tokens per sequence); each of the
-        ``n_parallel`` sequences gets ``ctx_size / n_parallel`` tokens, or all of it with
-        ``kv_unified=True`` (one cache shared by every sequence: faster below full occupancy, but a
-        full cache fails the requests of that decode step). Replaces a model loaded before, once the
-        new one passed the checks (model found, GPUs compatible, memory enough, libllama loaded).
+        ``options`` and ``overrides`` (LoadOptions' field names) say how; the defaults are
+        :class:`~llcuda.options.LoadOptions`'. Replaces a model loaded before, once the new one
+        passed the checks (model found, GPUs compatible, memory enough, libllama loaded).
 
-        ``load_mode``: how llama.cpp reads the weights: "auto" (its default, mmap), "mmap", "none"
-        (plain reads; with CUDA, asynchronous uploads through pinned buffers, often faster for a fully
-        offloaded model) or "direct_io"; default ``LLCUDA_LOAD_MODE``, else "auto".
+        ``embeddings=True`` also creates an embeddings context beside the generating one, for :meth:`embed`.
         """
-        validation.integer(gpu_layers, "gpu_layers", -1, 100_000)
-        validation.integer(n_parallel, "n_parallel", 1, 256)
-        if flash_attn not in FLASH_ATTN:
-            raise ConfigError(f"flash_attn={flash_attn!r} must be 'on', 'off' or 'auto'.")
-        n_ctx = validation.integer(ctx_size or PER_SEQUENCE_CTX * n_parallel, "ctx_size", 16, 1 << 24)
-        n_batch = validation.integer(batch_size or 2048, "batch_size", 1, 1 << 20)
-        n_ubatch = min(validation.integer(ubatch_size or 512, "ubatch_size", 1, 1 << 20), n_batch)
-        if threads is not None:
-            validation.integer(threads, "threads", 1, 1024)
-        mode = config.load_mode(load_mode)
+        opts = (options or LoadOptions()).replace(**overrides) if overrides else (options or LoadOptions()).checked()
+        gpu_layers, n_parallel, flash_attn, threads = opts.gpu_layers, opts.n_parallel, opts.flash_attn, opts.threads
+        split_mode, tensor_split, main_gpu = opts.split_mode, opts.tensor_split, opts.main_gpu
+        kv_unified = opts.kv_unified
+        n_batch = opts.batch_size or 2048
+        n_ubatch = min(opts.ubatch_size or 512, n_batch)
+        mode = opts.load_mode or config.DEFAULT_LOAD_MODE
         model = model if model is not None else config.default_model()
         t0 = time.perf_counter()
         try:
@@ -166,6 +178,7 @@ class InProcessEngine:
             library = pool.submit(_timed, load_library, binaries)
             resolved, timings["resolve_s"] = _timed(_resolve, model, offline)
             (report, (split_mode, shares, main_gpu)), timings["detect_s"] = gpus.result()
+            n_ctx = opts.context_tokens(resolved.info.context_length)
             settings = ServerSettings(model_path=resolved.path, ctx_size=n_ctx, gpu_layers=gpu_layers,
                                       n_parallel=n_parallel, split_mode=split_mode, tensor_split=shares,
                                       main_gpu=main_gpu)
@@ -211,11 +224,17 @@ class InProcessEngine:
             raise LlcudaError("libllama could not create a context (out of GPU memory? lower ctx_size or "
                               f"n_parallel). Its log ends:\n{tail}")
         self._batcher = Batcher(lib, ctx, self._vocab, chains, n_batch, self.piece)
+        if opts.embeddings:
+            try:
+                self._embedder = Embedder(lib, self._model, self._batcher.n_ctx_seq, threads)
+            except LlcudaError:
+                self.unload()
+                raise
         self.model_name, self.model_path, self.load_mode = resolved.name, resolved.path, mode
         timings["context_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        self.infer(" ", max_tokens=2, ignore_eos=True)  # warm-up: kernels, CUDA graphs, sampler graph
+        self.result(self.submit(" ", SamplingOptions(max_tokens=2, temperature=0.0)))  # warm-up: kernels, graphs
         timings["warmup_s"] = time.perf_counter() - t
         self.load_timings, self.load_seconds = timings, time.perf_counter() - t0
         self.reset_stats()
@@ -238,6 +257,22 @@ class InProcessEngine:
         return self._batcher.n_ctx_seq if self._batcher else 0
 
     @property
+    def n_vocab(self) -> int:
+        """Tokens in the model's vocabulary (valid token ids are 0 to n_vocab - 1)."""
+        return int(self._lib.llama_vocab_n_tokens(self._vocab)) if self._vocab is not None else 0
+
+    def check_tokens(self, tokens: Sequence[int], name: str = "prompt") -> list[int]:
+        """``tokens`` as a list of ints, ConfigError unless each is a token id of the vocabulary."""
+        self._need_model()
+        checked = [int(t) for t in tokens]
+        n_vocab = self.n_vocab
+        bad = next((t for t in checked if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise ConfigError(f"{name} has token id {bad}, outside the vocabulary (0 to {n_vocab - 1}); send ids "
+                              "from this model's tokenizer.")
+        return checked
+
+    @property
     def backend_sampling(self) -> bool | None:
         """True once a token came back from the device's sampler; False if one was sampled on the CPU."""
         return self._batcher.backend_sampling if self._batcher else None
@@ -256,9 +291,13 @@ class InProcessEngine:
         batcher, self._batcher = self._batcher, None
         if batcher is not None:
             batcher.close()
+        embedder, self._embedder = self._embedder, None
+        if embedder is not None:
+            embedder.close()
+        self._grammars.clear()
         if self._model:
             self._lib.llama_model_free(self._model)
-        self._model = self._vocab = None
+        self._model = self._vocab = self._template = None
 
     close = unload
 
@@ -310,33 +349,56 @@ class InProcessEngine:
         self._need_model()
         return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]]) -> str:
-        """``messages`` as one prompt, in the model's chat template (llama.cpp's built-in templates)."""
-        from llcuda.libllama.chat_template import apply
-
+    def chat_template(self) -> ChatTemplate:
+        """The model's Jinja chat template (read from its GGUF once); ConfigError if it has none."""
         self._need_model()
-        return apply(self._lib, self._model, self.model_name or "the model", messages)
+        if self._template is None and self.model_path is not None:
+            self._template = ChatTemplate.from_gguf(self.model_path, name=self.model_name)
+        if self._template is None:
+            raise LlcudaError("no model is loaded; call load_model(...) first.")
+        return self._template
+
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], **variables: Any) -> str:
+        """``messages`` as one prompt ending where the assistant's turn begins, in the model's chat
+        template; ``variables`` reach the template (e.g. ``enable_thinking=False``)."""
+        return self.chat_template().render(_text_messages(messages), **variables)
+
+    def prompt_tokens(self, text: str) -> list[int]:
+        """``text`` as llama-server tokenizes a prompt: special tokens parsed, BOS added where the model
+        wants one and the text does not already begin with it."""
+        self._need_model()
+        tokens = self.tokenize(text, add_special=False, parse_special=True)
+        if self._lib.llama_vocab_get_add_bos(self._vocab):
+            bos = int(self._lib.llama_vocab_bos(self._vocab))
+            if not tokens or tokens[0] != bos:
+                tokens.insert(0, bos)
+        return tokens
 
     # -- requests ----------------------------------------------------------------------------
-    def submit(self, prompt: str | Sequence[int], max_tokens: int = 128, *, temperature: float = 0.0,
-               top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
-               stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
-               stream: bool = False) -> Request:
-        """Queue one request (text, or token ids); ``request.future`` resolves when it ends. Thread-safe."""
-        tokens = self.tokenize(validation.prompt(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
-        max_tokens = validation.max_tokens(max_tokens)
-        req = Request(tokens, max_tokens, Sampling.make(temperature, top_p, top_k, seed), stop_words(stop),
-                      bool(ignore_eos), queue.SimpleQueue() if stream else None)
+    def submit(self, prompt: str | Sequence[int], options: SamplingOptions | None = None, *,
+               stream: TokenSink | None = None, **overrides: Any) -> Request:
+        """Queue one request (text, or token ids); ``request.future`` resolves when it ends. Thread-safe.
+
+        ``options`` and ``overrides`` (SamplingOptions' field names) say how it samples. ``stream``: a
+        :class:`~llcuda.libllama.request.TokenSink` (e.g. a ``queue.SimpleQueue``) that gets each generated
+        token and then None. A ``grammar`` that llama.cpp cannot parse is a ConfigError; such requests are
+        sampled on the CPU.
+        """
+        opts = _sampling(options, overrides)
+        tokens = self.prompt_tokens(validation.prompt(prompt)) if isinstance(prompt, str) else self.check_tokens(prompt)
+        if opts.grammar is not None:
+            self.check_grammar(opts.grammar)
         batcher = self._batcher
         if batcher is None:
             raise LlcudaError("no model is loaded; call load_model(...) first.")
         if not tokens:
             raise ConfigError("the prompt has no tokens; give the model some text to continue.")
-        if len(tokens) + max_tokens > batcher.n_ctx_seq:
-            raise ConfigError(
-                f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceed the {batcher.n_ctx_seq} tokens "
-                f"of context per sequence; lower max_tokens, or load with a larger ctx_size (each of the "
-                f"{batcher.n_parallel} sequences gets ctx_size / n_parallel tokens, unless kv_unified=True).")
+        if len(tokens) >= batcher.n_ctx_seq:
+            raise ContextLengthError(
+                f"the prompt has {len(tokens)} tokens, but a sequence holds at most {batcher.n_ctx_seq} (prompt and "
+                "answer together); shorten the prompt, or load with a larger ctx_size.",
+                prompt_tokens=len(tokens), n_ctx=batcher.n_ctx_seq)
+        req = Request(tokens, opts.max_tokens, Sampling.of(opts), stop_words(opts.stop), opts.ignore_eos, stream)
         batcher.put(req)
         return req
 
@@ -345,75 +407,122 @@ class InProcessEngine:
         if self._batcher is not None:
             self._batcher.cancel(req)
 
-    def infer(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, top_p: float = 0.95,
-              top_k: int = 40, seed: int | None = None, stop: str | Sequence[str] | None = None, *,
-              ignore_eos: bool = False) -> InferResult:
-        """Continue ``prompt`` (raw text). Greedy by default here; ``InferenceEngine`` defaults to 0.7."""
-        return self.result(self.submit(prompt, max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                       seed=seed, stop=stop, ignore_eos=ignore_eos))
+    def check_grammar(self, grammar: str) -> None:
+        """ConfigError unless llama.cpp parses the GBNF ``grammar`` (results are remembered)."""
+        self._need_model()
+        if grammar in self._grammars:
+            return
+        sampler = self._lib.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
+        if not sampler:
+            raise ConfigError(f"llama.cpp could not parse the grammar (GBNF with a root rule). Its log ends:\n"
+                              f"{log_tail(8)}")
+        self._lib.llama_sampler_free(sampler)
+        if len(self._grammars) > 256:
+            self._grammars.clear()
+        self._grammars[grammar] = True
 
-    def infer_stream(self, prompt: str | Sequence[int], max_tokens: int = 128, temperature: float = 0.0,
-                     top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
-                     stop: str | Sequence[str] | None = None, *, ignore_eos: bool = False) -> TokenStream:
+    def add_step_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs in the decode thread after each decode step (see
+        :meth:`llcuda.libllama.batcher.Batcher.add_step_listener`)."""
+        if self._batcher is None:
+            raise LlcudaError("no model is loaded; call load_model(...) first.")
+        self._batcher.add_step_listener(listener)
+
+    def remove_step_listener(self, listener: Callable[[], None]) -> None:
+        if self._batcher is not None:
+            self._batcher.remove_step_listener(listener)
+
+    @property
+    def embeddings(self) -> bool:
+        """Whether :meth:`embed` works (the model was loaded with ``embeddings=True``)."""
+        return self._embedder is not None
+
+    def embed(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list[list[float]], int]:
+        """L2-normalised pooled embeddings of ``inputs`` (texts, or token lists), and the tokens they took.
+
+        Needs a model loaded with ``embeddings=True``. Thread-safe; inputs are embedded one at a time.
+        """
+        embedder = self._embedder
+        if embedder is None:
+            raise ConfigError("embeddings are off for this model; load it with embeddings=True "
+                              "(llcuda serve --embeddings).")
+        token_lists = [self.tokenize(validation.prompt(x, f"input[{i}]")) if isinstance(x, str)
+                       else self.check_tokens(x, f"input[{i}]") for i, x in enumerate(inputs)]
+        return embedder.embed(token_lists), sum(len(t) for t in token_lists)
+
+    def infer(self, prompt: str | Sequence[int], options: SamplingOptions | None = None,
+              **overrides: Any) -> InferResult:
+        """Continue ``prompt`` (raw text or token ids) with ``options`` (default: SamplingOptions()) and
+        ``overrides`` (SamplingOptions' field names)."""
+        return self.result(self.submit(prompt, options, **overrides))
+
+    def infer_stream(self, prompt: str | Sequence[int], options: SamplingOptions | None = None,
+                     **overrides: Any) -> TokenStream:
         """Like :meth:`infer`, but yields text pieces as tokens are decoded."""
-        req = self.submit(prompt, max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                          stop=stop, ignore_eos=ignore_eos, stream=True)
+        req = self.submit(prompt, options, stream=queue.SimpleQueue(), **overrides)
+        deadline = time.monotonic() + self._timeout
         box: dict[str, InferResult] = {}
 
         def final_text() -> str:
-            box["result"] = self.result(req)
+            box["result"] = self.result(req, deadline)
             return box["result"].text
 
         def pieces() -> Any:
             try:
-                yield from stream_pieces(req, self.piece, final_text, self._timeout, lambda: self._timed_out(req))
+                yield from stream_pieces(req, self.piece, final_text, deadline, lambda: self._timed_out(req))
             finally:
                 if not req.future.done():
                     self.cancel(req)  # the reader stopped early
 
         return TokenStream(pieces(), lambda: box["result"])
 
-    def chat(self, messages: Sequence[dict[str, Any]], max_tokens: int = 256, temperature: float = 0.0,
-             top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
-             stop: str | Sequence[str] | None = None, *, stream: bool = False) -> InferResult | TokenStream:
+    def chat(self, messages: Sequence[dict[str, Any]], options: SamplingOptions | None = None, *,
+             stream: bool = False, **overrides: Any) -> InferResult | TokenStream:
         """One assistant turn for ``messages`` in the model's chat template (ConfigError if it has none)."""
-        tokens = self.tokenize(self.apply_chat_template(messages), add_special=True, parse_special=True)
-        if stream:
-            return self.infer_stream(tokens, max_tokens, temperature, top_p, top_k, seed, stop)
-        return self.result(self.submit(tokens, max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                       seed=seed, stop=stop))
+        text = self.apply_chat_template(messages)
+        tokens = self.tokenize(text, add_special=self.chat_template().add_special(text), parse_special=True)
+        opts = _sampling(options, {"max_tokens": CHAT_MAX_TOKENS, **overrides} if options is None else overrides)
+        return self.infer_stream(tokens, opts) if stream else self.infer(tokens, opts)
 
-    def batch_infer(self, prompts: Sequence[str], max_tokens: int = 128, temperature: float = 0.0,
-                    top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
-                    stop: str | Sequence[str] | None = None, *, ignore_eos: bool = False) -> list[InferResult]:
+    def batch_infer(self, prompts: Sequence[str], options: SamplingOptions | None = None,
+                    **overrides: Any) -> list[InferResult]:
         """All ``prompts`` decoded together (up to ``n_parallel`` at a time); results in order."""
         items = [validation.prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
         requests: list[Request] = []
         try:
+            opts = _sampling(options, overrides)
             for p in items:
-                requests.append(self.submit(p, max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                            seed=seed, stop=stop, ignore_eos=ignore_eos))
+                requests.append(self.submit(p, opts))
         except LlcudaError:
             for req in requests:
                 self.cancel(req)
             raise
-        return [self.result(r) for r in requests]
+        deadline = time.monotonic() + self._timeout
+        return [self.result(r, deadline) for r in requests]
 
     def _timed_out(self, req: Request) -> RequestTimeoutError:
         self.cancel(req)
         self.metrics.record_failure()
-        return RequestTimeoutError(f"no token within {self._timeout:g} s (request_timeout); the request was "
-                                   "cancelled. Raise request_timeout or LLCUDA_REQUEST_TIMEOUT for long prompts.")
+        return RequestTimeoutError(
+            f"the request did not finish within {self._timeout:g} s (request_timeout; it had generated "
+            f"{len(req.out)} tokens) and was cancelled. Raise request_timeout or LLCUDA_REQUEST_TIMEOUT, or lower "
+            "max_tokens.")
 
-    def result(self, req: Request) -> InferResult:
-        """Wait for ``req`` and build its result in the caller's thread (text off the decode loop)."""
+    def result(self, req: Request, deadline: float | None = None) -> InferResult:
+        """Wait for ``req`` (until ``deadline``, a ``time.monotonic()`` value; default: request_timeout from
+        now) and build its result in the caller's thread (text off the decode loop)."""
+        wait = self._timeout if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            req.future.result(timeout=self._timeout)
+            req.future.result(timeout=wait)
         except FutureTimeout:  # not the built-in TimeoutError before Python 3.11
             raise self._timed_out(req) from None
         except LlcudaError:
             self.metrics.record_failure()
             raise
+        return self.build_result(req)
+
+    def build_result(self, req: Request) -> InferResult:
+        """The InferResult of a finished request (recorded in the metrics)."""
         tokens = req.out[:-1] if req.finish == "stop" and req.stop_at is None else req.out
         if req.stop_at is not None:
             text = bytes(req.text[:req.stop_at]).decode("utf-8", errors="replace")
@@ -434,7 +543,7 @@ class InProcessEngine:
             stop_word=req.stop_word,
             model=self.model_name or "",
             timings={"prompt_n": len(req.tokens), "predicted_n": len(req.out), "predicted_per_second": tps,
-                     "backend_sampling": bool(self.backend_sampling)},
+                     "prompt_cached": req.reused, "backend_sampling": bool(self.backend_sampling)},
         )
 
     def __repr__(self) -> str:

@@ -6,6 +6,9 @@
     model = resolve_model("gemma-3-1b-Q4_K_M")  # downloads once, then uses the cache
     model.path, model.info.architecture
 
+``describe_model(spec)`` gives the facts ``llcuda models show`` prints (architecture, parameters,
+quantization, context length, chat template …) from the GGUF header of a local or cached model.
+
 Nothing here touches the network or the disk at import time, and ``requests`` is imported only
 when a download starts.
 """
@@ -13,6 +16,7 @@ when a download starts.
 from __future__ import annotations
 
 from llcuda.config import DEFAULT_MODEL
+from llcuda.models.describe import describe_model
 from llcuda.models.gguf import (
     GGUFInfo,
     read_gguf_info,
@@ -32,6 +36,7 @@ __all__ = [
     "ModelEntry",
     "ResolvedModel",
     "cached_path",
+    "describe_model",
     "find_entry",
     "import_model",
     "pull",

