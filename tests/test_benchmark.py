@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llcuda.benchmark import environment, report, tools
+from llcuda.config import DEFAULT_BACKEND
 from llcuda.benchmark.runner import output_folder
 from llcuda.benchmark.settings import BenchSettings
 from llcuda.benchmark.systems import SYSTEMS
@@ -37,6 +38,7 @@ def run(binaries, tiny_model: Path, isolated_home: Path, tmp_path_factory: pytes
     """One benchmark run: every system, concurrency 1,2, both sampling presets, 1 repeat, 8 tokens."""
     out = tmp_path_factory.mktemp("bench-out")
     env = dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=str(REPO))
+    env.pop("LLCUDA_BACKEND", None)  # "InferenceEngine() default" is the real default
     done = _bench(
         [
             "--model",
@@ -87,6 +89,7 @@ def test_ceilings_and_rows(run) -> None:
     skipped = {k.split(":", 1)[1] for k in summary["not_run"]}
     assert set(ran) | skipped == set(SYSTEMS)
     assert {"inprocess", "engine", "llama-server", "llama-server-stream"} <= set(ran)
+    assert data["sections"]["system:engine"]["backend"] == DEFAULT_BACKEND
     rows = {(r["system"], r["sampling"], r["level"]) for r in summary["throughput"]}
     assert rows == {(s, p, n) for s in ran for p in SAMPLINGS for n in LEVELS}
     for row in summary["throughput"]:

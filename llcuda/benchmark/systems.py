@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -202,6 +201,8 @@ class ServeProcess(ManagedProcess):
         return cmd + ["--port", str(port), *to_arguments(self.job.load_options())]
 
     def probe(self) -> bool:
+        import urllib.request
+
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
         try:
             with opener.open(f"http://{self.host}:{self.port}/health", timeout=2.0) as resp:

@@ -12,10 +12,10 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llcuda.engine import InferenceEngine
-from llcuda.options import LoadOptions
+if TYPE_CHECKING:  # the engine loads when a benchmark runs, not when the CLI parses its flags
+    from llcuda.options import LoadOptions
 
 BENCH_PROMPT = "Write a long story about a lighthouse keeper who finds a map."
 
@@ -43,6 +43,9 @@ def run_quick_bench(
     ``options`` load the model (its ``n_parallel`` is raised to the highest concurrency level) on
     ``backend`` (default: InferenceEngine's).
     """
+    from llcuda.engine import InferenceEngine
+    from llcuda.options import LoadOptions
+
     top = max(concurrency)
     opts = options or LoadOptions()
     if opts.n_parallel < top:
