@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from llcuda.benchmark import environment, report, tools
-from llcuda.config import DEFAULT_BACKEND
 from llcuda.benchmark.runner import output_folder
 from llcuda.benchmark.settings import BenchSettings
 from llcuda.benchmark.systems import SYSTEMS
+from llcuda.config import DEFAULT_BACKEND
 from llcuda.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
