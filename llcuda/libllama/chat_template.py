@@ -43,7 +43,7 @@ from llcuda.models.gguf import read_gguf_info, read_token_texts
 
 StrPath = Union[str, "os.PathLike[str]"]
 COMPILED_CACHE_SIZE = 64  # compiled templates kept, keyed by source (a process rarely sees more than a few)
-_FIX = "pass a chat template of your own, or use backend='server'"
+_FIX = "format the prompt yourself and call infer(), or use backend='llama-server'"
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | str | None = None,
