@@ -382,7 +382,7 @@ def test_from_gguf_reads_the_template_and_the_bos_eos_text(tmp_path: Path) -> No
 def test_from_gguf_without_a_template_or_tokens(tmp_path: Path) -> None:
     bare = _write_gguf(tmp_path / "bare.gguf", template=None, tokens=["a", "b"], bos=0, eos=None)
     with pytest.raises(ConfigError, match=r"bare.gguf has no chat template \(tokenizer.chat_template is not in its "
-                                          r"metadata\); pass a chat template of your own"):
+                                          r"metadata\); format the prompt yourself and call infer"):
         ChatTemplate.from_gguf(bare)
     no_bos = _write_gguf(tmp_path / "nobos.gguf", template="{{ bos_token }}|{{ eos_token }}", tokens=["a"],
                          bos=None, eos=7)

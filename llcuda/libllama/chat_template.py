@@ -156,8 +156,7 @@ class ChatTemplate:
         key = "tokenizer.chat_template" + (f".{variant}" if variant else "")
         source = info.metadata.get(key)
         if not isinstance(source, str) or not source.strip():
-            raise ConfigError(f"{label} has no chat template ({key} is not in its metadata); {_FIX} (or format "
-                              "the prompt yourself and use infer()).")
+            raise ConfigError(f"{label} has no chat template ({key} is not in its metadata); {_FIX}.")
         ids = {role: info.metadata.get(f"tokenizer.ggml.{role}_token_id") for role in ("bos", "eos")}
         wanted = [i for i in ids.values() if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
         texts = read_token_texts(path, wanted) if wanted else {}
