@@ -2,8 +2,8 @@
 
 Every test here is marked ``gpu`` and skipped where nvidia-smi shows no GPU (conftest.py). Run them on
 a GPU machine with ``pytest -m gpu tests/test_gpu.py``; ``LLCUDA_GPU_TEST_MODEL`` names the GGUF to use
-(benchmarks/run_gpu_suite.sh passes the 1B random-weight Q4_K_M model), else the tiny random model.
-These are behaviour checks only: nothing here asserts a speed (benchmarks/ measures those).
+(e.g. the random-1b model that `python -m llcuda.benchmark` makes and caches), else the tiny random model.
+These are behaviour checks only: nothing here asserts a speed (llcuda.benchmark measures those).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ with InProcessEngine() as engine:
 
 
 def test_in_process_engine_runs_on_cuda_with_backend_sampling(binaries, gpu_model: Path):
-    # In a fresh interpreter, as llcuda's benchmarks use it: loading libllama inside this pytest process,
+    # In a fresh interpreter, as llcuda.benchmark uses it: loading libllama inside this pytest process,
     # after the server tests, crashed on an H100 (cause not found; docs/design-notes.md).
     env = dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", IN_PROCESS_CHECK, str(gpu_model)], capture_output=True, text=True,
