@@ -320,7 +320,8 @@ def test_raise_exception_message_surfaces() -> None:
 
 def test_a_template_that_does_not_compile_names_the_problem_and_the_fix() -> None:
     with pytest.raises(ConfigError, match=r"the chat template of broken is not a valid Jinja template \(.*line 1\);"
-                                          r" format the prompt yourself and call infer\(\), or use backend='llama-server'"):
+                                          r" format the prompt yourself and call infer\(\), or use "
+                                          r"backend='llama-server'"):
         ChatTemplate("{% for m in messages %}{{ m.content }}", name="broken")
     with pytest.raises(ConfigError, match="is empty"):
         ChatTemplate("  ", name="blank")
