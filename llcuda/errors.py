@@ -114,6 +114,7 @@ __all__ = [
     "BuildMismatchError",
     "ChecksumError",
     "ConfigError",
+    "ContextLengthError",
     "DownloadError",
     "GPUCompatibilityError",
     "InferenceError",

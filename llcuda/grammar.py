@@ -7,27 +7,31 @@ type ``json_schema``, tool-call arguments). :data:`JSON_OBJECT_GRAMMAR` accepts 
 grammar, "root")``::
 
     >>> print(schema_to_gbnf({"type": "object", "properties": {"ok": {"type": "boolean"}},
-    ...                       "required": ["ok"], "additionalProperties": False}))
+    ...                       "required": ["ok"], "additionalProperties": False}), end="")
     root ::= "{" ws "\\"ok\\"" ws ":" ws boolean ws "}"
     boolean ::= "true" | "false"
     ws ::= | " " | "\\n" [ \\t]{0,40}
 
 What the grammar enforces (beyond that, it is stricter than the schema, never looser):
 
-- ``type`` (one or a list, so ``["string", "null"]`` is nullable; OpenAPI's ``nullable: true``
-  too), ``enum``, ``const``, ``anyOf``/``oneOf`` (``oneOf`` as ``anyOf``: alternatives that
-  overlap are not excluded), ``allOf`` (merged: object properties and ``required`` are combined),
-  ``$ref`` to ``#/$defs/…``, ``#/definitions/…`` or any other pointer into the same document,
-  recursion included.
+- ``type`` (one or a list, so ``["string", "null"]`` is nullable; OpenAPI's ``nullable`` is
+  ignored), ``enum``, ``const``, ``anyOf``/``oneOf`` (``oneOf`` as ``anyOf``: alternatives that
+  overlap are not excluded), ``$ref`` to ``#/$defs/…``, ``#/definitions/…`` or any other pointer
+  into the same document, recursion included. ``allOf`` is merged into one schema (properties and
+  ``required`` combined), so an ``additionalProperties`` beside it covers the properties of every
+  part, as its authors mean (JSON Schema itself would count them as additional: use
+  ``unevaluatedProperties``, which the merge reads the same way).
 - objects: ``properties`` in the schema's order, ``required``; ``additionalProperties``: when it
   is absent or false only the listed properties are written (an object schema with no
   ``properties`` accepts any object); true or a schema allows other keys (of plain characters,
   never one of the listed names) after the listed ones.
-- arrays: ``items``, ``prefixItems`` (and ``items`` as a list), ``minItems``, ``maxItems``.
+- arrays: ``items``, ``prefixItems`` (and ``items`` as a list; every prefix item is written),
+  ``minItems``, ``maxItems``.
 - strings: ``minLength``, ``maxLength``, ``pattern`` (a regular-expression subset: literals,
   classes, ``.``, groups, alternation, quantifiers; it must match the whole string, and classes
   never produce control characters other than tab, newline and carriage return), ``format``
-  ``date``, ``time``, ``date-time`` and ``uuid``; other formats are annotations (any string).
+  ``date`` (no 29 February), ``time``, ``date-time``, ``uuid``, ``email`` (plain ASCII addresses)
+  and ``ipv4``; other formats are annotations (any string).
 - integers: ``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``, exactly.
   Numbers: only the sign (no ``-`` when ``minimum >= 0``); other bounds of non-integer numbers
   are not enforced, so check such values afterwards.
@@ -48,7 +52,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ConfigError
+from llcuda.errors import ConfigError
 
 MAX_REPETITION = 2000  # llama.cpp's grammar parser leaves larger {m,n} bounds open
 MAX_DIGITS = 16  # digits of an unbounded integer part, as llama.cpp's own converter writes
@@ -69,22 +73,31 @@ _PRIMITIVES: dict[str, tuple[str, tuple[str, ...]]] = {
     "object": ('"{" ws (string ws ":" ws value ws ("," ws string ws ":" ws value ws)*)? "}"',
                ("ws", "string", "value")),
     "array": ('"[" ws (value ws ("," ws value ws)*)? "]"', ("ws", "value")),
-    "date": ('[0-9]{4} "-" ("0" [1-9] | "1" [0-2]) "-" ("0" [1-9] | [12] [0-9] | "3" [01])', ()),
+    # a real calendar date of years 0001-9999 (February never has a 29th: leap years are not worked out)
+    "date": ('([1-9] [0-9]{3} | "0" ([1-9] [0-9]{2} | "0" ([1-9] [0-9] | "0" [1-9]))) "-" '
+             '(("0" [13578] | "1" [02]) "-" ("0" [1-9] | [12] [0-9] | "3" [01]) | '
+             '("0" [469] | "11") "-" ("0" [1-9] | [12] [0-9] | "30") | "02-" ("0" [1-9] | "1" [0-9] | "2" [0-8]))',
+             ()),
     "time": ('([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" ([0-5] [0-9] | "60") ("." [0-9]{1,9})? '
              '([zZ] | [-+] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9])', ()),
     "date-string": ('"\\"" date "\\""', ("date",)),
     "time-string": ('"\\"" time "\\""', ("time",)),
     "date-time-string": ('"\\"" date [tT] time "\\""', ("date", "time")),
+    "email-string": ('"\\"" [a-zA-Z0-9._%+-]{1,64} "@" [a-zA-Z0-9-]{1,63} ("." [a-zA-Z0-9-]{1,63}){1,8} "\\""', ()),
+    "ipv4-string": ('"\\"" octet "." octet "." octet "." octet "\\""', ("octet",)),
+    "octet": ('[0-9] | [1-9] [0-9] | "1" [0-9] [0-9] | "2" [0-4] [0-9] | "25" [0-5]', ()),
     "uuid-string": ('"\\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
                     '[0-9a-fA-F]{12} "\\""', ()),
 }
-_FORMATS = {"date": "date-string", "time": "time-string", "date-time": "date-time-string", "uuid": "uuid-string"}
+_FORMATS = {"date": "date-string", "time": "time-string", "date-time": "date-time-string", "uuid": "uuid-string",
+            "email": "email-string", "ipv4": "ipv4-string"}
 
 # Keywords that only describe, or that are handled where their parent keyword is.
 _ANNOTATIONS = frozenset({
     "title", "description", "default", "examples", "example", "$schema", "$id", "$anchor", "$comment",
     "deprecated", "readOnly", "writeOnly", "contentEncoding", "contentMediaType", "contentSchema",
     "$defs", "definitions", "discriminator", "xml", "externalDocs", "strict",
+    "nullable",  # OpenAPI's, not JSON Schema's: null is written only where "type" lists "null"
 })
 _UNSUPPORTED = frozenset({
     "not", "if", "then", "else", "patternProperties", "propertyNames", "minProperties", "maxProperties",
@@ -131,9 +144,13 @@ def _constant(value: Any) -> str:
     return _literal(_json_text(value))
 
 
+_CLASS_ESCAPES_GBNF = {"\\": "\\\\", "]": "\\]", "[": "\\[", "-": "\\-", '"': '\\"', "^": "\\x5E"}
+
+
 def _class_char(code: int) -> str:
-    if chr(code) in '\\]"-^[':
-        return "\\" + chr(code) if chr(code) in '\\]"-[' else "\\x5E"
+    """One code point inside a GBNF character class."""
+    if chr(code) in _CLASS_ESCAPES_GBNF:
+        return _CLASS_ESCAPES_GBNF[chr(code)]
     if code < 0x20 or code == 0x7F:
         return f"\\x{code:02X}"
     if 0x80 <= code < 0xA0 or 0xD800 <= code <= 0xDFFF:
@@ -202,12 +219,9 @@ def _class_expr(ranges: Ranges) -> str | None:
     plain = _subtract(ranges, _NEEDS_ESCAPE)
     parts = []
     if plain:
-        negated = _complement(plain)
-        if sum(hi - lo + 1 for lo, hi in negated) < sum(hi - lo + 1 for lo, hi in plain) and len(negated) <= len(
-                plain):
-            parts.append("[^" + "".join(_class_range(lo, hi) for lo, hi in negated) + "]")
-        else:
-            parts.append("[" + "".join(_class_range(lo, hi) for lo, hi in plain) + "]")
+        listed = "[" + "".join(_class_range(lo, hi) for lo, hi in plain) + "]"
+        negated = "[^" + "".join(_class_range(lo, hi) for lo, hi in _complement(plain)) + "]"
+        parts.append(min(listed, negated, key=len))
     parts += [_literal(json.dumps(chr(c))[1:-1]) for c in _ESCAPED_IN_PATTERNS if _contains(ranges, c)]
     if not parts:
         return None
@@ -376,7 +390,7 @@ class _Pattern:
             self.pos += 1
         elif self.peek() == "+":
             raise self.fail("a possessive quantifier")
-        if self.peek() in ("*", "+", "{") and self.peek():
+        if self.peek() in ("*", "+", "{"):
             raise self.fail("a repeated quantifier")
         if high is not None and high < low:
             raise self.fail(f"the count {{{low},{high}}} (max below min)")
@@ -590,8 +604,6 @@ class _Converter:
             if key in schema:
                 return self.union(schema, key, name, path)
         types = schema.get("type")
-        if schema.get("nullable") is True:
-            types = ([types] if isinstance(types, str) else list(types or _TYPES)) + ["null"]
         if "const" in schema or "enum" in schema:
             return self.constants(schema, types, name, path)
         if isinstance(types, list):
@@ -599,7 +611,7 @@ class _Converter:
             if len(unique) == 1:
                 types = unique[0]
             else:
-                alts = [self.visit({**schema, "type": t, "nullable": False}, f"{name}-{t}", path) for t in unique]
+                alts = [self.visit({**schema, "type": t}, f"{name}-{t}", path) for t in unique]
                 return self.rule(name, " | ".join(alts))
         if types is None:
             types = self.implied_type(schema)
@@ -724,10 +736,25 @@ class _Converter:
             raise ConfigError(f"no value of the enum/const at {path} has the schema's type or length"
                               f"{' (' + ', '.join(map(repr, strings)) + ')' if strings else ''}; fix the schema.")
         try:
-            literals = list(dict.fromkeys(_constant(v) for v in values))
+            literals = list(dict.fromkeys(self.constant(v) for v in values))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"enum/const at {path} holds a value that is not JSON ({exc}).") from None
-        return self.rule(name, " | ".join(literals))
+        return self.rule(name, " | ".join(_group(lit) if " " in lit and len(literals) > 1 else lit
+                                          for lit in literals))
+
+    def constant(self, value: Any) -> str:
+        """The JSON text of ``value``: scalars exactly, arrays and objects (members in their order)
+        with whitespace allowed where JSON allows it."""
+        if isinstance(value, Mapping):
+            ws = self.primitive("ws")
+            members = f' "," {ws} '.join(f'{_constant(str(k))} {ws} ":" {ws} {self.constant(v)} {ws}'
+                                         for k, v in value.items())
+            return f'"{{" {ws} ' + (members + " " if members else "") + '"}"'
+        if isinstance(value, (list, tuple)):
+            ws = self.primitive("ws")
+            items = f' "," {ws} '.join(f"{self.constant(v)} {ws}" for v in value)
+            return f'"[" {ws} ' + (items + " " if items else "") + '"]"'
+        return _constant(value)
 
     # one method per type ----------------------------------------------------------------------
     def visit_null(self, schema: Mapping[str, Any], name: str, path: str) -> str:

@@ -89,6 +89,15 @@ def spec_names(requirements: list[Any]) -> list[str]:
     return [item.split()[0] for item in requirements if isinstance(item, str)]
 
 
+def _requirement_key(requirement: object) -> str:
+    """A requirement without spaces, its name spelled with ``-``: PyPI's ``prometheus-client`` is
+    conda-forge's ``prometheus_client`` (names compare as PEP 503 normalises them)."""
+    text = str(requirement).replace(" ", "")
+    name = re.match(r"[A-Za-z0-9._-]*", text)
+    head = name.group(0) if name else ""
+    return re.sub(r"[-_.]+", "-", head).lower() + text[len(head):]
+
+
 def _tools_of_build_script(recipe_dir: Path) -> list[str]:
     text = (recipe_dir / BUILD_SCRIPT).read_text(encoding="utf-8")
     match = re.search(r"^TOOLS=\(([^)]*)\)", text, re.MULTILINE)
@@ -279,8 +288,9 @@ def check(
             )
         if f"python >={context['python_min']}" not in run:
             problems.append(f"{where}: run must hold python >={context['python_min']}")
+        held = [_requirement_key(x) for x in run]
         for dep in project["dependencies"]:
-            if dep.replace(" ", "") not in [str(x).replace(" ", "") for x in run]:
+            if _requirement_key(dep) not in held:
                 problems.append(f"{where}: run lacks pyproject.toml's dependency {dep}")
         scripts = build["build"].get("python", {}).get("entry_points", [])
         wanted = [f"{k} = {v}" for k, v in project.get("scripts", {}).items()]

@@ -27,10 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, nargs="?", help="the GGUF to write")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--vocab-dir", type=Path, help="llama.cpp's models/ folder (for --preset)")
-    parser.add_argument("--like", type=Path, help="copy the metadata and tensor shapes of this GGUF or skeleton")
+    parser.add_argument(
+        "--like", type=Path, help="copy the metadata and tensor shapes of this GGUF or skeleton"
+    )
     parser.add_argument("--layers", type=int, help="with --like: keep only the first N blocks")
-    parser.add_argument("--make-skeleton", nargs=2, type=Path, metavar=("REAL_GGUF", "OUT_GZ"),
-                        help="write REAL_GGUF's header, metadata and tensor list (no data) to OUT_GZ")
+    parser.add_argument(
+        "--make-skeleton",
+        nargs=2,
+        type=Path,
+        metavar=("REAL_GGUF", "OUT_GZ"),
+        help="write REAL_GGUF's header, metadata and tensor list (no data) to OUT_GZ",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["f16", "f32"], default="f16")
     args = parser.parse_args(argv)

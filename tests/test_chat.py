@@ -58,9 +58,9 @@ class Chat:
             self.child.terminate(force=True)
 
 
-def _llama_server_pids(home: Path) -> list[int]:
-    entries = [json.loads(p.read_text()) for p in (home / "run").glob("*.json")]
-    return [e["pid"] for e in entries if e["kind"] == "llama-server"]
+def _server_pids(home: Path) -> list[int]:
+    """The servers `llcuda ps` would list (this chat's only)."""
+    return sorted(json.loads(p.read_text())["pid"] for p in (home / "run").glob("*.json"))
 
 
 @pytest.fixture
@@ -97,12 +97,13 @@ def test_history_recalls_lines_in_the_session_and_the_next(smollm2_model, home, 
         again.kill()
 
 
-def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(smollm2_model, home, tmp_path):
+@pytest.mark.parametrize("backend", ["serve", "llama-server"])
+def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(smollm2_model, home, tmp_path, backend):
     # Replies may run to 2000 tokens, far beyond the moment of Ctrl-C; the small context still ends the
     # next reply soon (llama-server stops a reply when the context is full).
-    chat = Chat(smollm2_model, home, "-n", "2000", ctx_size=256)
+    chat = Chat(smollm2_model, home, "-n", "2000", "--backend", backend, ctx_size=256)
     try:
-        (server_pid,) = _llama_server_pids(home)
+        (server_pid,) = _server_pids(home)
         chat.child.send(STORY + "\r")
         chat.child.expect_exact(STORY)  # the echo of the line typed
         chat.child.expect(r"\w+ \w+ \w+")  # the reply has begun
@@ -118,7 +119,7 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(smollm2_model, home, 
         assert saved[2]["content"] == "What is 2 + 2?"
         assert saved[3]["content"].strip() and "interrupted" not in saved[3]
         # Ctrl-C reached the chat, not its llama-server: the same server answered the next turn.
-        assert _llama_server_pids(home) == [server_pid]
+        assert _server_pids(home) == [server_pid]
         assert chat.quit() == 0
     finally:
         chat.kill()

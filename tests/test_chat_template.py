@@ -315,12 +315,13 @@ def test_raise_exception_message_surfaces() -> None:
         t.render([{"role": "user", "content": "x"}])
     message = str(info.value)
     assert "the chat template of m refused these messages: Only user and assistant roles are supported!" in message
-    assert "backend='server'" in message
+    assert "backend='llama-server'" in message
 
 
 def test_a_template_that_does_not_compile_names_the_problem_and_the_fix() -> None:
     with pytest.raises(ConfigError, match=r"the chat template of broken is not a valid Jinja template \(.*line 1\);"
-                                          r" pass a chat template of your own, or use backend='server'"):
+                                          r" format the prompt yourself and call infer\(\), or use "
+                                          r"backend='llama-server'"):
         ChatTemplate("{% for m in messages %}{{ m.content }}", name="broken")
     with pytest.raises(ConfigError, match="is empty"):
         ChatTemplate("  ", name="blank")
@@ -382,7 +383,7 @@ def test_from_gguf_reads_the_template_and_the_bos_eos_text(tmp_path: Path) -> No
 def test_from_gguf_without_a_template_or_tokens(tmp_path: Path) -> None:
     bare = _write_gguf(tmp_path / "bare.gguf", template=None, tokens=["a", "b"], bos=0, eos=None)
     with pytest.raises(ConfigError, match=r"bare.gguf has no chat template \(tokenizer.chat_template is not in its "
-                                          r"metadata\); pass a chat template of your own"):
+                                          r"metadata\); format the prompt yourself and call infer"):
         ChatTemplate.from_gguf(bare)
     no_bos = _write_gguf(tmp_path / "nobos.gguf", template="{{ bos_token }}|{{ eos_token }}", tokens=["a"],
                          bos=None, eos=7)

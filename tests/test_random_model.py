@@ -1,4 +1,4 @@
-"""llcuda.benchmark.random_model: presets, skeletons and same-shape models (write_like), the random-model cache."""
+"""llcuda.benchmark.random_model: presets, skeletons, same-shape models (write_like), the model cache."""
 
 from __future__ import annotations
 
@@ -92,3 +92,31 @@ def test_gemma_skeleton_quantizes_to_the_real_files_layout(tmp_path: Path, binar
     assert fields(q) == fields(REAL_GEMMA)
     assert tensors(q) == tensors(REAL_GEMMA)
     assert q.stat().st_size == REAL_GEMMA.stat().st_size
+
+
+def test_random_model_is_made_once_and_cached(isolated_home: Path, llama_src: Path, monkeypatch, binaries):
+    from llcuda.benchmark import random_model as rm
+    from llcuda.models import read_gguf_info
+    from llcuda.models.cache import cached_models
+
+    monkeypatch.setitem(rm.RANDOM_MODELS, "random-tiny-q8", rm.RandomModel("tiny", "Q8_0"))
+    path = rm.random_model("random-tiny-q8", binaries=binaries, vocab_dir=llama_src / "models")
+    assert path == isolated_home / "models" / "random" / "random-tiny-q8.gguf"
+    assert read_gguf_info(path).file_type_name == "Q8_0"
+    assert not list(path.parent.glob("*.tmp.gguf")) and not list(path.parent.glob("*.incomplete"))
+    made = path.stat().st_mtime_ns
+    assert rm.random_model("random-tiny-q8", binaries=binaries, offline=True) == path  # no vocab needed now
+    assert path.stat().st_mtime_ns == made
+    assert "random-tiny-q8" in {m.name for m in cached_models()}
+
+
+def test_random_model_errors(isolated_home: Path, tmp_path: Path) -> None:
+    from llcuda.benchmark import random_model as rm
+    from llcuda.errors import ModelNotFoundError, OfflineModeError
+
+    with pytest.raises(ModelNotFoundError, match="random-1b"):
+        rm.random_model("random-2b")
+    with pytest.raises(ModelNotFoundError, match="ggml-vocab-llama-bpe.gguf does not exist"):
+        rm.vocab_file("llama-bpe", tmp_path)
+    with pytest.raises(OfflineModeError, match="offline mode is on"):
+        rm.vocab_file("llama-bpe", offline=True)  # isolated_home holds no llama.cpp tree

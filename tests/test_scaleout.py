@@ -324,7 +324,7 @@ def test_worker_death_is_a_clear_error_and_a_restarted_worker_recovers(binaries,
 
 
 @pytest.mark.parametrize(("requested", "sizes", "passed"), [
-    ("auto", (128, 128), "on"), ("auto", (576, 512), "on"), ("auto", (16, 16), "off"), ("auto", None, "off"),
+    ("auto", (128, 128), "on"), ("auto", (576, 512), "off"), ("auto", (16, 16), "off"), ("auto", None, "off"),
     ("on", (16, 16), "on"), ("off", (128, 128), "off"),
 ])
 def test_flash_attn_auto_is_decided_by_llcuda_for_rpc_workers(requested, sizes, passed):

@@ -191,3 +191,15 @@ def test_import_is_lazy_and_side_effect_free(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
     assert not (tmp_path / "home").exists(), "import must not create the cache folder"
+
+
+def test_every_public_name_resolves():
+    import llcuda
+    import llcuda.errors
+
+    for name in llcuda.__all__:
+        assert getattr(llcuda, name) is not None, name
+    errors = set(llcuda.errors.__all__)
+    assert errors <= set(llcuda.__all__)
+    assert errors == {name for name, value in vars(llcuda.errors).items()
+                      if isinstance(value, type) and issubclass(value, llcuda.errors.LlcudaError)}

@@ -1,12 +1,11 @@
-"""The two ways :class:`llcuda.engine.InferenceEngine` runs a model, behind one interface.
+"""What :class:`llcuda.engine.InferenceEngine` asks of a backend, whichever runs the model.
 
-- :mod:`llcuda.backends.llama_server`: llama-server in a child process, over loopback HTTP (the default):
-  crash isolation, restarts, the OpenAI API.
-- :mod:`llcuda.backends.inprocess`: libllama in this process (:mod:`llcuda.libllama.engine`): the fastest decode.
+- :mod:`llcuda.backends.llama_server`: a server in a child process over loopback HTTP: ``llcuda serve``
+  (llcuda's engine; the default) or llama.cpp's ``llama-server``; crash isolation and restarts.
+- :mod:`llcuda.backends.inprocess`: llcuda's engine in this process (:mod:`llcuda.libllama.engine`), no HTTP.
 
-The engine checks the arguments once (into :class:`SamplingOptions`), picks the backend and owns
-the metrics recorder; a backend loads the model and runs the requests. Both start an
-embeddings-only llama-server on demand (:mod:`llcuda.backends.embeddings`).
+The engine checks the arguments once (into :class:`~llcuda.options.SamplingOptions`), picks the
+backend and owns the metrics recorder; a backend loads the model and runs the requests.
 """
 
 from __future__ import annotations

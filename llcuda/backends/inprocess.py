@@ -110,8 +110,11 @@ class InProcessBackend:
         return self._local().batch_infer(prompts, args)
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        """Through an embeddings-only llama-server for the loaded model, started on first use."""
-        self._local()
+        """In this process when the model was loaded with ``embeddings=True``; otherwise through an
+        embeddings-only llama-server for the loaded model, started on first use."""
+        engine = self._local()
+        if engine.embeddings:
+            return engine.embed(texts)[0]
         assert self._embed_settings is not None  # set with the engine
         client = self._embeddings.client(self._embed_settings, self._binaries or bootstrap.find_binaries())
         return list(client.embeddings(texts))

@@ -21,7 +21,27 @@ From Python::
 
 from __future__ import annotations
 
-from llcuda.benchmark.runner import BenchOutput, run_benchmark
-from llcuda.benchmark.settings import BenchSettings
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llcuda.benchmark.runner import BenchOutput, run_benchmark
+    from llcuda.benchmark.settings import BenchSettings
+
+_LAZY = {
+    "BenchOutput": "llcuda.benchmark.runner",
+    "run_benchmark": "llcuda.benchmark.runner",
+    "BenchSettings": "llcuda.benchmark.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llcuda.benchmark' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["BenchOutput", "BenchSettings", "run_benchmark"]

@@ -25,7 +25,7 @@ def cpu_model() -> str:
 
 
 def slug(text: str) -> str:
-    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``: lower case, runs of other characters as ``-``."""
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``: lower case, other characters as ``-``."""
     text = re.sub(r"\((r|tm|c)\)", " ", text, flags=re.IGNORECASE)
     text = re.sub(r"\bcpu\b.*@.*$", "", text, flags=re.IGNORECASE)  # "... CPU @ 2.10GHz"
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"

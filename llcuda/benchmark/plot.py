@@ -7,15 +7,18 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from llcuda.benchmark.report import ceiling_at
+
 log = logging.getLogger(__name__)
 
 
 def write_plot(data: dict[str, Any], path: Path) -> Path | None:
-    """Write the PNG; None (and a warning) where matplotlib is not installed or nothing was measured."""
+    """Write the PNG; None where matplotlib is not installed (``pip install 'llcuda[bench]'``) or nothing
+    was measured."""
     try:
         import matplotlib
     except ImportError:
-        log.warning("matplotlib is not installed, so no plot was written: pip install 'llcuda[bench]'")
+        log.debug("matplotlib is not installed: no plot")
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -25,15 +28,23 @@ def write_plot(data: dict[str, Any], path: Path) -> Path | None:
     lines: dict[str, dict[int, float]] = {}
     for row in summary["throughput"]:
         lines.setdefault(f"{row['label']}, {row['sampling']}", {})[row["level"]] = row["tps"]
-    ceiling = {n: ceil["tg"] if n == 1 else ceil["batched"].get(n) for n in data["settings"]["concurrency"]}
-    ceiling = {n: v for n, v in ceiling.items() if v}
+    ceiling: dict[int, float] = {}
+    for n in data["settings"]["concurrency"]:
+        value = ceiling_at(ceil, n)
+        if value:
+            ceiling[n] = value
     if not lines and not ceiling:
         return None
     fig, ax = plt.subplots(figsize=(9, 5.5))
     if ceiling:
         xs = sorted(ceiling)
-        ax.plot(xs, [ceiling[n] for n in xs], "k--", marker="s",
-                label=f"ceiling: llama-bench {ceil['tg_key']} (N=1), llama-batched-bench S_TG")
+        ax.plot(
+            xs,
+            [ceiling[n] for n in xs],
+            "k--",
+            marker="s",
+            label=f"ceiling: llama-bench {ceil['tg_key']} (N=1), llama-batched-bench S_TG",
+        )
     for label, points in lines.items():
         xs = sorted(points)
         ax.plot(xs, [points[n] for n in xs], marker="o", label=label)

@@ -132,21 +132,27 @@ def vocab_file(name: str, vocab_dir: Path | None = None, *, offline: bool | None
     if vocab_dir is not None:
         path = Path(vocab_dir).expanduser() / filename
         if not path.is_file():
-            raise ModelNotFoundError(f"{path} does not exist. Pass llama.cpp's models/ folder as the vocab folder.")
+            raise ModelNotFoundError(
+                f"{path} does not exist. Pass llama.cpp's models/ folder as the vocab folder."
+            )
         return path
     for tree in sorted((config.home_dir() / "src").glob("llama.cpp-*/models"), reverse=True):
         if (tree / filename).is_file():
             return tree / filename
     pinned = VOCABS.get(name)
     if pinned is None:
-        raise ModelNotFoundError(f"No pinned copy of {filename}; pass llama.cpp's models/ folder as the vocab folder.")
+        raise ModelNotFoundError(
+            f"No pinned copy of {filename}; pass llama.cpp's models/ folder as the vocab folder."
+        )
     dest = config.home_dir() / "vocab" / filename
     if dest.is_file() and dest.stat().st_size == pinned.size:
         return dest
     url = VOCAB_URL.format(tag=VOCAB_TAG, name=name)
     if config.offline(offline):
-        raise OfflineModeError(f"{filename} is needed to make a random model and offline mode is on. Download {url} "
-                               "and pass its folder as the vocab folder, or turn offline mode off.")
+        raise OfflineModeError(
+            f"{filename} is needed to make a random model and offline mode is on. Download {url} "
+            "and pass its folder as the vocab folder, or turn offline mode off."
+        )
     from llcuda.models.download import fetch
 
     log.info("downloading %s", url)
@@ -163,7 +169,9 @@ def copy_field(writer: Any, key: str, field: Any, values: Any = None) -> None:
     if vtype == GGUFValueType.ARRAY:
         sub = GGUFValueType(field.types[1])
         if sub == GGUFValueType.ARRAY:
-            raise LlcudaError(f"{key}: nested metadata arrays are not supported; use another file as the model.")
+            raise LlcudaError(
+                f"{key}: nested metadata arrays are not supported; use another file as the model."
+            )
         if values is None:
             values = (
                 [bytes(field.parts[i]) for i in field.data]
@@ -177,7 +185,9 @@ def copy_field(writer: Any, key: str, field: Any, values: Any = None) -> None:
         writer.add_key_value(key, field.parts[field.data[0]].tolist()[0] if values is None else values, vtype)
 
 
-def _write_tensors(writer: Any, plan: list[tuple[str, tuple[int, ...]]], seed: int, dtype: str = "f16") -> None:
+def _write_tensors(
+    writer: Any, plan: list[tuple[str, tuple[int, ...]]], seed: int, dtype: str = "f16"
+) -> None:
     """Declare every tensor, write the header, then the data one tensor at a time (low peak memory).
 
     1-D tensors (norms) are f32 ones; the rest N(0, 0.02) in ``dtype``.
@@ -196,12 +206,14 @@ def _write_tensors(writer: Any, plan: list[tuple[str, tuple[int, ...]]], seed: i
         if len(shape) == 1:
             writer.write_tensor_data(np.ones(shape, dtype=np.float32))
         else:
-            writer.write_tensor_data((rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(matrix_type))
+            writer.write_tensor_data(
+                (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(matrix_type)
+            )
     writer.close()
 
 
 def write_model(out: Path, vocab_dir: Path, shape: Shape, seed: int = 0, dtype: str = "f16") -> Path:
-    """A Llama of ``shape`` with the tokenizer of ``vocab_dir/ggml-vocab-<shape.vocab>.gguf``; returns ``out``."""
+    """A Llama of ``shape``, the tokenizer of ``vocab_dir/ggml-vocab-<shape.vocab>.gguf``; returns ``out``."""
     _require_gguf()
     from gguf import GGUFReader, GGUFWriter
 
@@ -313,7 +325,7 @@ def write_like(out: Path, like: Path, seed: int = 0, layers: int | None = None) 
         for key, field in reader.fields.items():
             if key.startswith("GGUF.") or key in ("general.architecture", SKELETON_KEY):
                 continue
-            value = None
+            value: Any = None
             if key == "general.file_type":
                 value = 1  # LLAMA_FTYPE_MOSTLY_F16: what this file holds; llama-quantize sets its own
             elif key == f"{arch}.block_count":
@@ -324,7 +336,7 @@ def write_like(out: Path, like: Path, seed: int = 0, layers: int | None = None) 
                 and len(field.data) == n_block
                 and field.types[1] != GGUFValueType.STRING
             ):
-                value = [field.parts[i].tolist()[0] for i in field.data][:keep]  # type: ignore[assignment]
+                value = [field.parts[i].tolist()[0] for i in field.data][:keep]  # per-layer values
             copy_field(writer, key, field, value)
         _write_tensors(writer, [(name, tuple(reversed(ne))) for name, ne, _type in tensors], seed)
     partial.replace(out)
@@ -373,8 +385,16 @@ def random_model(
                 _quantize(f16, dest, spec.quant, binaries)
             finally:
                 f16.unlink(missing_ok=True)
-        cache.write_meta(dest, name=name, source="random", origin=name, seed=seed, preset=spec.preset,
-                         quant=spec.quant or "F16", size=dest.stat().st_size)
+        cache.write_meta(
+            dest,
+            name=name,
+            source="random",
+            origin=name,
+            seed=seed,
+            preset=spec.preset,
+            quant=spec.quant or "F16",
+            size=dest.stat().st_size,
+        )
     return dest
 
 
@@ -383,12 +403,19 @@ def _quantize(src: Path, dest: Path, quant: str, binaries: Binaries | None) -> N
 
     binaries = binaries or _find_binaries()
     partial = dest.with_name(dest.name + ".incomplete")
-    done = subprocess.run([str(tool("llama-quantize", binaries)), str(src), str(partial), quant],
-                          capture_output=True, text=True, env=subprocess_env(binaries), check=False)
+    done = subprocess.run(
+        [str(tool("llama-quantize", binaries)), str(src), str(partial), quant],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(binaries),
+        check=False,
+    )
     if done.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
-        raise LlcudaError(f"llama-quantize {quant} failed (exit {done.returncode}):\n{done.stderr[-2000:]}\n"
-                          "Check that the binaries are complete with `llcuda doctor`.")
+        raise LlcudaError(
+            f"llama-quantize {quant} failed (exit {done.returncode}):\n{done.stderr[-2000:]}\n"
+            "Check that the binaries are complete with `llcuda doctor`."
+        )
     partial.replace(dest)
 
 

@@ -1,4 +1,4 @@
-"""One benchmark run: find the binaries and the model, run every section in its own process, write the results.
+"""One benchmark run: find the binaries and the model, run each section in its own process, write results.
 
 The results go to ``<out>/<device>-<YYYY-MM-DD>/`` (``-2``, ``-3``… when that folder holds a run already):
 
@@ -10,10 +10,12 @@ The results go to ``<out>/<device>-<YYYY-MM-DD>/`` (``-2``, ``-3``… when that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -61,7 +63,9 @@ def output_folder(root: Path, device_slug: str, day: str) -> Path:
 def _model(settings: BenchSettings, binaries: Any, progress: Progress) -> Path:
     if settings.model in RANDOM_MODELS:
         progress(f"model: {settings.model} (random weights; made once, then cached)")
-        return random_model(settings.model, binaries=binaries, vocab_dir=settings.vocab_dir, offline=settings.offline)
+        return random_model(
+            settings.model, binaries=binaries, vocab_dir=settings.vocab_dir, offline=settings.offline
+        )
     from llcuda.models import resolve_model
 
     return resolve_model(settings.model, offline=settings.offline).path
@@ -74,8 +78,14 @@ def _child_env(binaries: Any) -> dict[str, str]:
     return dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=path, PYTHONUNBUFFERED="1")
 
 
-def _run_section(section: str, request: dict[str, Any], log_dir: Path, env: dict[str, str],
-                 timeout: float | None, progress: Progress) -> dict[str, Any]:
+def _run_section(
+    section: str,
+    request: dict[str, Any],
+    log_dir: Path,
+    env: dict[str, str],
+    timeout: float | None,
+    progress: Progress,
+) -> dict[str, Any]:
     name = re.sub(r"[^\w.-]+", "-", section)
     log_path = log_dir / f"{name}.log"
     result_path = log_dir / f"{name}.result.json"
@@ -83,9 +93,26 @@ def _run_section(section: str, request: dict[str, Any], log_dir: Path, env: dict
     cmd = [sys.executable, "-m", "llcuda.benchmark.sections", section, json.dumps(request), str(result_path)]
     started = time.perf_counter()
     with log_path.open("w") as log_file:
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, text=True,
-                                 env=env)
-        timer = threading.Timer(timeout, child.kill) if timeout else None
+        child = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,  # its own process group: a kill reaches the tools it started as well
+        )
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+
+        def expire() -> None:
+            timed_out.set()
+            kill()
+
+        timer = threading.Timer(timeout, expire) if timeout else None
         if timer is not None:
             timer.start()
         try:
@@ -95,16 +122,16 @@ def _run_section(section: str, request: dict[str, Any], log_dir: Path, env: dict
         finally:
             if timer is not None:
                 timer.cancel()
-            if child.poll() is None:
-                child.kill()
+            if child.poll() is None:  # interrupted
+                kill()
                 child.wait()
     seconds = round(time.perf_counter() - started, 1)
     if code != 0 or not result_path.is_file():
-        timed_out = timeout is not None and seconds >= timeout
-        why = f"timed out after {timeout:.0f} s" if timed_out else f"exit code {code}"
+        why = f"timed out after {timeout:.0f} s" if timed_out.is_set() else f"exit code {code}"
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         progress(f"{section}: FAILED ({why}); log: {log_path}")
-        return {"error": why, "log": str(log_path), "log_tail": tail, "section_seconds": seconds}
+        log_name = f"{log_dir.name}/{log_path.name}"  # relative to the run's folder
+        return {"error": why, "log": log_name, "log_tail": tail, "section_seconds": seconds}
     result = json.loads(result_path.read_text())
     result_path.unlink()
     result["section_seconds"] = seconds
@@ -119,10 +146,10 @@ def _check_tools(binaries: Any) -> None:
             tool(name, binaries)
         except FileNotFoundError:
             raise BinaryNotFoundError(
-                f"{name} was not found next to {binaries.bin_dir / 'llama-server'} nor on PATH. The benchmark "
-                f"compares llcuda with llama.cpp's {' and '.join(CEILING_TOOLS)} from the same build: install "
-                "binaries that include them (the llcuda wheel and conda package do), or point LLCUDA_BIN_DIR "
-                "at a llama.cpp build's bin/ folder that has them."
+                f"{name} was not found next to {binaries.bin_dir / 'llama-server'} nor on PATH. The "
+                f"benchmark compares llcuda with llama.cpp's {' and '.join(CEILING_TOOLS)} from the same "
+                "build: install binaries that include them (the llcuda wheel and conda package do), or point "
+                "LLCUDA_BIN_DIR at a llama.cpp build's bin/ folder that has them."
             ) from None
 
 
@@ -146,11 +173,18 @@ def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> 
     say(f"{env_record['device']}; llama.cpp {binaries.bin_dir}; model {model}; results in {folder}")
 
     request = {**settings.as_dict(), "model": str(model), "log_dir": str(log_dir)}
-    data: dict[str, Any] = {"schema": SCHEMA, "environment": env_record, "settings": settings.as_dict(),
-                            "reproduce": settings.reproduce(), "sections": {}}
+    data: dict[str, Any] = {
+        "schema": SCHEMA,
+        "environment": env_record,
+        "settings": settings.as_dict(),
+        "reproduce": settings.reproduce(),
+        "sections": {},
+    }
     json_path = folder / "report.json"
     child_env = _child_env(binaries)
-    plan = ["llama-bench", "batched-bench", "startup"] + [f"system:{s}" for s in SYSTEMS if s in settings.systems]
+    plan = ["llama-bench", "batched-bench", "startup"] + [
+        f"system:{s}" for s in SYSTEMS if s in settings.systems
+    ]
     for section in plan:
         if section.startswith("system:"):
             reason = SYSTEMS[section.split(":", 1)[1]]().unavailable()
@@ -159,9 +193,11 @@ def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> 
                 data["sections"][section] = {"skipped": reason}
                 continue
         say(f"{section} ...")
-        data["sections"][section] = _run_section(section, request, log_dir, child_env, settings.section_timeout,
-                                                 say)
-        json_path.write_text(json.dumps(data, indent=1, default=str))  # a run cut short keeps what it measured
+        data["sections"][section] = _run_section(
+            section, request, log_dir, child_env, settings.section_timeout, say
+        )
+        # after every section, so a run cut short keeps what it measured
+        json_path.write_text(json.dumps(data, indent=1, default=str))
 
     data["summary"] = report.summarize(data)
     json_path.write_text(json.dumps(data, indent=1, default=str))
@@ -176,4 +212,3 @@ def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> 
     if failed:
         say(f"sections that failed: {', '.join(failed)} (see {log_dir})")
     return BenchOutput(folder, json_path, markdown_path, plot_path, data)
-

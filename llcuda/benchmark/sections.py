@@ -25,10 +25,14 @@ from typing import Any, Callable
 
 from llcuda.benchmark.systems import Job, get_system
 from llcuda.benchmark.tools import run_batched_bench, run_llama_bench
-from llcuda.benchmark.workload import BATCHED_BENCH_PROMPT_TOKENS, SAMPLING, measure_first_token, measure_waves
+from llcuda.benchmark.workload import (
+    BATCHED_BENCH_PROMPT_TOKENS,
+    SAMPLING,
+    measure_first_token,
+    measure_waves,
+)
 from llcuda.errors import LlcudaError
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 WAVE_PROMPT_ROOM = 64  # context a wave request's prompt may take (about 32 tokens)
 
@@ -59,24 +63,36 @@ def slots_and_context(request: dict[str, Any]) -> tuple[int, int]:
 
 
 def _binaries() -> Any:
-    from llcuda.system.binaries import find_binaries
+    from llcuda import find_binaries
 
     return find_binaries()
 
 
 def llama_bench(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    out = run_llama_bench(_binaries(), Path(request["model"]), prompt_tokens=request["prompt_tokens"],
-                          max_tokens=request["max_tokens"], repeats=request["repeats"],
-                          gpu_layers=request["gpu_layers"], flash_attn=request["flash_attn"])
+    out = run_llama_bench(
+        _binaries(),
+        Path(request["model"]),
+        prompt_tokens=request["prompt_tokens"],
+        max_tokens=request["max_tokens"],
+        repeats=request["repeats"],
+        gpu_layers=request["gpu_layers"],
+        flash_attn=request["flash_attn"],
+    )
     for key, row in out["tests"].items():
         progress(f"{key}: {row['tps']:.1f} ± {row['stddev']:.1f} tok/s")
     return out
 
 
 def batched_bench(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    out = run_batched_bench(_binaries(), Path(request["model"]), levels=request["concurrency"],
-                            prompt_tokens=BATCHED_BENCH_PROMPT_TOKENS, max_tokens=request["max_tokens"],
-                            gpu_layers=request["gpu_layers"], flash_attn=request["flash_attn"])
+    out = run_batched_bench(
+        _binaries(),
+        Path(request["model"]),
+        levels=request["concurrency"],
+        prompt_tokens=BATCHED_BENCH_PROMPT_TOKENS,
+        max_tokens=request["max_tokens"],
+        gpu_layers=request["gpu_layers"],
+        flash_attn=request["flash_attn"],
+    )
     for level, row in out["levels"].items():
         progress(f"B={level}: S_TG {row['S_TG']:.1f} tok/s")
     return out
@@ -90,7 +106,7 @@ def _python(code: str, *args: str) -> str:
 
 
 def startup(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """``import llcuda`` and load -> ready (each backend's defaults), each in a new interpreter, interleaved."""
+    """``import llcuda`` and load -> ready (each backend's defaults), each in a new interpreter."""
     imports = [float(_python(IMPORT_CODE)) for _ in range(request["repeats"])]
     progress(f"import llcuda: {statistics.median(imports) * 1000:.1f} ms")
     loads: list[dict[str, Any]] = []
@@ -114,14 +130,27 @@ def system(name: str, request: dict[str, Any], progress: Progress) -> dict[str, 
     load_s = time.perf_counter() - t0
     progress(f"{sut.label}: ready in {load_s:.2f} s ({n_parallel} slots, context {ctx})")
     try:
-        waves = measure_waves(sut.request, request["concurrency"], [SAMPLING[s] for s in request["sampling"]],
-                              request["max_tokens"], request["repeats"], progress)
+        waves = measure_waves(
+            sut.request,
+            request["concurrency"],
+            [SAMPLING[s] for s in request["sampling"]],
+            request["max_tokens"],
+            request["repeats"],
+            progress,
+        )
         ttft = measure_first_token(sut.request, request["prompt_tokens"], request["repeats"])
         progress(f"time to first token: {statistics.median(r['ttft_s'] for r in ttft) * 1000:.1f} ms")
     finally:
         sut.stop()
-    return {"label": sut.label, "load_s": load_s, "n_parallel": n_parallel, "ctx_size": ctx, **info,
-            "waves": waves, "ttft": ttft}
+    return {
+        "label": sut.label,
+        "load_s": load_s,
+        "n_parallel": n_parallel,
+        "ctx_size": ctx,
+        **info,
+        "waves": waves,
+        "ttft": ttft,
+    }
 
 
 SECTIONS: dict[str, Callable[[dict[str, Any], Progress], dict[str, Any]]] = {

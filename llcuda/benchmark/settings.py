@@ -54,15 +54,17 @@ class BenchSettings:
     out: Path | None = None
     vocab_dir: Path | None = None
     gpu_layers: int = 99
-    flash_attn: str = "on"
+    flash_attn: str = "auto"
     section_timeout: float | None = None
     offline: bool | None = None
 
     def checked(self) -> BenchSettings:
-        """These settings with sorted, de-duplicated levels; raises :class:`ConfigError` naming a bad value."""
+        """These settings, levels sorted and de-duplicated; raises :class:`ConfigError` naming a bad value."""
         levels = tuple(sorted(set(self.concurrency)))
         if not levels or levels[0] < 1:
-            raise ConfigError(f"concurrency {self.concurrency!r}: give one or more levels of at least 1, e.g. 1,16,64.")
+            raise ConfigError(
+                f"concurrency {self.concurrency!r}: give one or more levels of at least 1, e.g. 1,16,64."
+            )
         for name in self.sampling:
             if name not in SAMPLING:
                 raise ConfigError(f"sampling {name!r}: choose from {', '.join(SAMPLING)}.")
@@ -85,15 +87,22 @@ class BenchSettings:
         return base / RESULTS_DIR if (base / RESULTS_DIR).is_dir() else base / FALLBACK_OUT_DIR
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(self).items()
+        }
 
     def reproduce(self) -> str:
         """The command line that repeats this run's measurements."""
-        parts = ["python -m llcuda.benchmark", f"--model {self.model}",
-                 f"--concurrency {','.join(map(str, self.concurrency))}", f"--sampling {','.join(self.sampling)}",
-                 f"--max-tokens {self.max_tokens}", f"--prompt-tokens {self.prompt_tokens}",
-                 f"--repeats {self.repeats}"]
+        parts = [
+            "python -m llcuda.benchmark",
+            f"--model {self.model}",
+            f"--concurrency {','.join(map(str, self.concurrency))}",
+            f"--sampling {','.join(self.sampling)}",
+            f"--max-tokens {self.max_tokens}",
+            f"--prompt-tokens {self.prompt_tokens}",
+            f"--repeats {self.repeats}",
+        ]
         if tuple(self.systems) != tuple(SYSTEMS):
             parts.append(f"--systems {','.join(self.systems)}")
         return " ".join(parts)

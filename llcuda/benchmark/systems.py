@@ -8,17 +8,18 @@ Each runs in a fresh Python process of its own (see :mod:`llcuda.benchmark.secti
 from __future__ import annotations
 
 import importlib.util
-import logging
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from llcuda.benchmark.workload import Reply, Sampling
-from llcuda.errors import ConfigError, ServerStartError, ServerTimeoutError
+from llcuda.errors import ConfigError
+from llcuda.processes.process import ManagedProcess
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from llcuda.options import LoadOptions
 
 SERVE_READY_TIMEOUT_S = 600.0
 REQUEST_TIMEOUT_S = 600.0
@@ -34,6 +35,19 @@ class Job:
     gpu_layers: int
     flash_attn: str
     log_dir: Path
+
+    def load_options(self) -> LoadOptions:
+        from llcuda.options import LoadOptions
+
+        return LoadOptions(
+            gpu_layers=self.gpu_layers, ctx_size=self.ctx_size, n_parallel=self.n_parallel, flash_attn=self.flash_attn
+        ).checked()
+
+    def log_file(self, name: str) -> Path:
+        """``<log_dir>/<name>.log``, created empty (a child process's output is appended to it)."""
+        path = self.log_dir / f"{name}.log"
+        path.touch()
+        return path
 
 
 class System:
@@ -65,11 +79,10 @@ class EngineSystem(System):
         self.engine: Any = None
 
     def start(self, job: Job) -> dict[str, Any]:
-        from llcuda.engine import InferenceEngine
+        from llcuda import InferenceEngine
 
         self.engine = InferenceEngine(backend=self.backend, request_timeout=REQUEST_TIMEOUT_S)
-        self.engine.load_model(job.model, gpu_layers=job.gpu_layers, ctx_size=job.ctx_size,
-                               n_parallel=job.n_parallel, flash_attn=job.flash_attn)
+        self.engine.load_model(job.model, job.load_options())
         return {"backend": self.engine.backend, "load_timings": dict(self.engine.load_timings or {})}
 
     def request(self, prompt: str, max_tokens: int, sampling: Sampling) -> Reply:
@@ -103,8 +116,13 @@ class OpenAIClientSystem(System):
     def connect(self) -> None:
         import openai
 
-        self.client = openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0,
-                                    timeout=REQUEST_TIMEOUT_S)
+        self.client = openai.OpenAI(
+            base_url=f"{self.base_url}/v1",
+            api_key="unused",
+            max_retries=0,
+            timeout=REQUEST_TIMEOUT_S,
+            http_client=openai.DefaultHttpxClient(trust_env=False),
+        )  # loopback: no proxy
         self.model_id = self.client.models.list().data[0].id
 
     def request(self, prompt: str, max_tokens: int, sampling: Sampling) -> Reply:
@@ -114,16 +132,23 @@ class OpenAIClientSystem(System):
             extra["top_k"] = args.pop("top_k")
         t0 = time.perf_counter()
         if not self.stream:
-            done = self.client.completions.create(model=self.model_id, prompt=prompt, max_tokens=max_tokens,
-                                                  extra_body=extra, **args)
+            done = self.client.completions.create(
+                model=self.model_id, prompt=prompt, max_tokens=max_tokens, extra_body=extra, **args
+            )
             usage = done.usage
             return Reply(usage.completion_tokens, time.perf_counter() - t0, usage.prompt_tokens)
         first = None
         pieces = 0
         usage = None
-        stream = self.client.completions.create(model=self.model_id, prompt=prompt, max_tokens=max_tokens,
-                                                extra_body=extra, stream=True,
-                                                stream_options={"include_usage": True}, **args)
+        stream = self.client.completions.create(
+            model=self.model_id,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            extra_body=extra,
+            stream=True,
+            stream_options={"include_usage": True},
+            **args,
+        )
         for chunk in stream:
             if chunk.choices:
                 pieces += 1
@@ -148,18 +173,42 @@ class LlamaServerSystem(OpenAIClientSystem):
     def start(self, job: Job) -> dict[str, Any]:
         from llcuda.processes.llama_server import LlamaServer, ServerSettings
 
-        self.server = LlamaServer(
-            ServerSettings(model_path=job.model, ctx_size=job.ctx_size, n_parallel=job.n_parallel,
-                           gpu_layers=job.gpu_layers, flash_attn=job.flash_attn),
-            log_path=job.log_dir / f"llama-server-{'stream' if self.stream else 'plain'}.log",
-        )
+        log_path = job.log_file(f"llama-server-{'stream' if self.stream else 'plain'}")
+        self.server = LlamaServer(ServerSettings.from_options(job.model, job.load_options()), log_path=log_path)
         self.base_url = self.server.start(SERVE_READY_TIMEOUT_S)
         self.connect()
-        return {"server_log": str(self.server.log_path)}
+        return {"server_log": log_path.name}
 
     def stop(self) -> None:
         super().stop()
         self.server.stop()
+
+
+class ServeProcess(ManagedProcess):
+    """``llcuda serve`` on loopback, as a user starts it: ready once ``/health`` answers 200."""
+
+    name = "llcuda serve"
+    bind_failure_markers = ("address already in use",)
+
+    def __init__(self, job: Job, log_path: Path) -> None:
+        super().__init__(host="127.0.0.1", port=None, log_path=log_path)
+        self.job = job
+
+    def command(self, port: int) -> list[str]:
+        from llcuda.options import to_arguments
+
+        cmd = [sys.executable, "-m", "llcuda", "serve", "--model", str(self.job.model), "--host", self.host]
+        return cmd + ["--port", str(port), *to_arguments(self.job.load_options())]
+
+    def probe(self) -> bool:
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+        try:
+            with opener.open(f"http://{self.host}:{self.port}/health", timeout=2.0) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
 
 class ServeSystem(OpenAIClientSystem):
@@ -173,36 +222,16 @@ class ServeSystem(OpenAIClientSystem):
         return super().unavailable()
 
     def start(self, job: Job) -> dict[str, Any]:
-        from llcuda.processes.process import free_port, read_log_tail, spawn_process, stop_process
-        from llcuda.system.binaries import find_binaries, subprocess_env
-
-        port = free_port()
-        log_path = job.log_dir / f"llcuda-serve-{'stream' if self.stream else 'plain'}.log"
-        cmd = [sys.executable, "-m", "llcuda", "serve", "--model", str(job.model), "--host", "127.0.0.1",
-               "--port", str(port), "--ctx-size", str(job.ctx_size), "--n-parallel", str(job.n_parallel),
-               "--gpu-layers", str(job.gpu_layers), "--flash-attn", job.flash_attn]
-        self.process = spawn_process(cmd, log_path=log_path, env=subprocess_env(find_binaries()))
-        self._stop_process: Callable[[], None] = lambda: stop_process(self.process, 10.0, "llcuda serve")
-        self.base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + SERVE_READY_TIMEOUT_S
-        while True:
-            if self.process.poll() is not None:
-                raise ServerStartError(f"llcuda serve exited with code {self.process.returncode} before it was "
-                                       "ready.", log_tail=read_log_tail(log_path))
-            try:
-                self.connect()
-                break
-            except Exception as exc:  # noqa: BLE001 - not listening yet; the deadline bounds the wait
-                if time.monotonic() > deadline:
-                    self._stop_process()
-                    raise ServerTimeoutError(f"llcuda serve was not ready after {SERVE_READY_TIMEOUT_S:.0f} s "
-                                             f"({exc}).", log_tail=read_log_tail(log_path)) from None
-                time.sleep(0.2)
-        return {"server_log": str(log_path), "command": cmd}
+        log_path = job.log_file(f"llcuda-serve-{'stream' if self.stream else 'plain'}")
+        self.process = ServeProcess(job, log_path)
+        self.process.start_process(SERVE_READY_TIMEOUT_S)
+        self.base_url = f"http://127.0.0.1:{self.process.port}"
+        self.connect()
+        return {"server_log": log_path.name}
 
     def stop(self) -> None:
         super().stop()
-        self._stop_process()
+        self.process.stop()
 
 
 # name -> factory; the order is the report's.

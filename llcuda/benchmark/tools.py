@@ -25,10 +25,33 @@ log = logging.getLogger(__name__)
 BATCHED_BENCH_ATTEMPTS = 3
 
 
-def llama_bench_command(exe: Path, model: Path, *, prompt_tokens: int, max_tokens: int, repeats: int,
-                        gpu_layers: int, flash_attn: str) -> list[str]:
-    return [str(exe), "-m", str(model), "-p", str(prompt_tokens), "-n", str(max_tokens), "-ngl", str(gpu_layers),
-            "-fa", flash_attn, "-r", str(repeats), "-o", "json"]
+def llama_bench_command(
+    exe: Path,
+    model: Path,
+    *,
+    prompt_tokens: int,
+    max_tokens: int,
+    repeats: int,
+    gpu_layers: int,
+    flash_attn: str,
+) -> list[str]:
+    return [
+        str(exe),
+        "-m",
+        str(model),
+        "-p",
+        str(prompt_tokens),
+        "-n",
+        str(max_tokens),
+        "-ngl",
+        str(gpu_layers),
+        "-fa",
+        flash_attn,
+        "-r",
+        str(repeats),
+        "-o",
+        "json",
+    ]
 
 
 def parse_llama_bench(stdout: str) -> dict[str, dict[str, Any]]:
@@ -36,7 +59,9 @@ def parse_llama_bench(stdout: str) -> dict[str, dict[str, Any]]:
     try:
         rows = json.loads(stdout)
     except ValueError as exc:
-        raise LlcudaError(f"llama-bench printed no JSON ({exc}); its output began: {stdout[:300]!r}") from None
+        raise LlcudaError(
+            f"llama-bench printed no JSON ({exc}); its output began: {stdout[:300]!r}"
+        ) from None
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         key = f"pp{row['n_prompt']}" if row["n_gen"] == 0 else f"tg{row['n_gen']}"
@@ -54,12 +79,40 @@ def parse_llama_bench(stdout: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def batched_bench_command(exe: Path, model: Path, *, levels: Sequence[int], prompt_tokens: int, max_tokens: int,
-                          gpu_layers: int, flash_attn: str) -> list[str]:
+def batched_bench_command(
+    exe: Path,
+    model: Path,
+    *,
+    levels: Sequence[int],
+    prompt_tokens: int,
+    max_tokens: int,
+    gpu_layers: int,
+    flash_attn: str,
+) -> list[str]:
     ctx = max(levels) * (prompt_tokens + max_tokens + 16)
-    return [str(exe), "-m", str(model), "-c", str(ctx), "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens),
-            "-ntg", str(max_tokens), "-npl", ",".join(map(str, levels)), "-ngl", str(gpu_layers), "-fa", flash_attn,
-            "--output-format", "jsonl"]
+    return [
+        str(exe),
+        "-m",
+        str(model),
+        "-c",
+        str(ctx),
+        "-b",
+        "2048",
+        "-ub",
+        "512",
+        "-npp",
+        str(prompt_tokens),
+        "-ntg",
+        str(max_tokens),
+        "-npl",
+        ",".join(map(str, levels)),
+        "-ngl",
+        str(gpu_layers),
+        "-fa",
+        flash_attn,
+        "--output-format",
+        "jsonl",
+    ]
 
 
 def parse_batched_bench(stdout: str) -> dict[str, dict[str, float]]:
@@ -68,7 +121,12 @@ def parse_batched_bench(stdout: str) -> dict[str, dict[str, float]]:
     for line in stdout.splitlines():
         if line.startswith("{"):
             row = json.loads(line)
-            out[str(row["pl"])] = {"S_TG": row["speed_tg"], "S_PP": row["speed_pp"], "S": row["speed"], "t": row["t"]}
+            out[str(row["pl"])] = {
+                "S_TG": row["speed_tg"],
+                "S_PP": row["speed_pp"],
+                "S": row["speed"],
+                "t": row["t"],
+            }
     return out
 
 
@@ -77,27 +135,58 @@ def _run(cmd: list[str], binaries: Binaries) -> str:
 
     done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(binaries), check=False)
     if done.returncode != 0:
-        raise LlcudaError(f"{Path(cmd[0]).name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}\n"
-                          f"command: {' '.join(cmd)}")
+        raise LlcudaError(
+            f"{Path(cmd[0]).name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}\n"
+            f"command: {' '.join(cmd)}"
+        )
     return done.stdout
 
 
-def run_llama_bench(binaries: Binaries, model: Path, *, prompt_tokens: int, max_tokens: int, repeats: int,
-                    gpu_layers: int, flash_attn: str) -> dict[str, Any]:
+def run_llama_bench(
+    binaries: Binaries,
+    model: Path,
+    *,
+    prompt_tokens: int,
+    max_tokens: int,
+    repeats: int,
+    gpu_layers: int,
+    flash_attn: str,
+) -> dict[str, Any]:
     from llcuda.system.binaries import tool
 
-    cmd = llama_bench_command(tool("llama-bench", binaries), model, prompt_tokens=prompt_tokens,
-                              max_tokens=max_tokens, repeats=repeats, gpu_layers=gpu_layers, flash_attn=flash_attn)
+    cmd = llama_bench_command(
+        tool("llama-bench", binaries),
+        model,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        repeats=repeats,
+        gpu_layers=gpu_layers,
+        flash_attn=flash_attn,
+    )
     return {"command": cmd, "tests": parse_llama_bench(_run(cmd, binaries))}
 
 
-def run_batched_bench(binaries: Binaries, model: Path, *, levels: Sequence[int], prompt_tokens: int,
-                      max_tokens: int, gpu_layers: int, flash_attn: str) -> dict[str, Any]:
+def run_batched_bench(
+    binaries: Binaries,
+    model: Path,
+    *,
+    levels: Sequence[int],
+    prompt_tokens: int,
+    max_tokens: int,
+    gpu_layers: int,
+    flash_attn: str,
+) -> dict[str, Any]:
     from llcuda.system.binaries import tool
 
-    cmd = batched_bench_command(tool("llama-batched-bench", binaries), model, levels=levels,
-                                prompt_tokens=prompt_tokens, max_tokens=max_tokens, gpu_layers=gpu_layers,
-                                flash_attn=flash_attn)
+    cmd = batched_bench_command(
+        tool("llama-batched-bench", binaries),
+        model,
+        levels=levels,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        gpu_layers=gpu_layers,
+        flash_attn=flash_attn,
+    )
     rows: dict[str, dict[str, float]] = {}
     for attempt in range(1, BATCHED_BENCH_ATTEMPTS + 1):
         # its rows go through an asynchronous logger: a quick run can exit before all of them are printed

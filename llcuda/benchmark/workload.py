@@ -148,6 +148,12 @@ def measure_first_token(request: Request, prompt_tokens: int, repeats: int) -> l
     for repeat in range(repeats):
         reply = request(long_prompt(prompt_tokens, repeat + 1), 1, greedy)
         ttft = reply.first_token_s if reply.first_token_s is not None else reply.wall_s
-        rows.append({"repeat": repeat, "ttft_s": ttft, "prompt_tokens": reply.prompt_tokens,
-                     "streamed": reply.first_token_s is not None})
+        rows.append(
+            {
+                "repeat": repeat,
+                "ttft_s": ttft,
+                "prompt_tokens": reply.prompt_tokens,
+                "streamed": reply.first_token_s is not None,
+            }
+        )
     return rows

@@ -214,8 +214,10 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from llcuda.cli.bench import run_quick_bench
+    from llcuda.cli.bench import run_compare, run_quick_bench
 
+    if args.compare:
+        return run_compare(args)
     if args.server_url:
         raise ConfigError("llcuda bench loads its own model; drop --server-url.")
     report = run_quick_bench(model=args.model, concurrency=args.concurrency, max_tokens=args.max_tokens,
@@ -328,12 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p, backend=False)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("bench", help="measure llcuda throughput at several concurrency levels")
-    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4],
-                   help="comma-separated levels (default 1,4)")
-    p.add_argument("-n", "--max-tokens", type=int, default=64)
+    from llcuda.cli.bench import add_compare_options
+
+    p = sub.add_parser("bench", help="measure llcuda throughput at several concurrency levels (--compare: "
+                                     "against llama.cpp's own tools)")
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="comma-separated levels (default 1,4; with --compare 1,16,64)")
+    p.add_argument("-n", "--max-tokens", type=int, default=None,
+                   help="tokens per request (default 64; with --compare 128)")
     p.add_argument("--json", action="store_true")
     _add_model_options(p)
+    add_compare_options(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("rpc-worker", help="lend this host's GPUs to llama-servers elsewhere (llama.cpp rpc-server)",

@@ -24,7 +24,8 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("stop", help="stop servers llcuda started (SIGTERM, then SIGKILL)",
                        description="Stop processes `llcuda ps` lists: SIGTERM, then SIGKILL after the grace "
-                                   "period.")
+                                   "period. An engine whose server was stopped this way starts a new one on its "
+                                   "next request; stop the program that owns it (parent_pid in --json) to end both.")
     p.add_argument("ids", nargs="*", metavar="ID", help="an ID or PID from `llcuda ps` (several allowed)")
     p.add_argument("--all", action="store_true", help="stop every process `llcuda ps` lists")
     p.add_argument("--grace", type=float, default=registry.STOP_GRACE_S,

@@ -1,7 +1,7 @@
 """libllama through ctypes: the structures and functions llcuda's in-process engine uses.
 
 The structure layouts follow ``include/llama.h`` of the pinned llama.cpp build (b11434);
-``tests/test_fastpath.py`` checks every field offset against the header with a C compiler.
+``tests/test_libllama_bindings.py`` checks every field offset against the header with a C compiler.
 Nothing here runs at import: :func:`load_library` opens the library on first use.
 """
 

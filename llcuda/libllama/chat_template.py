@@ -4,7 +4,9 @@ A GGUF keeps the Hugging Face chat template in ``tokenizer.chat_template``. :cla
 renders it the way transformers' ``apply_chat_template`` does: jinja2's immutable sandbox (a
 template cannot reach Python internals or change the messages), ``trim_blocks`` and
 ``lstrip_blocks``, the ``loopcontrols`` extension, transformers' ``tojson`` filter (no HTML
-escaping, ``ensure_ascii=False``) and its globals ``raise_exception`` and ``strftime_now``::
+escaping, ``ensure_ascii=False``), its globals ``raise_exception`` and ``strftime_now``, and its
+``{% generation %}`` blocks (rendered as their body). One difference: an attribute the sandbox
+refuses (``{{ ''.__class__ }}``) is an error here, not an empty string. For example::
 
     from llcuda.libllama.chat_template import ChatTemplate
 
@@ -41,7 +43,7 @@ from llcuda.models.gguf import read_gguf_info, read_token_texts
 
 StrPath = Union[str, "os.PathLike[str]"]
 COMPILED_CACHE_SIZE = 64  # compiled templates kept, keyed by source (a process rarely sees more than a few)
-_FIX = "pass a chat template of your own, or use backend='server'"
+_FIX = "format the prompt yourself and call infer(), or use backend='llama-server'"
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | str | None = None,
@@ -154,8 +156,7 @@ class ChatTemplate:
         key = "tokenizer.chat_template" + (f".{variant}" if variant else "")
         source = info.metadata.get(key)
         if not isinstance(source, str) or not source.strip():
-            raise ConfigError(f"{label} has no chat template ({key} is not in its metadata); {_FIX} (or format "
-                              "the prompt yourself and use infer()).")
+            raise ConfigError(f"{label} has no chat template ({key} is not in its metadata); {_FIX}.")
         ids = {role: info.metadata.get(f"tokenizer.ggml.{role}_token_id") for role in ("bos", "eos")}
         wanted = [i for i in ids.values() if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
         texts = read_token_texts(path, wanted) if wanted else {}

@@ -98,7 +98,7 @@ def _text_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                        for p in content):
                 raise ConfigError(f"messages[{i}]['content'] has a part that is not text; the in-process backend "
-                                  "takes text only (use backend='server' for other content).")
+                                  "takes text only (use backend='llama-server' for other content).")
             message["content"] = "".join(p["text"] for p in content)
     return checked
 

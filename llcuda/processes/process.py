@@ -324,7 +324,7 @@ class ManagedProcess:
         env = self.environment(port)
         log.info("starting %s on %s:%d (log: %s)", self.name, self.host, port, self._log_path)
         log.debug("command: %s", cmd)
-        self._log_offset = self._log_path.stat().st_size
+        self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         try:
             self._process = spawn_process(cmd, log_path=self._log_path, env=env, ignore_sigpipe=self.ignore_sigpipe)
         except OSError as exc:

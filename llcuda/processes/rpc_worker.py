@@ -313,11 +313,9 @@ def explain_worker_crash(endpoints: Sequence[str], server_log_tail: str) -> str:
     return "\n".join(parts)
 
 
-# CUDA flash-attention kernels exist for these (K head size, V head size) pairs; llama.cpp's own
-# check also wants some GQA ratios for the last three, which llcuda does not second-guess.
-CUDA_FLASH_ATTN_HEAD_SIZES = frozenset(
-    [(d, d) for d in (40, 64, 72, 80, 96, 112, 128, 256)] + [(192, 128), (320, 256), (576, 512)]
-)
+# (K head size, V head size) pairs for which CUDA's flash attention has kernels whatever the GQA ratio
+# (ggml-cuda's fattn.cu; 192/128, 320/256, 512 and 576/512 also depend on the ratio, so they count as not).
+CUDA_FLASH_ATTN_HEAD_SIZES = frozenset((d, d) for d in (40, 64, 72, 80, 96, 112, 128, 256))
 
 
 def flash_attn_over_rpc(requested: str, head_sizes: tuple[int, int] | None) -> str:

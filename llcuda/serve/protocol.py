@@ -1,9 +1,9 @@
 """OpenAI's request and response shapes: parsing a request body into engine arguments, and the
 bodies, stream chunks and error bodies sent back.
 
-Defaults are llama-server's, so a client sees the same sampling whichever server ``llcuda serve``
-runs: temperature 0.8, top_p 0.95, top_k 40, min_p 0.05; ``max_tokens`` absent means "up to the end
-of the context". Fields this server cannot honour (``n`` > 1, ``logprobs``, penalties, ``logit_bias``)
+Defaults are :class:`~llcuda.options.SamplingOptions`' (temperature 0.7, top_p 0.95, top_k 40,
+min_p 0.05), the Python API's; ``max_tokens`` absent means "up to the end of the context". Fields this
+server cannot honour (``n`` > 1, ``logprobs``, penalties, ``logit_bias``)
 are refused with 400 rather than ignored; fields it does not know are ignored, as OpenAI's server
 does for new optional ones.
 """

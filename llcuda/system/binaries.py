@@ -62,7 +62,7 @@ KNOWN_TOOLS = (
     "llama-embedding",
     "rpc-server",
 )
-BUNDLED_PREFIX = Path(__file__).resolve().parent / "binaries"
+BUNDLED_PREFIX = Path(__file__).resolve().parent.parent / "binaries"  # llcuda/binaries, as the wheel stages it
 
 INSTALL_HELP = (
     "Install the binaries with one of:\n"
