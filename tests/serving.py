@@ -55,11 +55,19 @@ def start_serve(model: Path | str, *args: str, log: Path, env: dict[str, str] | 
         full_env["LLCUDA_API_KEY"] = api_key
     with log.open("w") as err:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=full_env)
+    try:
+        return _wait_ready(process, log, api_key)
+    except BaseException:
+        process.kill()  # a server that failed to start must not outlive the test
+        process.wait()
+        raise
+
+
+def _wait_ready(process: subprocess.Popen[str], log: Path, api_key: str | None) -> Served:
     assert process.stdout is not None
     first = process.stdout.readline()
     found = re.search(r"listening at (http://127\.0\.0\.1:\d+)", first)
     if not found:
-        process.kill()
         pytest.fail(f"llcuda serve did not say where it listens: {first!r}\n{log.read_text()}")
     served = Served(process, found.group(1), log, {"Authorization": f"Bearer {api_key}"} if api_key else {})
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -69,7 +77,6 @@ def start_serve(model: Path | str, *args: str, log: Path, env: dict[str, str] | 
             break
         assert status == 503, f"/health answered {status} while loading"
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
             pytest.fail(f"llcuda serve did not become ready (exit {process.poll()}):\n{log.read_text()}")
         time.sleep(0.2)
     assert "serving" in process.stdout.readline()

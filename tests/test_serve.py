@@ -401,6 +401,21 @@ def test_health_is_503_until_the_model_is_attached(binaries, tiny_model: Path) -
         sock.close()
 
 
+def test_sigterm_ends_open_generations_and_exits_0(tiny_model: Path, tmp_path: Path) -> None:
+    served = start_serve(tiny_model, "-np", "2", "-c", "32768", log=tmp_path / "serve.log")  # long answers
+    body = {"prompt": "x", "max_tokens": 100000, "ignore_eos": True}
+    with requests.post(f"{served.url}/v1/completions", json={**body, "stream": True}, stream=True,
+                       timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith(b"data: "))  # generating
+        served.process.send_signal(signal.SIGTERM)
+        rest = [line for line in lines if line]
+    # the stream ends with an error event saying why, then [DONE]
+    assert rest[-1] == b"data: [DONE]"
+    assert json.loads(rest[-2][6:])["error"]["code"] == "server_stopping"
+    assert served.process.wait(timeout=60) == 0
+
+
 def test_serve_refuses_a_taken_port_and_a_public_host_without_a_key(tiny_model: Path, isolated_home: Path) -> None:
     env = dict(os.environ, LLCUDA_HOME=str(isolated_home))
     env.pop("LLCUDA_API_KEY", None)

@@ -25,7 +25,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -93,6 +93,8 @@ class ModelService:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: tuple[InProcessEngine, ChatTemplate] | None = None
+        self._running: set[EngineRequest] = set()  # generations of open HTTP requests
+        self.stopping = False  # the server is shutting down: no new generations
 
     # -- lifecycle -------------------------------------------------------------------------------
     def attach(self, engine: InProcessEngine, template: ChatTemplate | None = None) -> None:
@@ -123,6 +125,20 @@ class ModelService:
         path = Path(str(engine.model_path))
         self.names = frozenset(n for n in (self.alias, engine.model_name, path.name, path.stem) if n)
         self.template, self.loaded_at, self.engine = template, int(time.time()), engine
+
+    def stop_soon(self) -> None:
+        """Thread- and signal-safe: from the event loop, refuse new generations and end the running ones,
+        so that open responses finish (with an error) instead of holding up the server's shutdown."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._stop_generations)
+
+    def _stop_generations(self) -> None:
+        self.stopping = True
+        engine = self.engine
+        if engine is not None:
+            for req in list(self._running):
+                engine.cancel(req)
 
     def shutdown(self) -> None:
         engine, hub = self.engine, self.hub
@@ -183,13 +199,24 @@ class ModelService:
     # -- generation ------------------------------------------------------------------------------
     def submit(self, tokens: list[int], gen: Generation, param: str, sink: AsyncSink | None) -> EngineRequest:
         engine = self.require()
+        if self.stopping:
+            raise APIError(503, "The server is stopping; send the request to another one.", type="unavailable_error",
+                           code="server_stopping")
         n_ctx = engine.n_ctx_seq
         room = n_ctx - len(tokens)
         if room < 1:
             raise bad_request(f"This model's maximum context length is {n_ctx} tokens; the prompt has {len(tokens)} "
                               "tokens. Shorten it.", param=param, code="context_length_exceeded")
         max_tokens = min(room, gen.max_tokens or room, self.max_tokens or room)
-        return engine.submit(tokens, stream=sink, max_tokens=max_tokens, **gen.submit_kwargs())
+        req = engine.submit(tokens, stream=sink, max_tokens=max_tokens, **gen.submit_kwargs())
+        self._running.add(req)
+        return req
+
+    def _failure(self, error: BaseException) -> APIError:
+        if self.stopping:
+            return APIError(503, "The server stopped before this generation finished.", type="unavailable_error",
+                            code="server_stopping")
+        return APIError(500, f"Generation failed: {error}", type="server_error")
 
     async def generate(self, request: Request, endpoint: str, tokens: list[int], gen: Generation, *,
                        chat: bool) -> Response:
@@ -203,11 +230,18 @@ class ModelService:
             sink = hub.sink()
             req = self.submit(tokens, gen, param, sink)
             writer = ChunkWriter(rid, model, chat=chat)
-            return EventStream(self._events(endpoint, req, sink, writer, gen.include_usage))
+            outcome = _Outcome()
+            return EventStream(self._events(req, sink, writer, gen.include_usage, outcome),
+                               on_close=lambda: self._stream_closed(endpoint, req, outcome))
         req = self.submit(tokens, gen, param, None)
-        await self._wait(request, req)
-        engine = self.require()
-        result = engine.result(req)  # done: builds the text, raises if decoding failed
+        try:
+            await self._wait(request, req)
+        finally:
+            self._running.discard(req)
+        error = req.future.exception()
+        if error is not None:
+            raise self._failure(error)
+        result = self.require().result(req)  # done: builds the text
         self._record(req)
         build = protocol.chat_response if chat else protocol.completion_response
         return JSONResponse(build(rid, model, result.text, result.finish_reason, result.prompt_tokens,
@@ -229,46 +263,58 @@ class ModelService:
         if not finished:
             raise APIError(499, "The client closed the connection.", code="client_closed")
 
-    async def _events(self, endpoint: str, req: EngineRequest, sink: AsyncSink, writer: ChunkWriter,
-                      include_usage: bool) -> AsyncIterator[bytes]:
+    async def _events(self, req: EngineRequest, sink: AsyncSink, writer: ChunkWriter, include_usage: bool,
+                      outcome: _Outcome) -> AsyncGenerator[bytes, None]:
         pieces = self.pieces
         if pieces is None:
             raise protocol.not_loaded()
         decoder = PieceDecoder(req, pieces.__getitem__)
         feed = decoder.feed
-        status = 200
-        try:
-            start = writer.start()
-            if start is not None:
-                yield start
-            async for batch in sink.batches():
-                text = "".join([feed(t) for t in batch if t is not None])
-                if text:
-                    yield writer.text(text)
-            error = req.future.exception()
-            if error is not None:
-                status = 500
-                yield writer.error(APIError(500, f"Generation failed: {error}", type="server_error"))
-            else:
-                rest = decoder.finish()
-                if rest:
-                    yield writer.text(rest)
-                yield writer.finish(req.finish, _timings(req))
-                if include_usage:
-                    yield writer.usage(len(req.tokens), len(req.out))
-                self._record(req)
-            yield protocol.DONE
-        finally:
-            if not req.future.done():  # the client went away (or the server is stopping)
-                status = 499
-                engine = self.engine
-                if engine is not None:
-                    engine.cancel(req)
-            self.metrics.request(endpoint, status)
+        start = writer.start()
+        if start is not None:
+            yield start
+        async for batch in sink.batches():
+            text = "".join([feed(t) for t in batch if t is not None])
+            if text:
+                yield writer.text(text)
+        error = req.future.exception()
+        if error is not None:
+            failure = self._failure(error)
+            outcome.status = failure.status
+            yield writer.error(failure)
+        else:
+            rest = decoder.finish()
+            if rest:
+                yield writer.text(rest)
+            yield writer.finish(req.finish, _timings(req))
+            if include_usage:
+                yield writer.usage(len(req.tokens), len(req.out))
+            self._record(req)
+        yield protocol.DONE
+
+    def _stream_closed(self, endpoint: str, req: EngineRequest, outcome: _Outcome) -> None:
+        """However a stream's response ended: cancel its generation if it still runs (the client went
+        away), and count the request."""
+        if not req.future.done():
+            outcome.status = 499
+            engine = self.engine
+            if engine is not None:
+                engine.cancel(req)
+        self._running.discard(req)
+        self.metrics.request(endpoint, outcome.status)
 
     def _record(self, req: EngineRequest) -> None:
         ttft = req.first_token - req.submitted if req.first_token else None
         self.metrics.generation(len(req.tokens), len(req.out), ttft, req.done - req.submitted)
+
+
+class _Outcome:
+    """The HTTP status a stream's request is counted with (its headers went out with 200)."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 200
 
 
 def _timings(req: EngineRequest) -> dict[str, float]:
@@ -282,21 +328,21 @@ async def _disconnected(receive: Receive) -> None:
 
 
 class EventStream(StreamingResponse):
-    """Server-sent events; the generator is closed (its ``finally`` run) however the response ends."""
+    """Server-sent events; ``on_close()`` runs however the response ends (finished, the client gone,
+    the server stopping), even if the generator never started."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes]) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], None]) -> None:
         super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._events = events
+        self._events, self._on_close = events, on_close
 
     async def stream_response(self, send: Send) -> None:
         try:
             await super().stream_response(send)
         finally:
-            aclose = getattr(self._events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            self._on_close()
+            await self._events.aclose()
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -321,7 +367,7 @@ def _endpoint(name: str, handler: Handler, service: ModelService) -> Callable[[R
             response = error_response(bad_request(str(exc)))
         except LlcudaError as exc:
             log.warning("%s failed: %s", name, exc)
-            status = 503 if service.engine is None else 500
+            status = 503 if service.engine is None or service.stopping else 500
             response = error_response(APIError(status, str(exc), type="server_error"))
         if not isinstance(response, EventStream):  # a stream counts itself when it ends
             service.metrics.request(name, response.status_code)

@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any, Callable
 
 import uvicorn
@@ -109,8 +110,8 @@ def run_server(
     app = create_app(api_key=api_key, alias=alias, max_tokens=max_tokens, stream_interval=stream_interval,
                      ui_dir=ui_dir or find_ui_dir(binaries),
                      ui_searched=binaries.bin_dir.parent / UI_SUBDIR)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
-                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+    settings = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    server = _Server(settings, on_exit=app.state.service.stop_soon)
     loaded: list[InProcessEngine] = []
     failed: list[BaseException] = []
 
@@ -141,6 +142,19 @@ def run_server(
     if failed:
         raise failed[0]
     return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends the running generations when asked to stop (SIGINT, SIGTERM), so
+    that open streams finish at once instead of at the graceful-shutdown deadline."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._on_exit()
 
 
 def _quiet_signals() -> Callable[[], None]:
