@@ -50,7 +50,7 @@ KNOWN_TOOLS = (
     "llama-embedding",
     "rpc-server",
 )
-BUNDLED_PREFIX = Path(__file__).resolve().parent / "binaries"
+BUNDLED_PREFIX = Path(__file__).resolve().parent.parent / "binaries"  # llcuda/binaries, the wheel's layout
 
 INSTALL_HELP = (
     "Install the binaries with one of:\n"
