@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # Scale-out check for a GPU machine: a CUDA rpc-server worker on loopback, a model loaded through it.
 #
-#   LLCUDA_BIN_DIR=/path/to/cuda-build/bin benchmarks/scaleout_gpu_check.sh /path/to/model.gguf
+#   LLCUDA_BIN_DIR=/path/to/cuda-build/bin benchmarks/scaleout_gpu_check.sh /path/to/model.gguf [REPORT.json]
 #
 # Runs, each with a fresh llama-server and greedy decoding (ignore_eos) of the same prompts:
 #   local   - the model on this host's GPU(s), no worker (the baseline)
 #   worker  - llama-server offloads only to the worker (--device RPC0): every weight crosses RPC
 #   mixed   - llama.cpp's default device list: the worker's GPU and the local GPU(s), split by free memory
 #   death   - the worker is stopped, then one more request: the error llcuda raises
-# and prints one JSON report to stdout (also $OUT/scaleout_gpu_check.json when OUT is set).
+# and prints one JSON report to stdout (also to REPORT.json when given).
 # Knobs (environment): WORKER_DEVICE (default CUDA0; "auto" = rpc-server's choice), MAX_TOKENS (64),
 # CTX_SIZE (2048), PYTHON (default: .venv/bin/python if present, else python3).
-# Logs (llama-server, rpc-server) go to $LLCUDA_HOME/logs, by default $OUT/llcuda-home or a temp folder.
+# Logs (llama-server, rpc-server) go to $LLCUDA_HOME/logs, by default a temporary folder's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ $# -ne 1 || ! -f "$1" ]]; then
-  echo "usage: LLCUDA_BIN_DIR=/path/to/cuda/bin $0 MODEL.gguf" >&2
+if [[ $# -lt 1 || $# -gt 2 || ! -f "$1" ]]; then
+  echo "usage: LLCUDA_BIN_DIR=/path/to/cuda/bin $0 MODEL.gguf [REPORT.json]" >&2
   exit 2
 fi
 if [[ -z "${LLCUDA_BIN_DIR:-}" ]]; then
@@ -27,17 +27,19 @@ PYTHON="${PYTHON:-}"
 if [[ -z "$PYTHON" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-if [[ -n "${OUT:-}" ]]; then mkdir -p "$OUT"; fi
-export LLCUDA_HOME="${LLCUDA_HOME:-${OUT:-$(mktemp -d)}/llcuda-home}"
+export LLCUDA_HOME="${LLCUDA_HOME:-$(mktemp -d)/llcuda-home}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-exec "$PYTHON" - "$1" <<'PY'
+exec "$PYTHON" - "$@" <<'PY'
 import json
 import os
 import sys
 import time
 
-from llcuda import InferenceEngine, LlcudaError, bootstrap, gpu, rpc
+from llcuda import InferenceEngine, LlcudaError
+from llcuda.processes import rpc_worker as rpc
+from llcuda.system import binaries as bootstrap
+from llcuda.system import gpu
 
 MODEL = sys.argv[1]
 MAX_TOKENS = int(os.environ.get("MAX_TOKENS", "64"))
@@ -122,7 +124,7 @@ for entry in report["runs"]:
 
 text = json.dumps(report, indent=2)
 print(text)
-if os.environ.get("OUT"):
-    with open(os.path.join(os.environ["OUT"], "scaleout_gpu_check.json"), "w") as fh:
+if len(sys.argv) > 2:
+    with open(sys.argv[2], "w") as fh:
         fh.write(text + "\n")
 PY

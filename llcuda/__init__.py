@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from llcuda.errors import (
     BinaryNotFoundError,
+    BuildMismatchError,
     ChecksumError,
     ConfigError,
     DownloadError,
@@ -63,6 +64,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BinaryNotFoundError",
+    "BuildMismatchError",
     "ChecksumError",
     "ConfigError",
     "DownloadError",

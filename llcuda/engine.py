@@ -165,7 +165,8 @@ class InferenceEngine:
         """In-process backend: decode steps, tokens, sampler-chain changes, and seconds spent in the
         ``llama_decode`` call, waiting for the device and in Python since load or ``reset_metrics()``."""
         if not isinstance(self._backend, InProcessBackend):
-            raise LlcudaError("this engine runs the model in another process; in-process details need backend='inprocess'.")
+            raise LlcudaError("this engine runs the model in another process; in-process details need "
+                              "backend='inprocess'.")
         return self._backend.stats
 
     @property

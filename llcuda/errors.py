@@ -21,6 +21,19 @@ class BinaryNotFoundError(LlcudaError, FileNotFoundError):
     """llama.cpp executables or libraries could not be found or are damaged."""
 
 
+class BuildMismatchError(BinaryNotFoundError):
+    """The llama.cpp binaries found are another build than the one llcuda is made for.
+
+    ``found`` and ``expected`` are llama.cpp build numbers (``b11434`` is build 11434). A subclass of
+    :class:`BinaryNotFoundError`: the build llcuda needs was not found.
+    """
+
+    def __init__(self, message: str, *, found: int, expected: int) -> None:
+        super().__init__(message)
+        self.found = found
+        self.expected = expected
+
+
 class GPUCompatibilityError(LlcudaError, RuntimeError):
     """The GPU or driver cannot run the installed binaries."""
 
@@ -98,6 +111,7 @@ class RequestTimeoutError(InferenceError, TimeoutError):
 
 __all__ = [
     "BinaryNotFoundError",
+    "BuildMismatchError",
     "ChecksumError",
     "ConfigError",
     "DownloadError",

@@ -234,7 +234,7 @@ def sampling_option_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(SamplingOptions))
 
 
-def add_arguments(parser: argparse.ArgumentParser, options: type[LoadOptions] | type[SamplingOptions],
+def add_arguments(parser: argparse._ActionsContainer, options: type[LoadOptions] | type[SamplingOptions],
                   skip: Sequence[str] = ()) -> None:
     """Add one flag per option of ``options`` that has one (defaults: the dataclass's)."""
     for f in dataclasses.fields(options):

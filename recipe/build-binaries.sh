@@ -16,6 +16,12 @@
 #   LLCUDA_BUILD_DIR     CMake build folder (default: $SRC_DIR/build-llcuda)
 #   CPU_COUNT            parallel jobs (default: nproc)
 #   LLCUDA_EXTRA_CMAKE_ARGS  extra CMake arguments, space separated
+#   LLCUDA_UI            the browser chat page (llama.cpp's tools/ui, a Svelte app): ON builds it with npm
+#                        (`npm ci` + `npm run build`; needs Node.js >= 20.19, npm and the npm registry) and
+#                        installs its static files into $PREFIX/share/llcuda/ui; "only" builds just the page,
+#                        not llama.cpp; OFF (default) builds no page
+#   LLCUDA_UI_BUILD_DIR  the page's npm work folder, kept between builds (default: $BUILD_DIR/ui): npm ci
+#                        reruns only when the lockfile changed, the page only when its sources did
 # Uses ccache when it is on PATH (CCACHE_BASEDIR is set so moved trees still hit).
 set -euo pipefail
 
@@ -34,8 +40,73 @@ fi
 LLCUDA_CUDA="${LLCUDA_CUDA:-OFF}"
 LLCUDA_CUDA_ARCHS="${LLCUDA_CUDA_ARCHS:-75-real;80-real;86-real;89-real;90-real;90-virtual}"
 LLCUDA_CPU_ISA="${LLCUDA_CPU_ISA:-avx2}"
+LLCUDA_UI="${LLCUDA_UI:-OFF}"
 BUILD_DIR="${LLCUDA_BUILD_DIR:-$SRC_DIR/build-llcuda}"
 JOBS="${CPU_COUNT:-$(nproc)}"
+case "$LLCUDA_UI" in
+    ON|OFF|only) ;;
+    *) echo "build-binaries.sh: LLCUDA_UI must be ON, OFF or only, not '$LLCUDA_UI'" >&2; exit 2 ;;
+esac
+
+# The chat page: llama.cpp's own build embeds it gzipped into llama-server (LLAMA_BUILD_UI, kept OFF
+# below); llcuda installs the plain files instead, so that any server can serve them from a folder
+# (llama-server --path, llcuda serve).
+build_ui() {
+    local ui_src="$SRC_DIR/tools/ui"
+    local work="${LLCUDA_UI_BUILD_DIR:-$BUILD_DIR/ui}"
+    local dest="$PREFIX/share/llcuda/ui"
+    if [[ ! -f "$ui_src/package.json" ]]; then
+        echo "build-binaries.sh: no $ui_src/package.json; this llama.cpp tree has no web UI to build" >&2
+        exit 2
+    fi
+    if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+        echo "build-binaries.sh: LLCUDA_UI=$LLCUDA_UI needs Node.js >= 20.19 and npm on PATH" \
+             "(conda: nodejs; Debian: apt-get install nodejs npm), or LLCUDA_UI=OFF" >&2
+        exit 2
+    fi
+    # Vite 7 needs Node.js ^20.19 or >= 22.12, and the page's .npmrc sets engine-strict.
+    if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+                  process.exit(a > 22 || (a === 22 && b >= 12) || (a === 20 && b >= 19) ? 0 : 1)'; then
+        echo "build-binaries.sh: Node.js $(node --version) is too old for the web UI (needs ^20.19 or" \
+             ">= 22.12); install a newer one or build with LLCUDA_UI=OFF" >&2
+        exit 2
+    fi
+    mkdir -p "$work/src"
+    # The sources, the Node.js version and the build number decide the page; same stamp, same files.
+    local stamp
+    stamp="$( (cd "$ui_src" && find . \( -name node_modules -o -name dist \) -prune -o -type f -print0 \
+                | LC_ALL=C sort -z | xargs -0 sha256sum; node --version; echo "$LLAMA_BUILD_NUMBER") \
+              | sha256sum | cut -c1-16)"
+    if [[ -f "$work/dist/index.html" && "$(cat "$work/dist.stamp" 2>/dev/null)" == "$stamp" ]]; then
+        echo "build-binaries.sh: web UI up to date in $work/dist"
+    else
+        # A fresh copy of the sources beside the kept node_modules: the build writes icons and
+        # SvelteKit's state into its tree, which must not be the (shared, read-only) source tree.
+        find "$work/src" -mindepth 1 -maxdepth 1 ! -name node_modules -exec rm -rf {} +
+        (cd "$ui_src" && tar --exclude=./node_modules --exclude=./dist -cf - .) | (cd "$work/src" && tar -xf -)
+        if ! cmp -s "$work/src/package-lock.json" "$work/installed-lock.json"; then
+            (cd "$work/src" && npm ci --no-audit --no-fund)
+            cp "$work/src/package-lock.json" "$work/installed-lock.json"
+        fi
+        rm -rf "$work/dist" "$work/dist.stamp"
+        (cd "$work/src" && LLAMA_UI_OUT_DIR="$work/dist" LLAMA_BUILD_NUMBER="b$LLAMA_BUILD_NUMBER" \
+            LLAMA_UI_VERSION="b$LLAMA_BUILD_NUMBER" npm run build)
+        if [[ ! -f "$work/dist/index.html" ]]; then
+            echo "build-binaries.sh: npm run build left no index.html in $work/dist" >&2
+            exit 1
+        fi
+        echo "$stamp" >"$work/dist.stamp"
+    fi
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    cp -R "$work/dist/." "$dest/"
+    echo "build-binaries.sh: web UI installed into $dest ($(find "$dest" -type f | wc -l) files)"
+}
+
+if [[ "$LLCUDA_UI" == "only" ]]; then
+    build_ui
+    exit 0
+fi
 
 # CMake target names; the installed names are the same, except ggml-rpc-server,
 # which is installed as rpc-server (its name in llama.cpp's docs) with a ggml-rpc-server link.
@@ -130,6 +201,9 @@ for lib in "$BUILD_DIR"/bin/lib*.so*; do
 done
 shopt -u nullglob
 install -m 0644 "$SRC_DIR/LICENSE" "$PREFIX/share/licenses/llama.cpp/LICENSE"
+if [[ "$LLCUDA_UI" == "ON" ]]; then
+    build_ui
+fi
 # llcuda's own log filter (llcuda_log.c, next to this script; rattler-build runs a copy of the script and
 # sets RECIPE_DIR): libllama's debug lines stop in C instead of reaching llcuda's Python callback.
 # shellcheck disable=SC2086  # CFLAGS/LDFLAGS are word lists
@@ -153,6 +227,7 @@ cat >"$PREFIX/share/llcuda/build-info.json" <<JSON
   "machine": "$(uname -m)",
   "tools": [$(printf '"%s",' "${TOOLS[@]/#ggml-rpc-server/rpc-server}" | sed 's/,$//')],
   "cmake_flags": $flags_json,
+  "ui": $([[ "$LLCUDA_UI" == "ON" ]] && echo true || echo false),
   "build_seconds": $built_seconds
 }
 JSON

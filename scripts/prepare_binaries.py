@@ -6,6 +6,7 @@ a pyproject.toml derived from the repository's, a setup.py that sets the tag) pl
 ``llcuda/binaries/{bin,lib,share}``: the prefix as a mini-prefix, so the binaries' ``$ORIGIN/../lib``
 RUNPATH works unchanged and llcuda's bootstrap finds it first. Then ``python -m build --wheel DIR``
 gives ``llcuda-<version>-py3-none-manylinux_2_<m>_<arch>.whl``. Any prefix works: CPU or CUDA.
+The browser chat page goes in too (``share/llcuda/ui``): the prefix's own, or ``--ui-dir``'s.
 
 What it does to the prefix, since a wheel can hold neither symlinks nor most system libraries:
 
@@ -54,6 +55,7 @@ PACKAGE_DATA = [
     f"{BUNDLE_DIR}/bin/*",
     f"{BUNDLE_DIR}/lib/*",
     f"{BUNDLE_DIR}/share/llcuda/*",
+    f"{BUNDLE_DIR}/share/llcuda/ui/**/*",  # the chat page: index.html, _app/immutable/...
     f"{BUNDLE_DIR}/share/licenses/*/*",
 ]
 
@@ -124,11 +126,14 @@ def _copy(src: Path, dest: Path) -> None:
     dest.chmod(0o755 if (src.stat().st_mode & 0o111) or is_elf(dest) else 0o644)
 
 
-def stage_binaries(prefix: Path, dest: Path, cuda_libs: str = "pypi") -> Bundle:
+def stage_binaries(
+    prefix: Path, dest: Path, cuda_libs: str = "pypi", ui_dir: Path | None = None
+) -> Bundle:
     """Copy ``prefix``'s tools, and the libraries they need, into ``dest`` (the wheel's llcuda/binaries).
 
     ``prefix`` is any folder with bin/llama-server, lib/ and share/llcuda/build-info.json: a build
-    prefix, a venv or a conda environment (only the tools and what they need are taken).
+    prefix, a venv or a conda environment (only the tools and what they need are taken). The chat
+    page is copied from ``ui_dir``, else from the prefix's share/llcuda/ui where it has one.
     """
     info_file = prefix / "share" / "llcuda" / "build-info.json"
     if not (prefix / "bin" / "llama-server").is_file() or not info_file.is_file():
@@ -154,6 +159,13 @@ def stage_binaries(prefix: Path, dest: Path, cuda_libs: str = "pypi") -> Bundle:
                 name = read_elf(lib).soname or lib.name  # the loader would pick
                 _copy(prefix / "lib" / name if (prefix / "lib" / name).exists() else lib, dest / "lib" / name)
     shutil.copyfile(info_file, dest / "share" / "llcuda" / "build-info.json")
+    ui = ui_dir or prefix / "share" / "llcuda" / "ui"
+    if (ui / "index.html").is_file():
+        shutil.copytree(ui, dest / "share" / "llcuda" / "ui")
+    elif ui_dir is not None:
+        raise SystemExit(
+            f"{ui_dir} holds no index.html: build the chat page with scripts/build_binaries.py --ui-only"
+        )
     if (prefix / "share" / "licenses" / "llama.cpp").is_dir():
         shutil.copytree(
             prefix / "share" / "licenses" / "llama.cpp", dest / "share" / "licenses" / "llama.cpp"
@@ -308,7 +320,11 @@ def wheel_pyproject(source: dict, bundle: Bundle, local_version: str | None) -> 
 
 
 def stage_tree(
-    prefix: Path, stage: Path, cuda_libs: str = "pypi", local_version: str | None = "auto"
+    prefix: Path,
+    stage: Path,
+    cuda_libs: str = "pypi",
+    local_version: str | None = "auto",
+    ui_dir: Path | None = None,
 ) -> dict:
     """Write the platform wheel's source tree into ``stage``; return what was decided (tag, deps...)."""
     if stage.exists():
@@ -324,7 +340,7 @@ def stage_tree(
     for name in [readme if isinstance(readme, str) else None, "LICENSE"]:
         if name and (REPO_ROOT / name).is_file():
             shutil.copyfile(REPO_ROOT / name, stage / name)
-    bundle = stage_binaries(prefix, stage / PACKAGE / BUNDLE_DIR, cuda_libs)
+    bundle = stage_binaries(prefix, stage / PACKAGE / BUNDLE_DIR, cuda_libs, ui_dir)
     build_info = json.loads((prefix / "share" / "llcuda" / "build-info.json").read_text())
     if local_version == "auto":  # keep a CPU wheel out of PyPI's `llcuda` (torch does the same: +cpu)
         local_version = "cpu" if build_info.get("backend") == "cpu" else None
@@ -345,6 +361,7 @@ def stage_tree(
         "backend": build_info.get("backend"),
         "cuda_archs": build_info.get("cuda_archs", []),
         "cuda_libs": cuda_libs,
+        "ui": (bundle.root / "share" / "llcuda" / "ui" / "index.html").is_file(),
         "dependencies": pyproject["project"]["dependencies"],
         "copied_system_libs": bundle.copied_system,
         "external_libs": bundle.external,
@@ -373,9 +390,19 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="PEP 440 local label, e.g. cu124; 'auto' = 'cpu' for a CPU build, none for CUDA; '' for none",
     )
+    parser.add_argument(
+        "--ui-dir",
+        type=Path,
+        default=None,
+        help="the built chat page to include (default: the prefix's share/llcuda/ui, if it has one)",
+    )
     args = parser.parse_args(argv)
     summary = stage_tree(
-        args.prefix.resolve(), args.stage.resolve(), args.cuda_libs, args.local_version or None
+        args.prefix.resolve(),
+        args.stage.resolve(),
+        args.cuda_libs,
+        args.local_version or None,
+        args.ui_dir.resolve() if args.ui_dir else None,
     )
     print(json.dumps(summary, indent=2), file=sys.stderr)
     print(args.stage.resolve())

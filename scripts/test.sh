@@ -7,10 +7,31 @@
 #      there, so every integration test runs the binaries from that package (bootstrap order:
 #      LLCUDA_BIN_DIR, bundled, CONDA_PREFIX, sys.prefix, PATH);
 #   4. pytest. Extra arguments go to pytest, e.g. ./scripts/test.sh -k engine
+# Before 1: the browser tests' system packages (Chromium, ChromeDriver, Node.js and npm for building the
+# chat page), installed with apt-get where missing, when running as root; elsewhere those tests skip.
 # GPU tests (marked `gpu`) skip themselves where no NVIDIA GPU is visible.
 # LLCUDA_SKIP_CONDA=1 skips step 3 (the tests then use the binaries in .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+browser_packages() {
+    local need=()
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+    command -v node >/dev/null 2>&1 || need+=(nodejs)
+    command -v npm >/dev/null 2>&1 || need+=(npm)
+    [[ ${#need[@]} -eq 0 ]] && return 0
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: ${need[*]} missing, and installing needs root and apt-get; the browser tests will skip" >&2
+        return 0
+    fi
+    echo "test.sh: installing ${need[*]} for the browser tests (apt-get)" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } \
+            >/tmp/llcuda-apt.log 2>&1; then
+        echo "test.sh: apt-get failed (log: /tmp/llcuda-apt.log); the browser tests will skip" >&2
+    fi
+}
+browser_packages
 
 ./scripts/setup.sh
 .venv/bin/llcuda models pull smollm2-135m-instruct-Q4_1

@@ -29,3 +29,16 @@ def test_a_second_build_replaces_the_first_in_the_same_prefix(tmp_path: Path) ->
     assert os.readlink(dest / "lib" / "libllama.so") == "libllama.so.0"
     assert (dest / "lib" / "libllama.so").read_text() == "libllama 2"
     assert (dest / "share" / "llcuda" / "build-info.json").read_text() == '{"version": "2"}'
+
+
+def test_a_web_ui_only_prefix_copies_its_page_alone(tmp_path: Path) -> None:
+    """`build_binaries.py --ui-only --prefix DIR`: the page's prefix has share/ and nothing else."""
+    page = tmp_path / "ui-prefix" / "share" / "llcuda" / "ui"
+    (page / "_app").mkdir(parents=True)
+    (page / "index.html").write_text("<!doctype html>")
+    (page / "_app" / "bundle.js").write_text("//")
+    dest = make_prefix(tmp_path / "venv", "1")
+    copy_prefix(tmp_path / "ui-prefix", dest)
+    assert (dest / "share" / "llcuda" / "ui" / "_app" / "bundle.js").read_text() == "//"
+    assert (dest / "share" / "llcuda" / "build-info.json").read_text() == '{"version": "1"}'
+    assert (dest / "bin" / "rpc-server").read_text() == "rpc-server 1"

@@ -47,13 +47,35 @@ def test_infer_against_a_running_server(tiny_engine, cli_env):
     assert json.loads(done.stdout)["tokens_generated"] <= 4
 
 
-def test_chat_one_shot_and_interactive(tiny_model, cli_env):
+def test_chat_one_shot(tiny_model, cli_env):
     one = run_cli("chat", "Hello", "-m", str(tiny_model), "-n", "6", "-t", "0", env_extra=cli_env)
     assert one.returncode == 0, one.stderr
-    session = run_cli("chat", "-m", str(tiny_model), "-n", "6", "-t", "0", stdin="Hi\n/reset\nAgain\n/exit\n",
-                      env_extra=cli_env)
+    assert one.stdout.strip() and ">>>" not in one.stdout
+
+
+def test_chat_reads_messages_and_commands_from_a_pipe(tiny_model, cli_env, tmp_path):
+    transcript = tmp_path / "chat.json"
+    typed = f'Hi\n/clear\nfirst \\\nsecond\n"""\nin a\nblock"""\n/save {transcript}\n/exit\nNever\n'
+    session = run_cli("chat", "-m", str(tiny_model), "-n", "6", "-t", "0", "--system", "Be brief.",
+                      stdin=typed, env_extra=cli_env)
     assert session.returncode == 0, session.stderr
-    assert len([line for line in session.stdout.splitlines()]) >= 2
+    assert "conversation cleared." in session.stdout and f"saved 5 messages to {transcript}" in session.stdout
+    saved = json.loads(transcript.read_text())
+    assert [m["role"] for m in saved] == ["system", "user", "assistant", "user", "assistant"]
+    assert [saved[0]["content"], saved[1]["content"], saved[3]["content"]] == [
+        "Be brief.", "first \nsecond", "in a\nblock"]
+    assert ">>>" not in session.stdout  # no prompt without a terminal
+
+
+def test_infer_reads_the_prompt_from_stdin(tiny_model, tiny_engine, cli_env):
+    expected = tiny_engine.infer("Hello", max_tokens=12, temperature=0.0).text
+    for args in (["infer", "-"], ["infer"]):
+        done = run_cli(*args, "-m", str(tiny_model), "-n", "12", "-t", "0", "--json", stdin="Hello\n",
+                       env_extra=cli_env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["text"] == expected
+    empty = run_cli("infer", "-", "-m", str(tiny_model), stdin="\n", env_extra=cli_env)
+    assert empty.returncode == 1 and "stdin is empty" in empty.stderr
 
 
 def test_missing_model_is_a_clear_error(tmp_path, cli_env):

@@ -54,3 +54,17 @@ def test_the_gpu_report_says_where_it_came_from(binaries, monkeypatch):
     assert report["source"] in ("nvml", "nvidia-smi", None)
     if report["source"] is None:  # neither answered: say why
         assert not report["gpus"] and "nvidia-smi" in report["error"] and "NVML" in report["error"]
+
+
+def test_another_llama_cpp_build_is_a_problem(binaries, tmp_path: Path, monkeypatch):
+    """A llama-server of another build (build-info.json says b11500) is named as such, not as missing."""
+    (tmp_path / "share" / "llcuda").mkdir(parents=True)
+    (tmp_path / "share" / "llcuda" / "build-info.json").write_text('{"llama_cpp_build": 11500}')
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "llama-server").symlink_to(binaries.executable("llama-server"))
+    monkeypatch.setenv("LLCUDA_BIN_DIR", str(tmp_path / "bin"))
+    report = doctor.collect()
+    assert report["binaries"]["found"] is False and "are b11500" in report["binaries"]["error"]
+    assert "llama-server is llama.cpp b11500, llcuda needs b11434 (see binaries.error for how to fix it)" in (
+        report["problems"]
+    )

@@ -2,8 +2,8 @@
 
 Every test here is marked ``gpu`` and skipped where nvidia-smi shows no GPU (conftest.py). Run them on
 a GPU machine with ``pytest -m gpu tests/test_gpu.py``; ``LLCUDA_GPU_TEST_MODEL`` names the GGUF to use
-(benchmarks/run_gpu_suite.sh passes the 1B random-weight Q4_K_M model), else the tiny random model.
-These are behaviour checks only: nothing here asserts a speed (benchmarks/ measures those).
+(e.g. the random-1b model that `python -m llcuda.benchmark` makes and caches), else the tiny random model.
+These are behaviour checks only: nothing here asserts a speed (llcuda.benchmark measures those).
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def test_embeddings_on_the_gpu(gpu_engine):
 
 IN_PROCESS_CHECK = """
 import json, re, sys
-from llcuda.fastpath import InProcessEngine, recent_log
+from llcuda.libllama.bindings import recent_log
+from llcuda.libllama.engine import InProcessEngine
 with InProcessEngine() as engine:
     engine.load_model(sys.argv[1], n_parallel=4, ctx_size=4 * 512, flash_attn="on")
     results = engine.batch_infer([f"Request {i}:" for i in range(4)], max_tokens=32, ignore_eos=True)
@@ -144,7 +145,7 @@ with InProcessEngine() as engine:
 
 
 def test_in_process_engine_runs_on_cuda_with_backend_sampling(binaries, gpu_model: Path):
-    # In a fresh interpreter, as llcuda's benchmarks use it: loading libllama inside this pytest process,
+    # In a fresh interpreter, as llcuda.benchmark uses it: loading libllama inside this pytest process,
     # after the server tests, crashed on an H100 (cause not found; docs/design-notes.md).
     env = dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", IN_PROCESS_CHECK, str(gpu_model)], capture_output=True, text=True,
@@ -179,6 +180,10 @@ report.update(tokens=[r.tokens_generated for r in results], steps16=stats["steps
               us_per_step={k: stats[k] / max(1, stats["steps"]) * 1e6 for k in ("decode_call_s", "wait_s", "host_s")})
 a, b = (engine.infer("Once upon a time", max_tokens=32, temperature=0.8, seed=7, ignore_eos=True).text
         for _ in range(2))
+# top-k 1 on the GPU keeps only the most likely token: the same text as greedy (argmax)
+greedy = engine.infer("Once upon a time", max_tokens=32, temperature=0.0, ignore_eos=True).text
+top1 = engine.infer("Once upon a time", max_tokens=32, temperature=0.8, top_k=1, ignore_eos=True).text
+report["top_k_1_is_greedy"] = greedy == top1
 stream = engine.infer_stream("Once upon a time", max_tokens=32, temperature=0.0, ignore_eos=True)
 pieces = list(stream)
 log = recent_log()
@@ -204,9 +209,11 @@ def test_inference_engine_inprocess_backend_on_cuda(binaries, gpu_model: Path):
     assert report["backend_sampling"] is True, "the sampler chains did not run on the GPU"
     assert report["cuda0"], "no CUDA0 buffers in libllama's log"
     assert report["offloaded"] and report["offloaded"][0] == report["offloaded"][1]
-    assert report["greedy_sampler_changes"] == 0, "greedy requests re-attached sampler chains"
+    # each sequence takes the chain that bans end-of-generation tokens (ignore_eos) once, then keeps it
+    assert report["greedy_sampler_changes"] <= 16, "greedy requests re-attached sampler chains"
     assert report["steps16"] < 3 * report["single_steps"], f"16 requests were not decoded together: {report}"
     assert report["seeded_equal"] and report["stream_ok"]
+    assert report["top_k_1_is_greedy"], "top-k 1 on the GPU did not keep the most likely token"
     assert set(report["load_timings"]) >= {"library_s", "model_s", "context_s", "warmup_s"}
 
 

@@ -244,10 +244,16 @@ def test_no_model_loaded(binaries):
         _ = engine.url
 
 
-def test_chat_needs_a_template_llama_cpp_knows(local):
-    # The tiny model's template is Jinja that llama.cpp's built-in templates do not recognise.
-    with pytest.raises(ConfigError, match="do not recognise tiny-llama's template.*backend='server'"):
-        local.chat([{"role": "user", "content": "Hi"}])
+def test_chat_renders_the_models_jinja_template_as_the_server_does(local, tiny_engine):
+    # The tiny model's template (scripts/random_gguf.py) is Jinja that llama.cpp's built-in templates do not
+    # know; both backends render it and tokenize the result with one BOS, so greedy replies are equal.
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    reply = local.chat(messages, max_tokens=12, temperature=0.0)
+    assert reply.text == tiny_engine.chat(messages, max_tokens=12, temperature=0.0).text
+    parts = [messages[0], {"role": "user", "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}]}]
+    assert local.chat(parts, max_tokens=12, temperature=0.0).text == reply.text
+    with pytest.raises(ConfigError, match="text only"):
+        local.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
 
 
 def test_health_timings_and_metrics(local):

@@ -1,5 +1,5 @@
-"""llcuda.libllama.bindings's ctypes layouts against llama.h, and the InProcessEngine as benchmarks use it
-directly (real CPU build, tiny random model)."""
+"""llcuda.libllama.bindings's ctypes layouts against llama.h, and the InProcessEngine used directly
+(real CPU build, tiny random model)."""
 
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def test_infer_counts_and_reports(engine):
     assert engine.backend_sampling is True, "the greedy chain should run on the backend (no logits copied)"
 
 
-def test_the_shim_keeps_what_benchmarks_use(engine):
-    """benchmarks/bench_matrix.py: stats, reset_stats(), load_seconds, recent_log, load_library."""
+def test_step_counters_and_log_access(engine):
+    """stats and reset_stats() (what InferenceEngine.inprocess_stats reports), recent_log, load_library."""
     assert callable(libllama.load_library) and "llama" in libllama.recent_log()
     engine.reset_stats()
     engine.infer("Hello", max_tokens=4, temperature=0.0, ignore_eos=True)

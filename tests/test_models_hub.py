@@ -13,9 +13,9 @@ import pytest
 from hub_server import COMMIT, FakeHub, make_gguf
 
 from llcuda import config
+from llcuda.cli.models import cache_summary
 from llcuda.errors import ModelNotFoundError, OfflineModeError
 from llcuda.models import cache, cached_path, hub, resolve_model
-from llcuda.cli.models import cache_summary
 from llcuda.models.hub import HubFile, HubQuery, match_file, parse_hf, quant_label
 
 REPO = "org/Qwen3-0.6B-GGUF"

@@ -3,11 +3,14 @@
 CI runs scripts/conda_build.py once and exports CONDA_PREFIX=<the moved prefix>; these tests read that
 prefix only (never a build tree): its conda-meta record, its files, the libraries each ELF file loads,
 and a real llama-server from $CONDA_PREFIX/bin answering on loopback with a tiny generated model.
-Skipped where $CONDA_PREFIX holds no llcuda-binaries.
+Skipped where $CONDA_PREFIX holds no llcuda-binaries. CI builds the CPU variant; on a GPU machine the
+same tests read a CUDA variant (`scripts/conda_build.py WORKDIR --variant cuda13`); running its tools
+needs the NVIDIA driver.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import os
 import re
@@ -41,6 +44,7 @@ BUILD_SCRIPT_TOOLS = (
 )
 TOOLS = sorted({t.replace("ggml-rpc-server", "rpc-server") for t in BUILD_SCRIPT_TOOLS} | {"ggml-rpc-server"})
 OUR_LIBS = re.compile(r"^lib(ggml|llama|mtmd)")
+BUILD_STRING = re.compile(r"(cpu|cuda12|cuda13)_b11434_h[0-9a-f]{7}_0")
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +61,30 @@ def elf_files() -> list[Path]:
     return found
 
 
-def test_record_names_the_cpu_build(record: dict) -> None:
+@pytest.fixture(scope="module")
+def flavour(record: dict) -> str:
+    """cpu, cuda12 or cuda13: the variant the build string names."""
+    match = BUILD_STRING.fullmatch(record["build"])
+    assert match, record["build"]
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def runs_here(flavour: str) -> bool:
+    """Whether this machine can run the package's tools: a CUDA build loads the driver's libcuda.so.1."""
+    return flavour == "cpu" or ctypes.util.find_library("cuda") is not None
+
+
+def test_record_names_the_build(record: dict, flavour: str) -> None:
     assert record["name"] == "llcuda-binaries"
-    assert re.fullmatch(r"cpu_b11434_h[0-9a-f]{7}_0", record["build"])
     assert record["subdir"] == "linux-64"
-    assert not any(dep.startswith("__cuda") for dep in record.get("depends", []))
+    cuda = [dep for dep in record.get("depends", []) if dep.startswith("__cuda")]
+    assert cuda == ([] if flavour == "cpu" else [f"__cuda >={flavour[4:]}"])
+    assert record["build_number"] == {"cpu": 0, "cuda12": 100, "cuda13": 200}[flavour]
+
+
+def test_record_keeps_other_llama_cpp_builds_out(record: dict) -> None:
+    assert {"llama.cpp <0.0.0a0", "whisper.cpp <0.0.0a0"} <= set(record.get("constrains", []))
 
 
 def test_every_file_of_the_package_is_in_the_prefix(record: dict) -> None:
@@ -78,8 +101,9 @@ def test_every_tool_is_installed(record: dict) -> None:
     assert os.readlink(PREFIX / "bin" / "ggml-rpc-server") == "rpc-server"
 
 
-def test_every_library_is_installed(record: dict) -> None:
+def test_every_library_is_installed(record: dict, flavour: str) -> None:
     libs = {Path(f).name for f in record["files"] if f.startswith("lib/")}
+    cuda = ("libggml-cuda",) if flavour != "cpu" else ()
     for stem in (
         "libggml",
         "libggml-base",
@@ -88,24 +112,31 @@ def test_every_library_is_installed(record: dict) -> None:
         "libllama",
         "libllama-common",
         "libmtmd",
+        *cuda,
     ):
         assert f"{stem}.so" in libs, stem
         assert any(re.fullmatch(rf"{re.escape(stem)}\.so\.\d+", n) for n in libs), stem
 
 
-def test_licenses_and_build_info(record: dict) -> None:
+def test_licenses_and_build_info(record: dict, flavour: str) -> None:
     license_text = (PREFIX / "share" / "licenses" / "llama.cpp" / "LICENSE").read_text(encoding="utf-8")
     assert license_text.startswith("MIT License")
     info = json.loads((PREFIX / "share" / "llcuda" / "build-info.json").read_text(encoding="utf-8"))
     assert info["llama_cpp_build"] == 11434
-    assert info["backend"] == "cpu"
+    assert info["backend"] == ("cpu" if flavour == "cpu" else "cuda")
+    assert info["cpu_isa"] == "avx2"
+    if flavour != "cpu":
+        assert info["cuda_version"].split(".")[0] == flavour[4:]
+        assert info["cuda_archs"] and all(re.fullmatch(r"\d+-(real|virtual)", a) for a in info["cuda_archs"])
     assert sorted(info["tools"]) == sorted(
         t.replace("ggml-rpc-server", "rpc-server") for t in BUILD_SCRIPT_TOOLS
     )
 
 
-def test_libraries_resolve_inside_the_prefix() -> None:
+def test_libraries_resolve_inside_the_prefix(runs_here: bool) -> None:
     """ldd on every ELF file: nothing missing, and llama.cpp's own libraries come from $PREFIX/lib."""
+    if not runs_here:
+        pytest.skip("a CUDA build's libggml-cuda needs the NVIDIA driver's libcuda.so.1, not installed here")
     elves = elf_files()
     assert len(elves) >= len(TOOLS) - 1 + 7
     for path in elves:
@@ -138,7 +169,9 @@ def test_no_binary_file_carries_a_prefix(record: dict) -> None:
 
 
 @pytest.mark.parametrize("tool", ["llama-server", "llama-cli"])
-def test_version_runs_from_the_moved_prefix(tool: str) -> None:
+def test_version_runs_from_the_moved_prefix(tool: str, runs_here: bool) -> None:
+    if not runs_here:
+        pytest.skip("a CUDA build's tools need the NVIDIA driver (libcuda.so.1)")
     out = subprocess.run(
         [str(PREFIX / "bin" / tool), "--version"], check=False, capture_output=True, text=True, timeout=60
     )
@@ -210,7 +243,9 @@ def _post(url: str, body: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_llama_server_from_the_prefix_serves_a_model(tmp_path: Path) -> None:
+def test_llama_server_from_the_prefix_serves_a_model(tmp_path: Path, runs_here: bool) -> None:
+    if not runs_here:
+        pytest.skip("a CUDA build's tools need the NVIDIA driver (libcuda.so.1)")
     model = _tiny_model(tmp_path / "tiny.gguf")
     port = _free_port()
     log = (tmp_path / "server.log").open("wb")

@@ -97,7 +97,7 @@ def _wait_for_log(server, text: str, within: float = DEADLINE_S) -> bool:
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory, llama_src: Path) -> Path:
     """The tiny model with a 128k training context, so one generation can run for minutes."""
-    from random_gguf import PRESETS, write_model
+    from llcuda.benchmark.random_model import PRESETS, write_model
 
     shape = replace(PRESETS["tiny"], context_length=131072)
     return write_model(tmp_path_factory.mktemp("long") / "tiny-long.gguf", llama_src / "models", shape)

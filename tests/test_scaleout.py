@@ -22,10 +22,12 @@ from processes import gone
 from llcuda import ConfigError, InferenceError, ServerStartError
 from llcuda.cli.main import build_parser, main
 from llcuda.engine import InferenceEngine
+from llcuda.models.gguf import read_gguf_info
 from llcuda.processes import rpc_worker as rpc
 from llcuda.processes.process import free_port
 from llcuda.system import placement as split
 from llcuda.system.gpu import GPUInfo, detect
+from llcuda.system.memory import head_sizes
 
 LOAD = {"ctx_size": 512, "n_parallel": 1, "threads": 1}
 VERBOSE = ("--log-verbosity", "4")  # llama.cpp logs where each buffer went at verbosity 4
@@ -310,6 +312,8 @@ def test_worker_death_is_a_clear_error_and_a_restarted_worker_recovers(binaries,
             with pytest.raises(InferenceError) as died:
                 engine.infer("Hello", max_tokens=4, temperature=0.0)
             assert f"127.0.0.1:{port}" in str(died.value) and "unreachable" in str(died.value)
+            # The worker was started here, so its own log is part of the error.
+            assert f"last lines of the rpc-server log ({worker.log_path})" in str(died.value), str(died.value)
             # The next call would restart llama-server; with the worker still down it says so instead.
             with pytest.raises(ServerStartError, match="not reachable"):
                 engine.infer("Hello", max_tokens=4, temperature=0.0)
@@ -317,6 +321,36 @@ def test_worker_death_is_a_clear_error_and_a_restarted_worker_recovers(binaries,
             assert engine.infer("Hello", max_tokens=4, temperature=0.0, ignore_eos=True).tokens_generated == 4
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize(("requested", "sizes", "passed"), [
+    ("auto", (128, 128), "on"), ("auto", (576, 512), "off"), ("auto", (16, 16), "off"), ("auto", None, "off"),
+    ("on", (16, 16), "on"), ("off", (128, 128), "off"),
+])
+def test_flash_attn_auto_is_decided_by_llcuda_for_rpc_workers(requested, sizes, passed):
+    assert rpc.flash_attn_over_rpc(requested, sizes) == passed
+
+
+def test_the_tiny_models_head_size_has_no_cuda_flash_attn_kernel(tiny_model):
+    # head size 16: llama-server with a CUDA worker must get --flash-attn off (test_gpu_worker_holds_the_weights)
+    assert head_sizes(read_gguf_info(tiny_model)) == (16, 16)
+
+
+def test_a_worker_crash_is_explained_with_the_workers_log(binaries, isolated_home):
+    worker = rpc.RpcWorker(threads=1, binaries=binaries).start(timeout=60)
+    endpoint = worker.endpoint
+    try:
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGABRT)  # what a GGML_ABORT in the worker ends with
+        server_tail = f"ggml-rpc.cpp:566: {rpc.WORKER_CRASH_MARKER} or returned malformed response"
+        text = rpc.explain_worker_crash([endpoint, "10.0.0.9:50052"], server_tail)
+    finally:
+        worker.stop()
+    assert f"rpc-server at {endpoint} (exited with code -{int(signal.SIGABRT)})" in text, text
+    assert str(worker.log_path) in text
+    assert "Accepted client connection" in text  # a line of the worker's own log
+    assert "rpc-server at 10.0.0.9:50052 closed the connection; its own log, on that host" in text
+    assert rpc.explain_worker_crash([endpoint], "llama-server: some other failure") == ""
 
 
 # -- the command line --------------------------------------------------------------------------

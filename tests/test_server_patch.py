@@ -106,7 +106,8 @@ def test_patch_set_changes_the_build_key(tmp_path: Path) -> None:
 TOP_K = 8
 
 
-def _decode_prompts(lib, model, group: list[list[int]], sampler, before_decode=None) -> tuple[object, list[object], list[int]]:
+def _decode_prompts(lib, model, group: list[list[int]], sampler,
+                    before_decode=None) -> tuple[object, list[object], list[int]]:
     """A context with one backend chain per prompt (``sampler()`` makes each chain's sampler), the prompts
     decoded in one batch (output at each prompt's last token): (context, chains, batch rows of those outputs).
     ``before_decode(ctx)`` runs between making the context and the decode."""

@@ -182,7 +182,8 @@ def test_load_mode_precedence_and_values(monkeypatch):
 def test_import_is_lazy_and_side_effect_free(tmp_path):
     code = (
         "import sys, llcuda; "
-        "heavy = [m for m in ('requests', 'llcuda.engine', 'llcuda.processes.llama_server', 'llcuda.models') if m in sys.modules]; "
+        "heavy = [m for m in ('requests', 'llcuda.engine', 'llcuda.processes.llama_server', 'llcuda.models', "
+        "'starlette', 'uvicorn') if m in sys.modules]; "
         "print(heavy)"
     )
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LLCUDA_HOME": str(tmp_path / "home")}

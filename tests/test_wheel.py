@@ -155,6 +155,8 @@ def test_wheel_holds_no_symlinks_and_executable_tools(built):
     assert all(mode & 0o111 == 0o111 for mode in tools.values()), tools
     assert "llcuda/binaries/share/llcuda/build-info.json" in entries
     assert "llcuda/binaries/share/licenses/llama.cpp/LICENSE" in entries
+    assert "llcuda/binaries/share/llcuda/ui/index.html" in entries  # the chat page (build_wheel.sh)
+    assert built.info["ui"] is True
 
 
 def test_every_needed_library_is_in_the_wheel_or_the_system(built, extracted):

@@ -84,6 +84,9 @@ class ServerBackend:
                                                            report=report)
         if binaries.build_info.get("backend") == "cpu" and options.gpu_layers and not endpoints:
             log.info("CPU build of llama.cpp: layers run on the CPU (gpu_layers ignored)")
+        if endpoints:  # llama.cpp cannot resolve "auto" through RPC workers
+            options = dataclasses.replace(options, flash_attn=rpc_workers.flash_attn_over_rpc(
+                options.flash_attn, vram.head_sizes(resolved.info)))
         options = dataclasses.replace(options, split_mode=split_mode, tensor_split=split_shares, main_gpu=main_gpu)
         settings = ServerSettings.from_options(
             resolved.path, options, ctx_size=options.context_tokens(resolved.info.context_length), host=host,
@@ -179,9 +182,12 @@ class ServerBackend:
         lost = [f"{ep} ({why})" for ep in server.settings.rpc if (why := rpc_workers.probe(ep)) is not None]
         then = (f"RPC worker(s) unreachable: {', '.join(lost)}. Restart them; the next call restarts llama-server"
                 if lost else "the next call restarts it")
+        tail = server.log_tail()
+        workers = rpc_workers.explain_worker_crash(server.settings.rpc, tail)
         return InferenceError(
-            f"llama-server died during the request (exit code {code}); {then}. Cause: {exc}",
-            log_tail=server.log_tail(),
+            f"llama-server died during the request (exit code {code}); {then}. Cause: {exc}"
+            + (f"\n{workers}" if workers else ""),
+            log_tail=tail,
         )
 
     def _recorded(self, func: Callable[[LlamaClient], Any]) -> Any:
@@ -201,12 +207,16 @@ class ServerBackend:
 
     # -- generation --------------------------------------------------------------------------
     def infer(self, prompt: str, args: SamplingOptions) -> InferResult:
+        if self.kind == "serve":
+            return self._openai_infer(prompt, args, stream=False)  # type: ignore[return-value]
         body = _completion_body(prompt, args)
         started = time.monotonic()
         data = self._recorded(lambda c: c.completion(body))
         return self._completion_result(data, started, None)
 
     def infer_stream(self, prompt: str, args: SamplingOptions) -> TokenStream:
+        if self.kind == "serve":
+            return self._openai_infer(prompt, args, stream=True)  # type: ignore[return-value]
         body = _completion_body(prompt, args)
         started = time.monotonic()
         got = _Streamed()
@@ -219,6 +229,30 @@ class ServerBackend:
                     yield got.add(piece)
 
         return TokenStream(pieces(), lambda: self._completion_result(got.data, started, got.first, got.text))
+
+    def _openai_infer(self, prompt: str, args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
+        """A raw-text completion through OpenAI's ``/v1/completions`` (llcuda serve)."""
+        body: dict[str, Any] = {"prompt": prompt, "max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos,
+                                **_sampling(args)}
+        if args.seed is None:
+            body.pop("seed")
+        started = time.monotonic()
+        if not stream:
+            data = self._recorded(lambda c: c.text_completion(body))
+            choice = data["choices"][0]
+            return self._chat_result(data, choice.get("text") or "", choice.get("finish_reason"), started, None)
+        body["stream_options"] = {"include_usage": True}
+        got = _Streamed()
+
+        def pieces() -> Iterator[str]:
+            for event in self._recorded_stream(lambda c: c.text_completion_stream(body)):
+                got.data.update({k: v for k, v in event.items() if k in ("usage", "timings")})
+                for choice in event.get("choices") or []:
+                    got.finish = choice.get("finish_reason") or got.finish
+                    if piece := choice.get("text") or "":
+                        yield got.add(piece)
+
+        return TokenStream(pieces(), lambda: self._chat_result(got.data, got.text, got.finish, started, got.first))
 
     def chat(self, messages: list[dict[str, Any]], args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
         body: dict[str, Any] = {"messages": messages, "max_tokens": args.max_tokens, **_sampling(args)}
@@ -279,6 +313,8 @@ class ServerBackend:
         finished = time.monotonic()
         generated = int(tokens or 0)
         tps = float(timings.get("predicted_per_second") or 0.0)
+        if not tps and first is not None and int(tokens or 0) > 1 and finished > first:
+            tps = (int(tokens) - 1) / (finished - first)
         self._metrics.record(started, finished, generated, tps)
         return InferResult(
             text=text,

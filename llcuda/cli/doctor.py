@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from llcuda.errors import BinaryNotFoundError, GPUCompatibilityError, LlcudaError
+from llcuda.errors import BinaryNotFoundError, BuildMismatchError, GPUCompatibilityError, LlcudaError
 from llcuda.system import binaries as bootstrap
 from llcuda.system import gpu
 from llcuda.system.binaries import Binaries
@@ -55,7 +55,12 @@ def collect() -> dict[str, Any]:
     except BinaryNotFoundError as exc:
         binaries_report = {"found": False, "error": str(exc),
                            "searched": [f"{label}: {path}" for label, path in bootstrap.candidate_dirs()]}
-        problems.append("llama-server not found (see binaries.error for where llcuda looked and how to fix it)")
+        if isinstance(exc, BuildMismatchError):
+            problems.append(f"llama-server is llama.cpp b{exc.found}, llcuda needs b{exc.expected} "
+                            "(see binaries.error for how to fix it)")
+        else:
+            problems.append("llama-server not found (see binaries.error for where llcuda looked and how to "
+                            "fix it)")
 
     report = gpu.detect()
     try:

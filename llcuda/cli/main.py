@@ -1,4 +1,7 @@
-"""The ``llcuda`` command line: infer, chat, serve, bench, rpc-worker, models, doctor. The only module that prints."""
+"""The ``llcuda`` command line: infer, chat, serve, bench, rpc-worker, models, ps, stop, doctor.
+
+The only module that prints.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from llcuda import config, options
-from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
 from llcuda.errors import ConfigError, LlcudaError
+from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
 from llcuda.processes.process import is_loopback
 
 log = logging.getLogger("llcuda.cli.main")
@@ -74,16 +77,30 @@ def _sampling(args: argparse.Namespace, chat: bool = False) -> dict[str, Any]:
 
 
 # -- commands ----------------------------------------------------------------------------------
+def _infer_prompt(args: argparse.Namespace) -> str:
+    """The prompt argument; ``-`` (or none, with stdin not a terminal) reads stdin, final newlines dropped."""
+    if args.prompt is not None and args.prompt != "-":
+        return str(args.prompt)
+    if args.prompt is None and sys.stdin.isatty():
+        raise ConfigError('give a prompt (llcuda infer "Once upon a time") or pipe one in '
+                          "(echo text | llcuda infer).")
+    text = sys.stdin.read().rstrip("\r\n")
+    if not text.strip():
+        raise ConfigError("the prompt read from stdin is empty; pipe text in or give the prompt as argument.")
+    return text
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
+    prompt = _infer_prompt(args)
     with _engine(args) as engine:
         if args.json:
-            result = engine.infer(args.prompt, **_sampling(args))
+            result = engine.infer(prompt, **_sampling(args))
             print(json.dumps({"text": result.text, "tokens_generated": result.tokens_generated,
                               "prompt_tokens": result.prompt_tokens, "latency_ms": round(result.latency_ms, 2),
                               "tokens_per_sec": round(result.tokens_per_sec, 2),
                               "finish_reason": result.finish_reason, "model": result.model}))
             return 0
-        stream = engine.infer_stream(args.prompt, **_sampling(args))
+        stream = engine.infer_stream(prompt, **_sampling(args))
         for piece in stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -96,57 +113,43 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    messages: list[dict[str, Any]] = []
-    if args.system:
-        messages.append({"role": "system", "content": args.system})
-    with _engine(args) as engine:
-        def turn(text: str) -> None:
-            messages.append({"role": "user", "content": text})
-            stream = engine.chat(messages, stream=True, **_sampling(args, chat=True))
-            for piece in stream:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            messages.append({"role": "assistant", "content": stream.text()})
+    from llcuda.cli.chat import run_chat
 
-        if args.message:
-            turn(args.message)
-            return 0
-        interactive = sys.stdin.isatty()
-        if interactive:
-            print(f"llcuda chat with {engine.model_name} — /reset clears the history, /exit or Ctrl-D quits.")
-        while True:
-            if interactive:
-                sys.stdout.write("you> ")
-                sys.stdout.flush()
-            line = sys.stdin.readline()
-            if not line:
-                break
-            text = line.strip()
-            if not text:
-                continue
-            if text in ("/exit", "/quit"):
-                break
-            if text == "/reset":
-                del messages[1 if args.system else 0:]
-                continue
-            turn(text)
-    return 0
+    with _engine(args) as engine:
+        return run_chat(engine, _sampling(args, chat=True), message=args.message, system=args.system,
+                        verbose=args.verbose)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from llcuda.engine import InferenceEngine
-
+    """The OpenAI-compatible server on llcuda's in-process engine (llcuda.serve), or llama-server."""
     api_key = config.api_key(args.api_key)
     if not is_loopback(args.host) and not api_key and not args.allow_unauthenticated:
         raise ConfigError(
             f"refusing to serve on {args.host} without an API key: anyone who can reach it could use the model. "
             "Pass --api-key KEY (or set LLCUDA_API_KEY), or --allow-unauthenticated if you really mean it."
         )
+    if args.llama_server:
+        return _serve_llama_server(args, api_key)
+    if args.server_args:
+        raise ConfigError(f"{' '.join(args.server_args)!r}: arguments after -- go to llama-server; add --llama-server "
+                          "(or drop them).")
+    if args.rpc:
+        raise ConfigError("--rpc is an option of llama-server; add --llama-server to use it.")
+    from llcuda.serve.launch import run_server
+
+    return run_server(args.model, _load_kwargs(args), host=args.host, port=args.port, api_key=api_key,
+                      allow_unauthenticated=args.allow_unauthenticated, alias=args.alias,
+                      log_level="info" if args.verbose else "warning",
+                      on_event=lambda message: print(f"llcuda: {message}", flush=True))
+
+
+def _serve_llama_server(args: argparse.Namespace, api_key: str | None) -> int:
+    from llcuda.engine import InferenceEngine
+
+    extra = [*args.server_args, *(["--alias", args.alias] if args.alias else [])]
     engine = InferenceEngine(api_key=api_key, backend="llama-server")
     engine.load_model(args.model, host=args.host, port=args.port, allow_unauthenticated=args.allow_unauthenticated,
-                      **_load_kwargs(args))
+                      extra_args=extra, **_load_kwargs(args))
     server = engine.server
     assert server is not None
     stop = {"now": False}
@@ -198,7 +201,7 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
     finally:
         code = worker.returncode()
         worker.stop()
-    # Ctrl-C in a terminal reaches rpc-server too (same process group): that is a clean stop as well.
+    # An rpc-server stopped by SIGINT sent to it directly ended cleanly as well.
     if not stop["now"] and code not in (None, 0, -signal.SIGINT):
         print(f"llcuda: rpc-server exited with code {code}; log tail:\n{worker.log_tail(20)}", file=sys.stderr)
         return 1
@@ -206,8 +209,10 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from llcuda.cli.bench import run_quick_bench
+    from llcuda.cli.bench import run_compare, run_quick_bench
 
+    if args.compare:
+        return run_compare(args)
     if args.server_url:
         raise ConfigError("llcuda bench loads its own model; drop --server-url.")
     report = run_quick_bench(model=args.model, concurrency=args.concurrency, max_tokens=args.max_tokens,
@@ -279,34 +284,51 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("infer", help="continue a prompt")
-    p.add_argument("prompt")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="the text to continue; - reads it from stdin (so does none, with stdin not a tty)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming text")
     _add_model_options(p)
     _add_sampling_options(p)
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("chat", help="chat with the model's own template (interactive, or one message)")
+    p = sub.add_parser("chat", help="chat with the model's own template (interactive, or one message)",
+                       description="Chat with the model. Interactive: line editing and history, Ctrl-C "
+                                   "stops a reply, Ctrl-D quits, /help lists the commands (/system, /clear, "
+                                   "/save, /load).")
     p.add_argument("message", nargs="?", default=None, help="one message; omit for an interactive session")
     p.add_argument("--system", default=None, help="system prompt")
     _add_model_options(p)
     _add_sampling_options(p, max_tokens=CHAT_MAX_TOKENS)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("serve", help="run an OpenAI-compatible server (127.0.0.1 by default)")
+    p = sub.add_parser("serve", help="run an OpenAI-compatible server (127.0.0.1 by default)",
+                       description="Serve the model over HTTP with llcuda's in-process engine (OpenAI-compatible "
+                                   "API, Prometheus /metrics, the chat page at /), or with llama.cpp's "
+                                   "llama-server (--llama-server; arguments after -- go to it).")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
     p.add_argument("--api-key", default=None, help="require this key (also LLCUDA_API_KEY)")
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback host without an API key")
+    p.add_argument("--alias", default=None, help="the model's name in the API (default: the model's own name)")
+    p.add_argument("--llama-server", action="store_true",
+                   help="serve with llama.cpp's llama-server in a child process instead of llcuda's engine")
+    p.add_argument("server_args", nargs="*", metavar="-- LLAMA_SERVER_ARGS",
+                   help="with --llama-server: more llama-server arguments, after --")
     _add_model_options(p, backend=False)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("bench", help="measure llcuda throughput at several concurrency levels")
-    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4],
-                   help="comma-separated levels (default 1,4)")
-    p.add_argument("-n", "--max-tokens", type=int, default=64)
+    from llcuda.cli.bench import add_compare_options
+
+    p = sub.add_parser("bench", help="measure llcuda throughput at several concurrency levels (--compare: "
+                                     "against llama.cpp's own tools)")
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="comma-separated levels (default 1,4; with --compare 1,16,64)")
+    p.add_argument("-n", "--max-tokens", type=int, default=None,
+                   help="tokens per request (default 64; with --compare 128)")
     p.add_argument("--json", action="store_true")
     _add_model_options(p)
+    add_compare_options(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("rpc-worker", help="lend this host's GPUs to llama-servers elsewhere (llama.cpp rpc-server)",
@@ -326,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_models_parser(sub)
     sub.choices["models"].set_defaults(func=run_models_command)
+
+    from llcuda.cli.ps import add_parsers as add_ps_parsers
+
+    add_ps_parsers(sub)
 
     p = sub.add_parser("doctor", help="check binaries, GPUs, driver and model cache")
     p.add_argument("--json", action="store_true")

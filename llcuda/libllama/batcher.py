@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 from llcuda.errors import ConfigError, InferenceError, LlcudaError
 from llcuda.libllama.bindings import (
@@ -37,7 +36,7 @@ from llcuda.libllama.bindings import (
     log_tail,
     new_batch,
 )
-from llcuda.libllama.request import GREEDY, Request, Sampling
+from llcuda.libllama.request import GREEDY, Request, Sampling, TokenSink
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +152,7 @@ class Batcher:
         self._eog_tokens: list[int] | None = None  # every end-of-generation token, listed on first need
         self._cancels = False  # a request was cancelled since the worker last looked
         self._closing = False
+        self._listeners: tuple[Callable[[], None], ...] = ()  # add_step_listener
         self.backend_sampling: bool | None = None  # known after the first token
         self.stats: dict[str, float] = dict.fromkeys(STATS, 0)
         self._worker = threading.Thread(target=self._loop, name="llcuda-inprocess", daemon=True)
@@ -198,8 +198,33 @@ class Batcher:
             self._lib.llama_sampler_free(chain)
         self._chains = []
 
+    def add_step_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` in the worker thread after every pass of the decode loop that may have
+        put tokens (or the final None) into requests' streams: once per decode step, after the step's
+        tokens went into the streams and its finished requests ended; also after requests were
+        cancelled, failed, or ended by :meth:`close`. One call per step lets a reader in another
+        thread wake all its streams at once instead of once per token. It must be quick and must not
+        block; its exceptions are logged and ignored."""
+        self._listeners = (*self._listeners, listener)
+
+    def remove_step_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners = tuple(f for f in self._listeners if f is not listener)
+
+    def _tell_listeners(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the decode loop
+                log.exception("step listener %r failed", listener)
+
     # -- the worker --------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._decode_until_closed()
+        finally:
+            self._tell_listeners()  # the requests close() ended
+
+    def _decode_until_closed(self) -> None:
         while True:
             with self._cv:
                 while not self._queue and not self._active and not self._closing:
@@ -243,6 +268,8 @@ class Batcher:
                             self._free_seqs.append(req.seq)
                     req.end(error)
                 self._active.clear()
+            if self._listeners:
+                self._tell_listeners()
 
     def _step(self) -> None:
         # Tokens go in ascending sequence-id order and ids are handed out lowest-first: with one KV
@@ -307,7 +334,7 @@ class Batcher:
         vocab_is_eog, vocab_p, is_eog, pieces = self._vocab_is_eog, self._vocab_p, self._is_eog, self._pieces
         finished: list[Request] = []
         n_ctx_seq = self.n_ctx_seq
-        streamed: list[tuple[queue.SimpleQueue[int | None], int]] = []
+        streamed: list[tuple[TokenSink, int]] = []
         on_cpu = False
         for (row, req), token in zip(outputs, tokens):
             if token == LLAMA_TOKEN_NULL:  # the sampler chain could not run on the backend

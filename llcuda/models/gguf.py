@@ -18,7 +18,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -357,6 +357,55 @@ def read_gguf_info(path: StrPath) -> GGUFInfo:
         raise InvalidModelError(f"{p} is a directory, not a GGUF file. Pass the path of the .gguf file.") from None
     except OSError as exc:
         raise InvalidModelError(f"{p} cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+
+
+TOKENS_KEY = "tokenizer.ggml.tokens"
+
+
+def _token_texts(r: _Reader, n_kv: int, ids: set[int]) -> dict[int, str]:
+    for i in range(n_kv):
+        key = r.string(f"metadata key {i}", MAX_KEY_LEN)
+        vtype = r.u32(f"the type of {key!r}")
+        if key != TOKENS_KEY:
+            _read_value(r, vtype, key)
+            continue
+        etype = r.u32(f"the element type of {key!r}") if vtype == _ARRAY else None
+        if etype != _STRING:
+            raise r.fail(f"{key!r} is not an array of strings")
+        n = r.u64(f"the length of {key!r}")
+        if n > MAX_STRING_ARRAY_LEN:
+            raise r.fail(f"array {key!r} claims {n} strings (limit {MAX_STRING_ARRAY_LEN})")
+        texts: dict[int, str] = {}
+        last = min(max(ids), n - 1)
+        for token in range(last + 1):
+            if token in ids:
+                texts[token] = r.string(f"token {token}", MAX_STRING_LEN)
+            else:
+                r.skip(r.u64(f"the length of token {token}"), f"token {token}")
+        return texts
+    return {}
+
+
+def read_token_texts(path: StrPath, token_ids: Iterable[int]) -> dict[int, str]:
+    """The text of some tokens of a GGUF file's vocabulary (``tokenizer.ggml.tokens``), by id.
+
+    Ids outside the vocabulary are left out, as are all where the file has no vocabulary. Special
+    tokens (BOS, EOS, ``<|im_start|>``) are stored as the text that stands for them in a prompt.
+    Raises what :func:`read_gguf_info` raises.
+    """
+    ids = {int(i) for i in token_ids if int(i) >= 0}
+    p = Path(os.fspath(path)).expanduser()
+    info = read_gguf_info(p)  # checks the whole header first
+    if not ids:
+        return {}
+    with p.open("rb", buffering=1 << 16) as fh:
+        r = _Reader(fh, info.file_size, str(p))
+        fh.seek(24)  # magic, version, tensor count, metadata count
+        r.pos = 24
+        try:
+            return _token_texts(r, info.kv_count, ids)
+        except (struct.error, OverflowError, ValueError) as exc:
+            raise InvalidModelError(f"{p}: unreadable vocabulary ({type(exc).__name__}: {exc}). {_FIX}") from None
 
 
 def _check_model(info: GGUFInfo, label: str) -> GGUFInfo:

@@ -52,7 +52,7 @@ class Progress:
         self.done = 0
         self._bar: Any = None
         if self.enabled:
-            from tqdm.auto import tqdm  # type: ignore[import-untyped]
+            from tqdm.auto import tqdm
 
             self._bar = tqdm(
                 total=total, desc=self.label, file=self.stream, unit="B", unit_scale=True, unit_divisor=1024,

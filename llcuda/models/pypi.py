@@ -199,8 +199,8 @@ def fetch_wheel(
     wheel = pick_wheel(project, version, index_files(project, sess))
     if pinned_sha256 and wheel.sha256 and wheel.sha256 != pinned_sha256:
         raise ChecksumError(
-            f"The index {redact(config.pypi_index())} lists {wheel.filename} with sha256 {wheel.sha256}, not the pinned "
-            f"{pinned_sha256}. The mirror serves a different file; use another LLCUDA_PYPI_INDEX."
+            f"The index {redact(config.pypi_index())} lists {wheel.filename} with sha256 {wheel.sha256}, not the "
+            f"pinned {pinned_sha256}. The mirror serves a different file; use another LLCUDA_PYPI_INDEX."
         )
     expected = pinned_sha256 or wheel.sha256
     if expected is None:

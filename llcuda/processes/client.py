@@ -182,6 +182,17 @@ class LlamaClient:
     def completion_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return self._sse("/completion", dict(body, stream=True))
 
+    def text_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's ``/v1/completions`` (llcuda serve's raw-text endpoint)."""
+        data = self._object("POST", "/v1/completions", dict(body, stream=False))
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise _unexpected("/v1/completions", data, "choices[0].text")
+        return data
+
+    def text_completion_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        return self._sse("/v1/completions", dict(body, stream=True))
+
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         data = self._object("POST", "/v1/chat/completions", dict(body, stream=False))
         choices = data.get("choices")

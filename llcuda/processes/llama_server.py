@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from llcuda.errors import ConfigError, ServerStartError
 from llcuda.options import LoadOptions
+from llcuda.processes import rpc_worker
 from llcuda.processes.process import ManagedProcess, connect_host, is_loopback
 from llcuda.system import binaries as bootstrap
 from llcuda.system.binaries import Binaries
@@ -126,14 +127,15 @@ def _validate(settings: ServerSettings) -> None:
         )
     if settings.port is not None and not 0 < settings.port < 65536:
         raise ConfigError(f"port={settings.port} must be between 1 and 65535.")
-    LoadOptions(**{f.name: getattr(settings, f.name) for f in fields(LoadOptions) if hasattr(settings, f.name)}).checked()
+    LoadOptions(**{f.name: getattr(settings, f.name) for f in fields(LoadOptions)
+                   if hasattr(settings, f.name)}).checked()
 
 
 class LlamaServer(ManagedProcess):
     """A llama-server child process. Use :meth:`start`, then :attr:`url`; :meth:`stop` when done."""
 
     name = "llama-server"
-    bind_failure_markers = ("couldn't bind", "address already in use", "failed to bind")
+    bind_failure_markers: tuple[str, ...] = ("couldn't bind", "address already in use", "failed to bind")
 
     def __init__(
         self,
@@ -181,8 +183,13 @@ class LlamaServer(ManagedProcess):
             self._session.close()
             self._session = None
 
+    def run_record(self) -> dict[str, Any]:
+        return {"url": self.url, "model": str(self.settings.model_path)}
+
     def explain_exit(self, code: int, tail: str) -> str:
-        return f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
+        message = f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
+        workers = rpc_worker.explain_worker_crash(self.settings.rpc, tail) if self.settings.rpc else ""
+        return f"{message}\n{workers}" if workers else message
 
     def load_options(self) -> LoadOptions:
         """The load options these settings carry."""

@@ -18,7 +18,7 @@ class LlcudaServer(LlamaServer):
     """``python -m llcuda serve`` for :attr:`settings`, on the binaries this process found."""
 
     name = "llcuda-serve"
-    bind_failure_markers = ("address already in use", "error while attempting to bind")
+    bind_failure_markers = ("cannot listen on",)
 
     def command(self, port: int) -> list[str]:
         s = self.settings

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from llcuda import config
 from llcuda.errors import ServerStartError, ServerTimeoutError
+from llcuda.processes import registry
 from llcuda.system import binaries as bootstrap
 from llcuda.system.binaries import Binaries
 
@@ -109,7 +110,10 @@ def spawn_process(
     """Start ``cmd`` (an argument list) with its output appended to ``log_path``.
 
     The child is forked from the long-lived spawner thread and gets the parent-death signal,
-    so it cannot outlive this process. Raises OSError if ``cmd[0]`` cannot be executed.
+    so it cannot outlive this process. It runs in a session of its own: Ctrl-C in a terminal
+    interrupts this process (which stops its children itself) without also stopping the child,
+    so an interactive program can cancel one request and keep its server. Raises OSError if
+    ``cmd[0]`` cannot be executed.
     """
     preexec = _parent_death_hook(ignore_sigpipe)
     log_file = log_path.open("ab")
@@ -123,6 +127,7 @@ def spawn_process(
             env=env,
             preexec_fn=preexec,  # noqa: PLW1509 - only prctl/signal, async-signal-safe
             close_fds=True,
+            start_new_session=True,
         )
 
     try:
@@ -214,6 +219,7 @@ class ManagedProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._lock = threading.Lock()
+        self._record: registry.RunEntry | None = None
 
     # -- what subclasses define --------------------------------------------------------------
     def command(self, port: int) -> list[str]:
@@ -234,6 +240,11 @@ class ManagedProcess:
     def explain_exit(self, code: int, tail: str) -> str:
         """The message for a child that exited before it was ready."""
         return f"{self.name} exited with code {code} before it was ready."
+
+    def run_record(self) -> dict[str, Any]:
+        """What :mod:`llcuda.processes.registry` records of the ready process besides pid, kind,
+        host, port and log (e.g. ``url``, ``model``)."""
+        return {"url": f"{connect_host(self.host)}:{self._port}"}
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -306,13 +317,14 @@ class ManagedProcess:
                     log.info("port %d was taken before %s bound it; retrying", port, self.name)
 
     def _spawn(self, port: int) -> None:
+        self._unregister()  # a record of an earlier run that ended by itself
         if self._log_path is None:
             self._log_path = new_log_path(self.name)
         cmd = self.command(port)
         env = self.environment(port)
         log.info("starting %s on %s:%d (log: %s)", self.name, self.host, port, self._log_path)
         log.debug("command: %s", cmd)
-        self._log_offset = self._log_path.stat().st_size
+        self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         try:
             self._process = spawn_process(cmd, log_path=self._log_path, env=env, ignore_sigpipe=self.ignore_sigpipe)
         except OSError as exc:
@@ -341,6 +353,24 @@ class ManagedProcess:
             time.sleep(READY_POLL_S)
         log.info("%s ready on %s:%d in %.2f s", self.name, self.host, self._port, time.monotonic() - started)
         self.on_ready()
+        self._register()
+
+    def _register(self) -> None:
+        """List the ready process for `llcuda ps`; a registry that cannot be written only logs."""
+        process = self._process
+        if process is None:
+            return
+        try:
+            self._record = registry.register(process.pid, kind=self.name, host=self.host, port=self._port,
+                                             log_path=self._log_path, **self.run_record())
+        except OSError as exc:
+            log.warning("could not record %s %d in %s (`llcuda ps` will not list it): %s", self.name,
+                        process.pid, registry.run_dir(), exc)
+
+    def _unregister(self) -> None:
+        if self._record is not None:
+            registry.unregister(self._record)
+            self._record = None
 
     def stop(self, grace: float | None = None) -> None:
         """Stop the process: SIGTERM, then SIGKILL after ``grace`` seconds."""
@@ -348,6 +378,7 @@ class ManagedProcess:
             if self._process is not None:
                 stop_process(self._process, self.stop_grace_s if grace is None else grace, self.name)
             self._process = None
+            self._unregister()
             _live.discard(self)
 
     def _kill(self) -> None:
@@ -355,6 +386,7 @@ class ManagedProcess:
             self._process.kill()
             self._process.wait()
         self._process = None
+        self._unregister()
         _live.discard(self)
 
     def __exit__(self, *exc_info: object) -> None:

@@ -23,6 +23,7 @@ import logging
 import re
 import socket
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,13 @@ STOP_GRACE_S = 5.0
 MAX_DEVICES = 15  # llama.cpp refuses 16 or more --tensor-split entries (llama_max_devices() == 16)
 _BIND_FAILURE = "Failed to create server socket"
 _DEVICE_LINE = re.compile(r"^\s+(\S+): (.*) \((\d+) MiB, (\d+) MiB free\)\s*$")
+# What llama-server's RPC client aborts with when a worker closed the connection mid-command.
+WORKER_CRASH_MARKER = "Remote RPC server crashed"
+WORKER_LOG_LINES = 15
+CRASH_GRACE_S = 1.0  # an aborting worker is reaped within this; one that lives on is not waited for
+_FATTN_ABORT = re.compile(r"ggml-cuda/fattn[\w.-]*:\d+: fatal error")
+# Workers started by this process, by endpoint, so that a llama-server error can quote their logs.
+_LOCAL_WORKERS: weakref.WeakValueDictionary[str, RpcWorker] = weakref.WeakValueDictionary()
 _BUFFER_LINE = re.compile(r"\s(\S+?) +(model|KV|compute|output) buffer size =\s+([0-9.]+) MiB")
 
 SECURITY_WARNING = (
@@ -247,6 +255,7 @@ class RpcWorker(ManagedProcess):
 
     def on_ready(self) -> None:
         self._devices = parse_devices(self.new_output())
+        _LOCAL_WORKERS[self.endpoint] = self
         log.info("rpc-server devices: %s", ", ".join(d.name for d in self._devices) or "?")
 
     def _accepted_within(self, seconds: float) -> bool:
@@ -273,6 +282,56 @@ class RpcWorker(ManagedProcess):
     def __repr__(self) -> str:
         state = f"running pid={self.pid} at {self.host}:{self._port}" if self.is_running() else "stopped"
         return f"<RpcWorker {state}>"
+
+
+def explain_worker_crash(endpoints: Sequence[str], server_log_tail: str) -> str:
+    """Why llama-server lost its RPC worker(s), for its error message; "" when its log shows no such loss.
+
+    Quotes the log of each worker this process started (where the real cause is: llama-server only
+    sees a closed connection); for a worker started elsewhere, says where to look.
+    """
+    if WORKER_CRASH_MARKER not in server_log_tail:
+        return ""
+    parts = []
+    for endpoint in endpoints:
+        worker = _LOCAL_WORKERS.get(endpoint)
+        if worker is None:
+            parts.append(f"rpc-server at {endpoint} closed the connection; its own log, on that host, says why.")
+            continue
+        if worker.pid is None:
+            state = "stopped"
+        else:
+            code = worker.wait_exit(CRASH_GRACE_S)
+            state = f"exited with code {code}" if code is not None else "still running"
+        tail = worker.log_tail(WORKER_LOG_LINES)
+        hint = ""
+        if _FATTN_ABORT.search(tail):
+            hint = (" Its CUDA backend has no flash-attention kernel for what it was sent (llama.cpp's RPC client"
+                    " reports every operation as supported); load the model with flash_attn='off'.")
+        parts.append(f"rpc-server at {endpoint} ({state}).{hint}\n--- last lines of the rpc-server log "
+                     f"({worker.log_path}) ---\n{tail}")
+    return "\n".join(parts)
+
+
+# (K head size, V head size) pairs for which CUDA's flash attention has kernels whatever the GQA ratio
+# (ggml-cuda's fattn.cu; 192/128, 320/256, 512 and 576/512 also depend on the ratio, so they count as not).
+CUDA_FLASH_ATTN_HEAD_SIZES = frozenset((d, d) for d in (40, 64, 72, 80, 96, 112, 128, 256))
+
+
+def flash_attn_over_rpc(requested: str, head_sizes: tuple[int, int] | None) -> str:
+    """The ``--flash-attn`` value for a llama-server with RPC workers.
+
+    llama.cpp resolves "auto" by asking each device whether it supports the flash-attention operation,
+    and its RPC client answers yes for every operation: a worker whose CUDA backend has no kernel for the
+    model's head size then aborts at the first graph. So "auto" becomes "on" only for head sizes that
+    CUDA's kernels cover, else "off" (also when they are unknown). "on" and "off" are kept.
+    """
+    if requested != "auto":
+        return requested
+    if head_sizes in CUDA_FLASH_ATTN_HEAD_SIZES:
+        return "on"
+    log.info("flash attention off: RPC workers cannot report support for attention head sizes %s", head_sizes)
+    return "off"
 
 
 def parse_devices(log_text: str) -> tuple[WorkerDevice, ...]:

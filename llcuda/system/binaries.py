@@ -7,23 +7,35 @@ Search order (first hit wins):
 3. ``$CONDA_PREFIX/bin`` (conda / pixi environments)
 4. ``sys.prefix/bin`` (the running interpreter's environment, e.g. a venv)
 5. every folder on ``PATH``
+
+The first llama-server found must be the llama.cpp build llcuda is made for (:data:`LLAMA_CPP_BUILD`):
+llcuda's ctypes structures follow that build's ``llama.h`` and its server options that build's
+llama-server. Another build raises :class:`~llcuda.errors.BuildMismatchError` rather than being
+skipped for a later place, so what runs is always what the search order says.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llcuda import config
-from llcuda.errors import BinaryNotFoundError
+from llcuda.errors import BinaryNotFoundError, BuildMismatchError
 
 log = logging.getLogger(__name__)
+
+LLAMA_CPP_BUILD = 11434
+"""The llama.cpp build (git tag ``b11434``) llcuda is made for; recipe/recipe.yaml pins the same."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,7 @@ KNOWN_TOOLS = (
     "llama-embedding",
     "rpc-server",
 )
-BUNDLED_PREFIX = Path(__file__).resolve().parent.parent / "binaries"  # llcuda/binaries, the wheel's layout
+BUNDLED_PREFIX = Path(__file__).resolve().parent.parent / "binaries"  # llcuda/binaries, as the wheel stages it
 
 INSTALL_HELP = (
     "Install the binaries with one of:\n"
@@ -82,17 +94,120 @@ def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
+def build_info_path(bin_dir: Path) -> Path:
+    return bin_dir.parent / "share" / "llcuda" / "build-info.json"
+
+
 def read_build_info(bin_dir: Path) -> dict[str, object]:
     """The build-info.json written by the build script next to the binaries, or {}."""
-    path = bin_dir.parent / "share" / "llcuda" / "build-info.json"
     try:
-        return dict(json.loads(path.read_text()))
+        return dict(json.loads(build_info_path(bin_dir).read_text()))
     except (OSError, ValueError):
         return {}
 
 
+# `llama-server --version` prints "version: 11434 (<commit>)" or, in newer builds,
+# "version: <version> (build 11434, commit <commit>)".
+_VERSION_BUILD = (re.compile(r"\(build (\d+),"), re.compile(r"^version: (\d+) \(", re.MULTILINE))
+VERSION_TIMEOUT_S = 30.0
+
+
+@functools.lru_cache(maxsize=16)
+def _version_build(server: str, _mtime_ns: int, _size: int) -> int | None:
+    try:
+        out = subprocess.run([server, "--version"], capture_output=True, text=True, errors="replace",
+                             timeout=VERSION_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.debug("%s --version failed: %s", server, exc)
+        return None
+    for pattern in _VERSION_BUILD:
+        match = pattern.search(out.stdout + out.stderr)
+        if match:
+            return int(match.group(1))
+    log.debug("%s --version (exit %d) names no build number", server, out.returncode)
+    return None
+
+
+def server_build(server: Path) -> int | None:
+    """The llama.cpp build number ``server --version`` reports (cached per file), or None if unknown."""
+    try:
+        stat = server.stat()
+    except OSError:
+        return None
+    return _version_build(str(server), stat.st_mtime_ns, stat.st_size)
+
+
+_unknown_builds: set[Path] = set()  # folders whose build could not be told, already warned about
+
+
+def check_build(binaries: Binaries) -> None:
+    """Raise BuildMismatchError unless the binaries are llama.cpp build :data:`LLAMA_CPP_BUILD`.
+
+    The build number comes from build-info.json next to the binaries (every llcuda build writes it),
+    else from ``llama-server --version`` (a llama.cpp built elsewhere). When neither tells, a warning
+    is logged and the binaries are used.
+    """
+    found = binaries.build_info.get("llama_cpp_build")
+    source = str(build_info_path(binaries.bin_dir))
+    if not isinstance(found, int):
+        server = binaries.executable(SERVER)
+        found = server_build(server)
+        source = f"{server} --version"
+    if found is None:
+        if binaries.bin_dir not in _unknown_builds:  # once per folder, not on every load
+            _unknown_builds.add(binaries.bin_dir)
+            log.warning("cannot tell which llama.cpp build %s is (no build-info.json, no build number from "
+                        "--version); llcuda is made for b%d and may fail with another", binaries.bin_dir,
+                        LLAMA_CPP_BUILD)
+        return
+    where = f"{binaries.bin_dir} (found through {binaries.source}; build read from {source})"
+    _refuse_other_build(found, where)
+
+
+def library_build(lib_dir: Path) -> int | None:
+    """The build number libllama-common reports (its exported ``LLAMA_BUILD_NUMBER``), or None.
+
+    libllama itself exports no build number; libllama-common, built from the same tree beside it, does.
+    """
+    try:
+        common = ctypes.CDLL(str(lib_dir / "libllama-common.so"))
+        return int(ctypes.c_int.in_dll(common, "LLAMA_BUILD_NUMBER").value)
+    except (OSError, ValueError) as exc:
+        log.debug("no build number from libllama-common in %s: %s", lib_dir, exc)
+        return None
+
+
+def check_library_build(lib_dir: Path) -> None:
+    """Raise BuildMismatchError if the libraries in lib_dir report another build than LLAMA_CPP_BUILD.
+
+    Libraries that report none (no libllama-common) were checked through build-info.json already.
+    """
+    found = library_build(lib_dir)
+    if found is not None:
+        _refuse_other_build(found, f"{lib_dir} (build read from libllama-common's LLAMA_BUILD_NUMBER)")
+
+
+def _refuse_other_build(found: int, where: str) -> None:
+    if found == LLAMA_CPP_BUILD:
+        return
+    raise BuildMismatchError(
+        f"llcuda is made for llama.cpp b{LLAMA_CPP_BUILD}, but the binaries in {where} are b{found}: "
+        f"another build's libllama and llama-server do not match llcuda's bindings and options.\n"
+        f"Use the b{LLAMA_CPP_BUILD} binaries of this llcuda version: conda/pixi install the same version of "
+        f"llcuda-binaries (and remove conda-forge's llama.cpp), reinstall the pip wheel "
+        f"(pip install --force-reinstall llcuda), run ./scripts/setup.sh in a checkout, or point "
+        f"LLCUDA_BIN_DIR at a b{LLAMA_CPP_BUILD} build.",
+        found=found,
+        expected=LLAMA_CPP_BUILD,
+    )
+
+
 def find_binaries() -> Binaries:
-    """Locate llama-server and its libraries, or raise BinaryNotFoundError listing every place searched."""
+    """Locate llama-server and its libraries, or raise BinaryNotFoundError listing every place searched.
+
+    Raises BuildMismatchError (a BinaryNotFoundError) when the first llama-server found is another
+    llama.cpp build than :data:`LLAMA_CPP_BUILD`.
+    """
     searched: list[str] = []
     for label, folder in candidate_dirs():
         server = folder / SERVER
@@ -112,6 +227,7 @@ def find_binaries() -> Binaries:
             )
             if label == "bundled":
                 _check_bundled(binaries)
+            check_build(binaries)
             log.debug("found %s in %s (%s)", SERVER, folder, label)
             return binaries
     where = "\n".join(searched)

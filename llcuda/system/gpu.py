@@ -2,7 +2,8 @@
 
 Reads the driver's management library NVML (``libnvidia-ml.so.1``, through ctypes: no child
 process), or ``nvidia-smi`` where NVML cannot be loaded or fails. NVML is not CUDA: no CUDA context
-is created (tests/test_gpu_nvml.py checks it on a GPU machine). A CUDA build records its architectures in build-info.json
+is created (tests/test_gpu_nvml.py checks it on a GPU machine). A CUDA build records its
+architectures in build-info.json
 (``"90-real"`` = SASS for sm_90, ``"90-virtual"`` = PTX that the driver JIT-compiles for sm_90
 and newer); :func:`check_compatibility` compares them with each visible GPU's compute capability
 and the driver's CUDA version.
@@ -202,6 +203,70 @@ def from_nvml() -> GPUReport:
     finally:
         lib.nvmlShutdown()
     return GPUReport(tuple(gpus), cuda_version_text(cuda.value), source="nvml")
+
+
+class _NvmlProcessInfo(ctypes.Structure):
+    # nvmlProcessInfo_t, as nvmlDeviceGetComputeRunningProcesses_v3 fills it
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong),
+                ("gpuInstanceId", ctypes.c_uint), ("computeInstanceId", ctypes.c_uint)]
+
+
+_NVML_ERROR_INSUFFICIENT_SIZE = 7
+_NVML_VALUE_NOT_AVAILABLE = (1 << 64) - 1  # usedGpuMemory the driver does not report (containers, some MIG)
+
+
+def process_memory_mib() -> dict[int, int]:
+    """GPU memory each compute process uses, in MiB summed over all GPUs, as NVML reports it.
+
+    Empty without NVML (or with a driver older than ``nvmlDeviceGetComputeRunningProcesses_v3``);
+    a process whose usage the driver does not report is left out. The pids are those of the
+    driver's pid namespace: inside a container they may not match the container's own pids.
+    """
+    try:
+        lib = _nvml()
+        func = lib.nvmlDeviceGetComputeRunningProcesses_v3
+    except (OSError, AttributeError) as exc:
+        log.debug("no per-process GPU memory from NVML: %s", exc)
+        return {}
+    # nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
+    #                                                       nvmlProcessInfo_t *infos);
+    func.restype, func.argtypes = ctypes.c_int, [ctypes.c_void_p, _c_uint_p, ctypes.POINTER(_NvmlProcessInfo)]
+    used: dict[int, int] = {}
+    try:
+        _call(lib, "nvmlInit_v2")
+    except NvmlError as exc:
+        log.debug("no per-process GPU memory from NVML: %s", exc)
+        return {}
+    try:
+        count = ctypes.c_uint()
+        _call(lib, "nvmlDeviceGetCount_v2", ctypes.byref(count))
+        for index in range(count.value):
+            handle = ctypes.c_void_p()
+            _call(lib, "nvmlDeviceGetHandleByIndex_v2", index, ctypes.byref(handle))
+            for info in _compute_processes(lib, func, handle):
+                if info.usedGpuMemory != _NVML_VALUE_NOT_AVAILABLE:
+                    used[info.pid] = used.get(info.pid, 0) + info.usedGpuMemory
+    except NvmlError as exc:
+        log.debug("no per-process GPU memory from NVML: %s", exc)
+        return {}
+    finally:
+        lib.nvmlShutdown()
+    return {pid: size // _MIB for pid, size in used.items()}
+
+
+def _compute_processes(lib: Any, func: Any, handle: ctypes.c_void_p) -> list[_NvmlProcessInfo]:
+    size = 16
+    for _ in range(4):  # the list may grow between the calls
+        infos = (_NvmlProcessInfo * size)()
+        count = ctypes.c_uint(size)
+        code = func(handle, ctypes.byref(count), infos)
+        if code == 0:
+            return list(infos[: count.value])
+        if code != _NVML_ERROR_INSUFFICIENT_SIZE:
+            raise NvmlError(f"nvmlDeviceGetComputeRunningProcesses_v3 failed: "
+                            f"{(lib.nvmlErrorString(code) or b'error').decode()} ({code})")
+        size = count.value * 2 + 8
+    return []
 
 
 def from_nvidia_smi() -> GPUReport:

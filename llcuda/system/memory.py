@@ -70,6 +70,23 @@ def weights_on_gpu(info: GGUFInfo) -> int:
     return max(0, info.data_size - embedding_values * widest)
 
 
+def head_sizes(info: GGUFInfo) -> tuple[int, int] | None:
+    """The attention (key, value) head sizes in ``info``'s metadata; None when they cannot be read."""
+    arch, meta = info.architecture, info.metadata
+
+    def positive(key: str) -> int | None:
+        v = meta.get(f"{arch}.{key}")
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+    heads = positive("attention.head_count") if arch else None
+    if not heads:
+        return None
+    key_length = positive("attention.key_length") or (info.embedding_length or 0) // heads
+    if not key_length:
+        return None
+    return key_length, positive("attention.value_length") or key_length
+
+
 def kv_cache(
     info: GGUFInfo, ctx_size: int, n_parallel: int = 1, bytes_per_value: float = KV_F16_BYTES
 ) -> int:
@@ -91,12 +108,10 @@ def kv_cache(
         return 0
     heads = positive("attention.head_count")
     kv_heads = positive("attention.head_count_kv") if value("attention.head_count_kv") is not None else heads
-    if not heads or not kv_heads:
+    sizes = head_sizes(info)
+    if not heads or not kv_heads or sizes is None:
         return 0
-    key_length = positive("attention.key_length") or (info.embedding_length or 0) // heads
-    value_length = positive("attention.value_length") or key_length
-    if not key_length:
-        return 0
+    key_length, value_length = sizes
     tokens = ctx_size
     if info.context_length:
         tokens = min(tokens, n_parallel * info.context_length)  # llama-server caps each slot at n_ctx_train
@@ -133,14 +148,12 @@ def check_memory(
     gpus = gpus_in_use(report or gpu.detect(), settings)
     if not gpus:
         return None  # gpu.check_compatibility reports a missing GPU
-    # no ctx_size: llama-server makes the cache as long as the model's trained context
-    ctx_size = settings.ctx_size if settings.ctx_size is not None else info.context_length or 0
     kv_bytes = (
         0
         if extra & _KV_ON_CPU_FLAGS
         else kv_cache(
             info,
-            ctx_size,
+            settings.ctx_size or info.context_length or 4096,
             settings.n_parallel,
             KV_QUANTIZED_MIN_BYTES if extra & _KV_TYPE_FLAGS else KV_F16_BYTES,
         )
@@ -154,7 +167,7 @@ def check_memory(
     raise InsufficientMemoryError(
         f"{settings.model_path.name} does not fit in GPU memory: with all layers offloaded it needs at least "
         f"{estimate.need_bytes / GIB:.1f} GiB (weights {estimate.weights_bytes / GIB:.1f} GiB + KV cache for "
-        f"ctx_size={ctx_size} {estimate.kv_cache_bytes / GIB:.1f} GiB, before compute buffers), "
+        f"ctx_size={settings.ctx_size} {estimate.kv_cache_bytes / GIB:.1f} GiB, before compute buffers), "
         f"but only {estimate.free_bytes / GIB:.1f} GiB is free ({free} GiB). Offload fewer layers (gpu_layers=N, or "
         "gpu_layers=-1 to let llama.cpp fit what it can), use a smaller quantization (e.g. Q4_K_M instead of "
         "Q8_0), lower ctx_size, or free the GPU memory other processes hold (see nvidia-smi)."
