@@ -315,12 +315,12 @@ def test_raise_exception_message_surfaces() -> None:
         t.render([{"role": "user", "content": "x"}])
     message = str(info.value)
     assert "the chat template of m refused these messages: Only user and assistant roles are supported!" in message
-    assert "backend='server'" in message
+    assert "backend='llama-server'" in message
 
 
 def test_a_template_that_does_not_compile_names_the_problem_and_the_fix() -> None:
     with pytest.raises(ConfigError, match=r"the chat template of broken is not a valid Jinja template \(.*line 1\);"
-                                          r" pass a chat template of your own, or use backend='server'"):
+                                          r" format the prompt yourself and call infer\(\), or use backend='llama-server'"):
         ChatTemplate("{% for m in messages %}{{ m.content }}", name="broken")
     with pytest.raises(ConfigError, match="is empty"):
         ChatTemplate("  ", name="blank")
