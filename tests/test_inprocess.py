@@ -31,6 +31,7 @@ from llcuda.errors import (
 )
 from llcuda.libllama.bindings import recent_log
 from llcuda.libllama.engine import InProcessEngine
+from llcuda.libllama.request import Request
 from llcuda.models import DEFAULT_MODEL, SMOLLM2_MODEL
 from llcuda.system.binaries import Binaries
 
@@ -283,7 +284,11 @@ def test_a_failed_decode_fails_only_its_requests(binaries, tiny_model):
     tail; the requests around it finish and the engine keeps working."""
     with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=2, ctx_size=2 * 256) as engine:
         expected = engine.infer(PROMPT, max_tokens=8, temperature=0.0, ignore_eos=True).text
-        bad = engine.submit([1, 10_000_000], max_tokens=4)
+        with pytest.raises(ConfigError, match="token id 10000000, outside the vocabulary"):
+            engine.submit([1, 10_000_000], max_tokens=4)  # refused before it reaches the decode loop
+        bad = Request([1, 10_000_000], 4)  # past that check, straight into the decode loop
+        assert engine._batcher is not None
+        engine._batcher.put(bad)
         with pytest.raises(InferenceError, match="llama_decode failed") as excinfo:
             engine.result(bad)
         assert excinfo.value.log_tail
