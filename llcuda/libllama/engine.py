@@ -235,6 +235,7 @@ class InProcessEngine:
 
         t = time.perf_counter()
         self.result(self.submit(" ", SamplingOptions(max_tokens=2, temperature=0.0)))  # warm-up: kernels, graphs
+        self._batcher.drop_cached()  # nothing of the warm-up is worth reusing
         timings["warmup_s"] = time.perf_counter() - t
         self.load_timings, self.load_seconds = timings, time.perf_counter() - t0
         self.reset_stats()
