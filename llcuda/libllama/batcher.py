@@ -441,6 +441,13 @@ class Batcher:
             self._cached.pop(seq, None)
         return bool(idle)
 
+    def drop_idle_cache(self) -> None:
+        """:meth:`drop_cached` from another thread, while no request runs (the worker then waits on the lock)."""
+        with self._cv:
+            if self._queue or self._active:
+                raise LlcudaError("requests are running; drop the cached prefixes once they have finished.")
+            self.drop_cached()
+
     def eog_tokens(self) -> list[int]:
         """Every end-of-generation token of the vocabulary (for ``ignore_eos``'s ban)."""
         if self._eog_tokens is None:

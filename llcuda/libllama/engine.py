@@ -403,6 +403,12 @@ class InProcessEngine:
         batcher.put(req)
         return req
 
+    def forget_prefixes(self) -> None:
+        """Drop what finished requests left in the KV cache for prefix reuse (to measure without it).
+        Call it while no request runs."""
+        if self._batcher is not None:
+            self._batcher.drop_idle_cache()
+
     def cancel(self, req: Request) -> None:
         """Stop decoding ``req`` at the next step (its caller gave up)."""
         if self._batcher is not None:
