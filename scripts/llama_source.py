@@ -14,6 +14,7 @@ re-extracted when the patch set changes. ``--patch-tree DIR`` patches another co
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import logging
 import os
@@ -157,29 +158,34 @@ def apply_patches(tree: Path, patches: list[Path] | None = None) -> None:
 
 
 def fetch_source(method: str | None = None) -> Path:
-    """Return the path of the pinned llama.cpp tree, fetching it on first use."""
+    """Return the path of the pinned llama.cpp tree with this checkout's patches, fetching it on first use.
+
+    A file lock makes processes that fetch at the same time wait for each other instead of racing.
+    """
     pin = read_pin()
     root = cache_root() / "src"
     root.mkdir(parents=True, exist_ok=True)
+    patches = patch_set_id()
     dest = root / f"llama.cpp-{pin.tag}"
     marker = dest / ".llcuda-source"
-    patches = patch_set_id()
-    if marker.exists() and marker.read_text().strip().endswith(f"patches:{patches}"):
-        return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    method = method or os.environ.get("LLCUDA_SOURCE", "auto")
-    staging = root / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    if method in ("auto", "git") and _from_git(pin, staging):
-        origin = f"git:{pin.git_url}@{pin.tag}"
-    elif method == "git":
-        raise SystemExit(f"git checkout of {pin.tag} from {pin.git_url} failed; try LLCUDA_SOURCE=sdist")
-    else:
-        _from_sdist(pin, staging, root / "downloads")
-        origin = f"sdist:{pin.sdist_sha256}"
-    apply_patches(staging)
-    (staging / ".llcuda-source").write_text(f"{origin} patches:{patches}\n")
-    staging.rename(dest)
+    with (root / ".fetch.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and marker.read_text().strip().endswith(f"patches:{patches}"):
+            return dest
+        shutil.rmtree(dest, ignore_errors=True)
+        method = method or os.environ.get("LLCUDA_SOURCE", "auto")
+        staging = root / f".staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        if method in ("auto", "git") and _from_git(pin, staging):
+            origin = f"git:{pin.git_url}@{pin.tag}"
+        elif method == "git":
+            raise SystemExit(f"git checkout of {pin.tag} from {pin.git_url} failed; try LLCUDA_SOURCE=sdist")
+        else:
+            _from_sdist(pin, staging, root / "downloads")
+            origin = f"sdist:{pin.sdist_sha256}"
+        apply_patches(staging)
+        (staging / ".llcuda-source").write_text(f"{origin} patches:{patches}\n")
+        staging.rename(dest)
     return dest
 
 

@@ -56,7 +56,7 @@ def _start_error(model: Path) -> str | None:
     """What a user sees when the bootstrap lets a damaged install through: the server start error."""
     import llcuda
 
-    engine = llcuda.InferenceEngine()
+    engine = llcuda.InferenceEngine(backend="llama-server")  # the bundled llama-server itself
     try:
         engine.load_model(model, ctx_size=512, n_parallel=1)
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         report["bundled_libs"] = sorted(p.name for p in (binaries.lib_dir or binaries.bin_dir).iterdir())
 
-        engine = llcuda.InferenceEngine()
+        engine = llcuda.InferenceEngine(backend="llama-server")  # the bundled llama-server itself
         try:
             engine.load_model(args.model, ctx_size=512, n_parallel=1)
             result = engine.infer("Hello", max_tokens=64, temperature=0.0, ignore_eos=True)

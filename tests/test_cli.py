@@ -33,7 +33,7 @@ def test_infer_streams_text(tiny_model, cli_env):
 
 
 def test_infer_json_matches_the_engine(tiny_model, tiny_engine, cli_env):
-    done = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12", "--json", env_extra=cli_env)
+    done = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12", "-t", "0", "--json", env_extra=cli_env)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     expected = tiny_engine.infer("Hello", max_tokens=12, temperature=0.0)
@@ -120,11 +120,11 @@ def test_no_command_prints_help():
 
 
 def test_infer_with_the_inprocess_backend_matches_the_server(tiny_model, tiny_engine, cli_env):
-    done = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12", "--json", "--backend", "inprocess",
-                   env_extra=cli_env)
+    done = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12", "-t", "0", "--json", "--backend",
+                   "inprocess", env_extra=cli_env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["text"] == tiny_engine.infer("Hello", max_tokens=12, temperature=0.0).text
-    streamed = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12",
+    streamed = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12", "-t", "0",
                        env_extra=dict(cli_env, LLCUDA_BACKEND="inprocess"))
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.rstrip("\n") == json.loads(done.stdout)["text"]

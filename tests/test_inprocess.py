@@ -21,9 +21,17 @@ import pytest
 
 from llcuda import config
 from llcuda.engine import InferenceEngine
-from llcuda.errors import ConfigError, GPUCompatibilityError, InferenceError, LlcudaError, ModelNotFoundError
+from llcuda.errors import (
+    ConfigError,
+    ContextLengthError,
+    GPUCompatibilityError,
+    InferenceError,
+    LlcudaError,
+    ModelNotFoundError,
+)
 from llcuda.libllama.bindings import recent_log
 from llcuda.libllama.engine import InProcessEngine
+from llcuda.libllama.request import Request
 from llcuda.models import DEFAULT_MODEL, SMOLLM2_MODEL
 from llcuda.system.binaries import Binaries
 
@@ -157,7 +165,7 @@ def test_threads_share_the_engine(local):
 # -- options and errors -------------------------------------------------------------------------
 @pytest.mark.parametrize("option, value", [
     ("host", "0.0.0.0"), ("port", 8081), ("rpc", ["127.0.0.1:50052"]), ("extra_args", ["--verbose"]),
-    ("allow_unauthenticated", True), ("embeddings", True),
+    ("allow_unauthenticated", True),
 ])
 def test_server_only_options_are_refused(binaries, tiny_model, option, value):
     engine = InferenceEngine(binaries=binaries, backend="inprocess")
@@ -175,20 +183,58 @@ def test_server_only_constructor_options_and_bad_backends(binaries, monkeypatch)
         InferenceEngine(backend="gpu")
     monkeypatch.setenv("LLCUDA_BACKEND", "inprocess")
     assert InferenceEngine().backend == "inprocess"
-    assert InferenceEngine(backend="server").backend == "server"  # the argument wins
+    assert InferenceEngine(backend="llama-server").backend == "llama-server"  # the argument wins
+    with pytest.raises(ConfigError, match="backend='server' must be one of 'serve', 'inprocess', 'llama-server'"):
+        InferenceEngine(backend="server")
     monkeypatch.setenv("LLCUDA_BACKEND", "fast")
     with pytest.raises(ConfigError, match="LLCUDA_BACKEND='fast'"):
         InferenceEngine()
 
 
-def test_kv_unified_is_in_process_only(binaries, tiny_model):
-    with pytest.raises(ConfigError, match="kv_unified.*--kv-unified"):
-        InferenceEngine(binaries=binaries).load_model(tiny_model, kv_unified=True)
+def test_kv_unified_reaches_llama_server(binaries, tiny_model, isolated_home):
+    with InferenceEngine(binaries=binaries, backend="llama-server").load_model(
+            tiny_model, ctx_size=512, n_parallel=2, threads=1, kv_unified=False) as engine:
+        assert engine.server is not None and engine.server.settings.kv_unified is False
+        assert "--no-kv-unified" in engine.server.command(1) and "--kv-unified" not in engine.server.command(1)
+        assert engine.infer(PROMPT, max_tokens=4, temperature=0.0, ignore_eos=True).tokens_generated == 4
+    assert engine.options is not None and engine.options.kv_unified is False
 
 
-def test_context_overflow_says_how_to_fix_it(local):
-    with pytest.raises(ConfigError, match="context per sequence.*ctx_size"):
-        local.infer("x", max_tokens=600)
+def test_a_prompt_that_does_not_fit_says_how_to_fix_it(local):
+    n_ctx = local._backend._local().n_ctx_seq
+    with pytest.raises(ContextLengthError, match="but a sequence holds at most .*shorten the prompt.*ctx_size"):
+        local.infer("word " * n_ctx, max_tokens=4)
+
+
+def test_generation_stops_at_the_end_of_the_context(binaries, tiny_model):
+    """A prompt that fits but leaves less room than max_tokens is not refused: it ends with "length"
+    when the context is full."""
+    with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=1, ctx_size=64, threads=1) as small:
+        result = small.infer(PROMPT, max_tokens=600, temperature=0.0, ignore_eos=True)
+        assert result.finish_reason == "length"
+        assert result.prompt_tokens + result.tokens_generated == small.n_ctx_seq < 600
+        streamed = small.infer_stream(PROMPT, max_tokens=600, temperature=0.0, ignore_eos=True)
+        assert "".join(streamed) == result.text
+        assert streamed.result is not None and streamed.result.finish_reason == "length"
+        assert small.infer(PROMPT, max_tokens=8, temperature=0.0, ignore_eos=True).tokens_generated == 8
+
+
+def test_a_request_reuses_the_kv_a_finished_one_left(binaries, tiny_model):
+    """A second request that extends the first one's prompt and answer prefills only the rest, and
+    gives the same greedy text as an engine that has nothing cached."""
+    with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=2, ctx_size=1024, threads=1) as eng:
+        first = eng.infer(PROMPT, max_tokens=16, temperature=0.0, ignore_eos=True)
+        assert first.timings["prompt_cached"] <= 1  # at most the BOS the load's warm-up request left
+        follow_up = PROMPT + first.text + " and then"
+        eng.reset_stats()
+        again = eng.infer(follow_up, max_tokens=16, temperature=0.0, ignore_eos=True)
+        n_first = len(eng.prompt_tokens(PROMPT)) + first.tokens_generated - 1  # the last token was never decoded
+        assert len(eng.prompt_tokens(PROMPT)) < again.timings["prompt_cached"] <= n_first  # answer tokens too
+        assert eng.stats["reused_tokens"] == again.timings["prompt_cached"]
+    with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=2, ctx_size=1024, threads=1) as fresh:
+        cold = fresh.infer(follow_up, max_tokens=16, temperature=0.0, ignore_eos=True)
+        assert cold.timings["prompt_cached"] <= 1
+    assert again.text == cold.text and again.prompt_tokens == cold.prompt_tokens
 
 
 def test_no_model_loaded(binaries):
@@ -237,12 +283,16 @@ def test_a_failed_decode_fails_only_its_requests(binaries, tiny_model):
     """A real libllama failure (a token id outside the vocabulary) fails that request with the log
     tail; the requests around it finish and the engine keeps working."""
     with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=2, ctx_size=2 * 256) as engine:
-        expected = engine.infer(PROMPT, max_tokens=8, ignore_eos=True).text
-        bad = engine.submit([1, 10_000_000], max_tokens=4)
+        expected = engine.infer(PROMPT, max_tokens=8, temperature=0.0, ignore_eos=True).text
+        with pytest.raises(ConfigError, match="token id 10000000, outside the vocabulary"):
+            engine.submit([1, 10_000_000], max_tokens=4)  # refused before it reaches the decode loop
+        bad = Request([1, 10_000_000], 4)  # past that check, straight into the decode loop
+        assert engine._batcher is not None
+        engine._batcher.put(bad)
         with pytest.raises(InferenceError, match="llama_decode failed") as excinfo:
             engine.result(bad)
         assert excinfo.value.log_tail
-        assert engine.infer(PROMPT, max_tokens=8, ignore_eos=True).text == expected
+        assert engine.infer(PROMPT, max_tokens=8, temperature=0.0, ignore_eos=True).text == expected
         assert engine.health()["running"] == 0
 
 
@@ -285,7 +335,7 @@ def test_load_modes_read_the_same_weights(binaries, tiny_model, monkeypatch):
         with InProcessEngine(binaries=binaries).load_model(tiny_model, ctx_size=512, threads=1,
                                                            load_mode=mode) as engine:
             assert engine.load_mode == mode and _loader_mode() == mode
-            texts[mode] = engine.infer(PROMPT, max_tokens=24, ignore_eos=True).text
+            texts[mode] = engine.infer(PROMPT, max_tokens=24, temperature=0.0, ignore_eos=True).text
     assert texts["none"] == texts["mmap"] and texts["none"]
     monkeypatch.setenv("LLCUDA_LOAD_MODE", "none")  # the default when the argument is left out
     with InProcessEngine(binaries=binaries).load_model(tiny_model, ctx_size=512, threads=1) as engine:
@@ -308,7 +358,9 @@ def test_load_mode_reaches_llama_server(binaries, tiny_model, isolated_home):
     with InferenceEngine(binaries=binaries).load_model(tiny_model, ctx_size=512, n_parallel=1, threads=1,
                                                        load_mode="none", extra_args=["-lv", "4"]) as engine:
         assert engine.load_mode == "none" and engine.server is not None  # -lv 4: the loader's lines too
-        assert engine.server.settings.extra_args == ("-lv", "4", "--load-mode", "none")
+        assert engine.server.settings.extra_args == ("-lv", "4") and engine.server.settings.load_mode == "none"
+        command = engine.server.command(1)
+        assert command[command.index("--load-mode") + 1] == "none"
         assert engine.infer(PROMPT, max_tokens=4, temperature=0.0).tokens_generated == 4
         assert engine.server.log_path is not None
         assert "(load_mode = none)" in engine.server.log_path.read_text(errors="replace")
@@ -397,9 +449,9 @@ def test_libllama_errors_reach_stderr_at_once(binaries, tmp_path: Path) -> None:
     # not only in the in-memory log tail. Here a real libllama error (a missing file) in a child process.
     code = (
         "import sys\n"
-        "from llcuda import bootstrap\n"
+        "from llcuda.system import binaries\n"
         "from llcuda.libllama.bindings import load_library, recent_log\n"
-        "lib = load_library(bootstrap.find_binaries())\n"
+        "lib = load_library(binaries.find_binaries())\n"
         "assert not lib.llama_model_load_from_file(sys.argv[1].encode(), lib.llama_model_default_params())\n"
         "assert 'failed to load model' in recent_log()\n"
     )
@@ -441,3 +493,41 @@ def test_debug_log_lines_stop_in_the_c_filter(binaries, tiny_model: Path, tmp_pa
         seen[name] = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["filter"] == {"active": True, "debug": False, "info": True}
     assert seen["python"] == {"active": False, "debug": True, "info": True}
+
+
+# -- parity with llama-server on a real chat model: special tokens, ignore_eos ----------------------
+CHATML = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+          "What is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture(scope="module")
+def smollm2(binaries) -> Iterator[tuple[InProcessEngine, InferenceEngine]]:
+    model = _real(SMOLLM2_MODEL)
+    with InProcessEngine(binaries=binaries).load_model(model, ctx_size=1024, n_parallel=1) as local:
+        with InferenceEngine(binaries=binaries, backend="llama-server").load_model(model, ctx_size=1024,
+                                                                                    n_parallel=1) as server:
+            yield local, server
+
+
+@pytest.mark.realmodel
+def test_a_prompt_s_special_tokens_are_parsed_like_the_server(smollm2):
+    local, server = smollm2
+    assert len(local.tokenize("<|im_start|>", add_special=False, parse_special=True)) == 1
+    bos = 1 if local._lib.llama_vocab_get_add_bos(local._vocab) else 0
+    ours = local.infer(CHATML, max_tokens=1, temperature=0.0)
+    assert ours.prompt_tokens == len(local.prompt_tokens(CHATML)) == len(server.tokenize(CHATML)) + bos
+    assert ours.prompt_tokens == server.infer(CHATML, max_tokens=1, temperature=0.0).prompt_tokens
+
+
+@pytest.mark.realmodel
+def test_ignore_eos_never_writes_an_end_of_generation_token(smollm2):
+    local, server = smollm2
+    answer = local.infer(CHATML, max_tokens=200, temperature=0.0)
+    assert answer.finish_reason == "stop" and answer.tokens_generated < 200, "the model should end its turn"
+    req = local.submit(CHATML, max_tokens=200, temperature=0.0, ignore_eos=True)
+    result = local.result(req)
+    assert result.tokens_generated == len(req.out) == 200 and result.finish_reason == "length"
+    assert not any(local._lib.llama_vocab_is_eog(local._vocab, t) for t in req.out)
+    assert "<|im_end|>" not in local.detokenize(req.out, special=True)
+    assert result.text.startswith(answer.text)
+    assert result.text == server.infer(CHATML, max_tokens=200, temperature=0.0, ignore_eos=True).text

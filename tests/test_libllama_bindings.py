@@ -57,7 +57,7 @@ def engine(binaries, tiny_model):
 
 
 def test_infer_counts_and_reports(engine):
-    result = engine.infer("Hello there", max_tokens=16, ignore_eos=True)
+    result = engine.infer("Hello there", max_tokens=16, temperature=0.0, ignore_eos=True)
     assert result.tokens_generated == 16
     assert result.finish_reason == "length"
     assert result.prompt_tokens >= 2
@@ -70,7 +70,7 @@ def test_step_counters_and_log_access(engine):
     """stats and reset_stats() (what InferenceEngine.inprocess_stats reports), recent_log, load_library."""
     assert callable(libllama.load_library) and "llama" in libllama.recent_log()
     engine.reset_stats()
-    engine.infer("Hello", max_tokens=4, ignore_eos=True)
+    engine.infer("Hello", max_tokens=4, temperature=0.0, ignore_eos=True)
     stats = engine.stats
     assert stats["steps"] == 4 and stats["tokens"] == 4
     assert all(stats[k] > 0 for k in ("decode_call_s", "wait_s", "host_s"))
@@ -79,30 +79,32 @@ def test_step_counters_and_log_access(engine):
 def test_greedy_matches_llama_server(engine, tiny_engine):
     """The same greedy tokens as llama-server for the same model and prompt."""
     prompt = "The weather today"
-    ours = engine.infer(prompt, max_tokens=24, ignore_eos=True)
+    ours = engine.infer(prompt, max_tokens=24, temperature=0.0, ignore_eos=True)
     theirs = tiny_engine.infer(prompt, max_tokens=24, temperature=0.0, ignore_eos=True)
     assert ours.text == theirs.text
 
 
 def test_concurrent_requests_decode_together_and_agree(engine):
     prompts = [f"Request number {i} says" for i in range(10)]
-    alone = [engine.infer(p, max_tokens=12, ignore_eos=True).text for p in prompts]
+    alone = [engine.infer(p, max_tokens=12, temperature=0.0, ignore_eos=True).text for p in prompts]
     with ThreadPoolExecutor(max_workers=10) as pool:
-        together = list(pool.map(lambda p: engine.infer(p, max_tokens=12, ignore_eos=True).text, prompts))
+        together = list(pool.map(
+            lambda p: engine.infer(p, max_tokens=12, temperature=0.0, ignore_eos=True).text, prompts))
     assert together == alone
-    assert engine.batch_infer(prompts, max_tokens=12, ignore_eos=True)[3].text == alone[3]
+    assert engine.batch_infer(prompts, max_tokens=12, temperature=0.0, ignore_eos=True)[3].text == alone[3]
 
 
 def test_long_prompt_is_prefilled_in_chunks(binaries, tiny_model):
     with InProcessEngine(binaries=binaries) as eng:
         eng.load_model(tiny_model, n_parallel=2, ctx_size=2 * 1024, batch_size=64, ubatch_size=64)
         long_prompt = " ".join(["word"] * 300)
-        result = eng.infer(long_prompt, max_tokens=8, ignore_eos=True)
+        result = eng.infer(long_prompt, max_tokens=8, temperature=0.0, ignore_eos=True)
         assert result.prompt_tokens > 64 and result.tokens_generated == 8
 
 
-def test_too_long_request_is_refused(engine):
-    from llcuda.errors import ConfigError
+def test_too_long_prompt_is_refused(engine):
+    from llcuda.errors import ConfigError, ContextLengthError
 
-    with pytest.raises(ConfigError, match="context per sequence"):
-        engine.infer("x", max_tokens=100_000)
+    with pytest.raises(ContextLengthError, match="but a sequence holds at most") as excinfo:
+        engine.infer("word " * engine.n_ctx_seq, max_tokens=4)
+    assert isinstance(excinfo.value, ConfigError)

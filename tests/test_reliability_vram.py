@@ -110,7 +110,7 @@ TWO_L4 = GPUReport((L4, replace(L4, index=1, uuid="GPU-1")), "12.4")
 
 
 def _settings(**kwargs: object) -> ServerSettings:
-    return ServerSettings(model_path=Path("/models/model.gguf"), **kwargs)
+    return ServerSettings(model_path=Path("/models/model.gguf"), **{"ctx_size": 4096, **kwargs})
 
 
 def test_estimates_of_real_shapes():
@@ -177,6 +177,9 @@ def test_the_kv_cache_alone_can_be_too_much():
     assert check_memory(LLAMA_1B, _settings(ctx_size=8192, n_parallel=1), CUDA, GPUReport((T4_BUSY,), "12.4"))
     quantized_kv = _settings(ctx_size=131_072, n_parallel=1, extra_args=("-ctk", "q4_0", "-ctv", "q4_0"))
     assert check_memory(LLAMA_1B, quantized_kv, CUDA, GPUReport((T4_BUSY,), "12.4")).fits
+    # no ctx_size: llama-server makes the cache as long as the model's trained context
+    with pytest.raises(InsufficientMemoryError, match="ctx_size=131072"):
+        check_memory(LLAMA_1B, _settings(ctx_size=None, n_parallel=1), CUDA, GPUReport((T4_BUSY,), "12.4"))
     kv_on_cpu = _settings(ctx_size=131_072, n_parallel=1, extra_args=("--no-kv-offload",))
     assert check_memory(LLAMA_1B, kv_on_cpu, CUDA, GPUReport((T4_BUSY,), "12.4")).kv_cache_bytes == 0
 

@@ -164,7 +164,7 @@ def test_engine_refuses_bad_split_before_starting_anything(binaries, tiny_model,
 def test_cli_model_options_reach_load_model():
     args = build_parser().parse_args(["infer", "hi", "--rpc", "a:1", "--rpc", "b:2", "--tensor-split", "3,1",
                                       "-sm", "layer", "--main-gpu", "0"])
-    assert (args.rpc, args.tensor_split, args.split_mode, args.main_gpu) == (["a:1", "b:2"], [3.0, 1.0], "layer", 0)
+    assert (args.rpc, args.tensor_split, args.split_mode, args.main_gpu) == (["a:1", "b:2"], (3.0, 1.0), "layer", 0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--tensor-split", "3,x"])
 
@@ -201,7 +201,7 @@ def test_worker_refuses_non_loopback_without_allow_remote(binaries):
 
 def test_a_taken_port_is_a_clear_error(binaries, workers, isolated_home):
     taken = workers[0].port
-    with pytest.raises(ServerStartError, match="could not listen") as info:
+    with pytest.raises(ServerStartError, match=f"^port {taken} on 127.0.0.1 is already in use; choose another") as info:
         rpc.RpcWorker(port=taken, threads=1, binaries=binaries).start(timeout=30)
     assert "Failed to create server socket" in info.value.log_tail
     assert workers[0].is_running(), "the worker that holds the port is unaffected"

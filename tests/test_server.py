@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,17 @@ def test_command_is_an_argument_list_with_every_setting(tmp_path):
                               flash_attn="on", embeddings=True, tensor_split=(0.5, 0.5), rpc=("h:1", "h:2"),
                               split_mode="row", main_gpu=1, api_key="secret")
     cmd = build_command(Path("/bin/llama-server"), settings, 1234)
-    pairs = dict(zip(cmd[1::2], cmd[2::2]))
-    assert pairs["--model"] == str(tmp_path / "m.gguf")
-    assert pairs["--port"] == "1234" and pairs["--host"] == "127.0.0.1"
-    assert pairs["--ctx-size"] == "1024" and pairs["--parallel"] == "2" and pairs["--n-gpu-layers"] == "10"
+
+    def value(flag: str) -> str:
+        return cmd[cmd.index(flag) + 1]
+
+    assert value("--model") == str(tmp_path / "m.gguf")
+    assert value("--port") == "1234" and value("--host") == "127.0.0.1"
+    assert value("--ctx-size") == "1024" and value("--parallel") == "2" and value("--n-gpu-layers") == "10"
+    assert value("--flash-attn") == "on"
+    assert "--kv-unified" in cmd and "--no-kv-unified" not in cmd, "LoadOptions' default: one shared KV cache"
+    split = build_command(Path("/bin/llama-server"), replace(settings, kv_unified=False), 1234)
+    assert "--no-kv-unified" in split and "--kv-unified" not in split
     assert "--tensor-split" in cmd and "0.5,0.5" in cmd and "h:1,h:2" in cmd
     assert "--embeddings" in cmd and "row" in cmd
     assert "secret" not in cmd, "the API key is added at spawn time only, never in a loggable command"
@@ -78,7 +86,7 @@ def test_server_dies_with_its_parent_even_on_sigkill(binaries, tiny_model, tmp_p
     script = textwrap.dedent(f"""
         import sys, time
         from llcuda.processes.llama_server import LlamaServer
-        from llcuda.results import ServerSettings
+        from llcuda.processes.llama_server import ServerSettings
         from llcuda.system.binaries import find_binaries
         s = LlamaServer(ServerSettings(model_path=__import__('pathlib').Path({str(tiny_model)!r}),
                         ctx_size=512, n_parallel=1), binaries=find_binaries())

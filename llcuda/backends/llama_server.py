@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +161,7 @@ class ServerBackend:
                 raise died from exc
             raise
 
-    def _stream(self, func: Callable[[LlamaClient], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    def _stream(self, func: Callable[[LlamaClient], Iterator[dict[str, Any]]]) -> Generator[dict[str, Any], None, None]:
         """:meth:`_call` for server-sent events: a server that dies mid-stream is reported as such."""
         client, server = self._require_client()
         try:
@@ -199,11 +199,22 @@ class ServerBackend:
             raise
 
     def _recorded_stream(self, func: Callable[[LlamaClient], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        """:meth:`_stream` within one deadline for the whole request (``request_timeout`` from now), counting
+        a failure in the metrics; leaving the stream closes the connection, which cancels the generation."""
+        deadline = time.monotonic() + self._request_timeout
+        events = self._stream(func)
         try:
-            yield from self._stream(func)
+            for event in events:
+                yield event
+                if time.monotonic() > deadline:
+                    raise RequestTimeoutError(
+                        f"the request did not finish within {self._request_timeout:g} s (request_timeout) and was "
+                        "cancelled. Raise request_timeout or LLCUDA_REQUEST_TIMEOUT, or lower max_tokens.")
         except LlcudaError:
             self._metrics.record_failure()
             raise
+        finally:
+            events.close()
 
     # -- generation --------------------------------------------------------------------------
     def infer(self, prompt: str, args: SamplingOptions) -> InferResult:

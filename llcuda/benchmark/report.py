@@ -249,6 +249,25 @@ def markdown(data: dict[str, Any]) -> str:
             f"{fmt(load['min'], 2)}–{fmt(load['max'], 2)} s |"
         )
 
+    turns = data["sections"].get("chat-turns") or {}
+    if turns.get("rows"):
+        reuse = _spread([r["ttft_reuse_s"] for r in turns["rows"]])
+        fresh = _spread([r["ttft_fresh_s"] for r in turns["rows"]])
+        first = turns["rows"][0]
+        ratio = reuse["median"] / fresh["median"] if fresh["median"] else None
+        lines += [
+            "",
+            f"## Prefix reuse: time to first token of a chat's turn {turns['turn']}",
+            "",
+            "The whole conversation is the prompt of each turn (in-process engine, greedy); with reuse the "
+            "engine prefills only what the previous turn did not leave in the KV cache.",
+            "",
+            "| prompt tokens | reused | TTFT with reuse ms | TTFT without ms | ratio |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {first['prompt_tokens']} | {first['reused_tokens']} | {fmt(reuse['median'] * 1000)} | "
+            f"{fmt(fresh['median'] * 1000)} | {times(ratio)} |",
+        ]
+
     if summary["not_run"] or summary["failed"]:
         lines += ["", "## Not measured", ""]
         lines += [f"- `{k}`: not run: {why}" for k, why in summary["not_run"].items()]

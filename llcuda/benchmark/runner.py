@@ -182,7 +182,7 @@ def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> 
     }
     json_path = folder / "report.json"
     child_env = _child_env(binaries)
-    plan = ["llama-bench", "batched-bench", "startup"] + [
+    plan = ["llama-bench", "batched-bench", "startup", "chat-turns"] + [
         f"system:{s}" for s in SYSTEMS if s in settings.systems
     ]
     for section in plan:

@@ -8,7 +8,8 @@ device's initialisation as a user's first load does. Progress lines go to stdout
 them), the rest of the log to stderr; the result is written as JSON to RESULT_PATH.
 
 Sections: ``llama-bench``, ``batched-bench``, ``startup`` (``import llcuda`` and load -> ready of the
-engine's backends, each in a new interpreter) and ``system:<name>`` for every name in
+engine's backends, each in a new interpreter), ``chat-turns`` (time to first token of a chat's fifth
+turn with prefix reuse and without) and ``system:<name>`` for every name in
 :data:`llcuda.benchmark.systems.SYSTEMS`.
 """
 
@@ -153,10 +154,62 @@ def system(name: str, request: dict[str, Any], progress: Progress) -> dict[str, 
     }
 
 
+CHAT_TURNS = 5
+CHAT_SYSTEM_WORDS = 300  # a system prompt of a few hundred tokens, as chat front ends send
+CHAT_USER_WORDS = 60
+CHAT_REPLY_TOKENS = 64
+
+
+def _words(n: int, seed: int) -> str:
+    vocab = ("lighthouse keeper map storm harbour ship lantern rope island signal tide captain night "
+             "coast letter compass north wave beacon").split()
+    return " ".join(vocab[(seed * 7 + i * 3) % len(vocab)] for i in range(n))
+
+
+def chat_turns(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Time to first token of turn 5 of a chat, with the engine's prefix reuse and without it.
+
+    Each turn's prompt is the whole conversation so far (as a chat client sends it); with prefix reuse
+    the engine prefills only what the previous turn did not leave in the KV cache. The same turn-5
+    prompt is then sent again after :meth:`~llcuda.libllama.engine.InProcessEngine.forget_prefixes`.
+    """
+    from llcuda.libllama.engine import InProcessEngine
+
+    n_parallel, ctx = slots_and_context(request)
+    engine = InProcessEngine().load_model(request["model"], n_parallel=n_parallel, ctx_size=ctx,
+                                          gpu_layers=request["gpu_layers"], flash_attn=request["flash_attn"])
+    rows: list[dict[str, Any]] = []
+    room = engine.n_ctx_seq  # a small model's context scales the chat down
+    system_words, user_words = min(CHAT_SYSTEM_WORDS, room // 8), min(CHAT_USER_WORDS, room // 40)
+    reply_tokens = min(CHAT_REPLY_TOKENS, room // 40)
+    try:
+        for repeat in range(request["repeats"]):
+            engine.forget_prefixes()
+            conversation = f"System: {_words(system_words, repeat)}\n"
+            for turn in range(1, CHAT_TURNS + 1):
+                conversation += f"User: {_words(user_words, turn + repeat)}\nAssistant:"
+                if turn < CHAT_TURNS:
+                    reply = engine.infer(conversation, max_tokens=reply_tokens, temperature=0.0, ignore_eos=True)
+                    conversation += reply.text + "\n"
+            with_reuse = engine.infer(conversation, max_tokens=1, temperature=0.0)
+            engine.forget_prefixes()
+            without = engine.infer(conversation, max_tokens=1, temperature=0.0)
+            row = {"prompt_tokens": with_reuse.prompt_tokens, "reused_tokens": with_reuse.timings["prompt_cached"],
+                   "ttft_reuse_s": (with_reuse.time_to_first_token_ms or 0) / 1000,
+                   "ttft_fresh_s": (without.time_to_first_token_ms or 0) / 1000}
+            rows.append(row)
+            progress(f"turn {CHAT_TURNS}: {row['prompt_tokens']} prompt tokens, {row['reused_tokens']} reused; TTFT "
+                     f"{row['ttft_reuse_s'] * 1000:.1f} ms with reuse, {row['ttft_fresh_s'] * 1000:.1f} ms without")
+    finally:
+        engine.unload()
+    return {"turn": CHAT_TURNS, "rows": rows}
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Progress], dict[str, Any]]] = {
     "llama-bench": llama_bench,
     "batched-bench": batched_bench,
     "startup": startup,
+    "chat-turns": chat_turns,
 }
 
 

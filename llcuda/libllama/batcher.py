@@ -40,6 +40,7 @@ from llcuda.libllama.request import GREEDY, Request, Sampling, TokenSink
 
 log = logging.getLogger(__name__)
 
+MIN_REUSED_TOKENS = 2  # a shared BOS alone is no reason to pick a sequence
 STATS = ("steps", "tokens", "decode_call_s", "wait_s", "host_s", "sampler_changes", "bulk_reads",
          "reused_tokens")
 # Called per token or per request, each a few µs at most (llama_get_sampled_token_ith: a stream
@@ -315,7 +316,7 @@ class Batcher:
         self._batch.n_tokens = n
         t1 = time.perf_counter()
         rc = lib.llama_decode(ctx, self._batch)
-        if rc == 1 and self._evict_cached():  # no room in the KV cache: drop the reusable prefixes, try again
+        if rc == 1 and self.drop_cached():  # no room in the KV cache: drop the reusable prefixes, try again
             rc = lib.llama_decode(ctx, self._batch)
         t2 = time.perf_counter()
         if rc != 0:
@@ -400,7 +401,7 @@ class Batcher:
             cached = self._cached.get(seq)
             if cached:
                 n = common_prefix(cached, tokens)
-                if n > best_len:
+                if n > best_len and n >= MIN_REUSED_TOKENS:
                     best, best_len = seq, n
         if best < 0:
             empty = [s for s in self._free_seqs if s not in self._cached]
@@ -430,14 +431,22 @@ class Batcher:
         for req in reqs:
             req.end(error)
 
-    def _evict_cached(self) -> bool:
-        """Drop the KV every free sequence keeps for prefix reuse; False if there was none."""
+    def drop_cached(self) -> bool:
+        """Drop the KV every free sequence keeps for prefix reuse; False if there was none. Call it from the
+        decode thread, or while no request runs."""
         with self._cv:
             idle = [s for s in self._free_seqs if s in self._cached]
         for seq in idle:
             self._seq_rm(self._mem_p, seq, -1, -1)
             self._cached.pop(seq, None)
         return bool(idle)
+
+    def drop_idle_cache(self) -> None:
+        """:meth:`drop_cached` from another thread, while no request runs (the worker then waits on the lock)."""
+        with self._cv:
+            if self._queue or self._active:
+                raise LlcudaError("requests are running; drop the cached prefixes once they have finished.")
+            self.drop_cached()
 
     def eog_tokens(self) -> list[int]:
         """Every end-of-generation token of the vocabulary (for ``ignore_eos``'s ban)."""

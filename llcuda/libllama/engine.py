@@ -235,6 +235,7 @@ class InProcessEngine:
 
         t = time.perf_counter()
         self.result(self.submit(" ", SamplingOptions(max_tokens=2, temperature=0.0)))  # warm-up: kernels, graphs
+        self._batcher.drop_cached()  # nothing of the warm-up is worth reusing
         timings["warmup_s"] = time.perf_counter() - t
         self.load_timings, self.load_seconds = timings, time.perf_counter() - t0
         self.reset_stats()
@@ -401,6 +402,12 @@ class InProcessEngine:
         req = Request(tokens, opts.max_tokens, Sampling.of(opts), stop_words(opts.stop), opts.ignore_eos, stream)
         batcher.put(req)
         return req
+
+    def forget_prefixes(self) -> None:
+        """Drop what finished requests left in the KV cache for prefix reuse (to measure without it).
+        Call it while no request runs."""
+        if self._batcher is not None:
+            self._batcher.drop_idle_cache()
 
     def cancel(self, req: Request) -> None:
         """Stop decoding ``req`` at the next step (its caller gave up)."""

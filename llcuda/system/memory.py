@@ -148,12 +148,13 @@ def check_memory(
     gpus = gpus_in_use(report or gpu.detect(), settings)
     if not gpus:
         return None  # gpu.check_compatibility reports a missing GPU
+    ctx_size = settings.ctx_size or info.context_length or 4096  # None: llama-server uses the model's context
     kv_bytes = (
         0
         if extra & _KV_ON_CPU_FLAGS
         else kv_cache(
             info,
-            settings.ctx_size or info.context_length or 4096,
+            ctx_size,
             settings.n_parallel,
             KV_QUANTIZED_MIN_BYTES if extra & _KV_TYPE_FLAGS else KV_F16_BYTES,
         )
@@ -167,7 +168,7 @@ def check_memory(
     raise InsufficientMemoryError(
         f"{settings.model_path.name} does not fit in GPU memory: with all layers offloaded it needs at least "
         f"{estimate.need_bytes / GIB:.1f} GiB (weights {estimate.weights_bytes / GIB:.1f} GiB + KV cache for "
-        f"ctx_size={settings.ctx_size} {estimate.kv_cache_bytes / GIB:.1f} GiB, before compute buffers), "
+        f"ctx_size={ctx_size} {estimate.kv_cache_bytes / GIB:.1f} GiB, before compute buffers), "
         f"but only {estimate.free_bytes / GIB:.1f} GiB is free ({free} GiB). Offload fewer layers (gpu_layers=N, or "
         "gpu_layers=-1 to let llama.cpp fit what it can), use a smaller quantization (e.g. Q4_K_M instead of "
         "Q8_0), lower ctx_size, or free the GPU memory other processes hold (see nvidia-smi)."
