@@ -121,7 +121,7 @@ def startup(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
     return {"import_s": imports, "loads": loads}
 
 
-def system(name: str, request: dict[str, Any], progress: Progress) -> dict[str, Any]:
+def run_system(name: str, request: dict[str, Any], progress: Progress) -> dict[str, Any]:
     sut = get_system(name)
     n_parallel, ctx = slots_and_context(request)
     log_dir = Path(request["log_dir"])
@@ -215,7 +215,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], Progress], dict[str, Any]]] = {
 
 def run_section(section: str, request: dict[str, Any], progress: Progress) -> dict[str, Any]:
     if section.startswith("system:"):
-        return system(section.split(":", 1)[1], request, progress)
+        return run_system(section.split(":", 1)[1], request, progress)
     return SECTIONS[section](request, progress)
 
 
