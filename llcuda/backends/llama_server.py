@@ -247,42 +247,35 @@ class ServerBackend:
                                 **_sampling(args)}
         if args.seed is None:
             body.pop("seed")
-        started = time.monotonic()
-        if not stream:
-            data = self._recorded(lambda c: c.text_completion(body))
-            choice = data["choices"][0]
-            return self._chat_result(data, choice.get("text") or "", choice.get("finish_reason"), started, None)
-        body["stream_options"] = {"include_usage": True}
-        got = _Streamed()
-
-        def pieces() -> Iterator[str]:
-            for event in self._recorded_stream(lambda c: c.text_completion_stream(body)):
-                got.data.update({k: v for k, v in event.items() if k in ("usage", "timings")})
-                for choice in event.get("choices") or []:
-                    got.finish = choice.get("finish_reason") or got.finish
-                    if piece := choice.get("text") or "":
-                        yield got.add(piece)
-
-        return TokenStream(pieces(), lambda: self._chat_result(got.data, got.text, got.finish, started, got.first))
+        return self._openai(body, stream, LlamaClient.text_completion, LlamaClient.text_completion_stream,
+                            lambda choice: choice.get("text"), lambda choice: choice.get("text"))
 
     def chat(self, messages: list[dict[str, Any]], args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
         body: dict[str, Any] = {"messages": messages, "max_tokens": args.max_tokens, **_sampling(args)}
+        return self._openai(body, stream, LlamaClient.chat, LlamaClient.chat_stream,
+                            lambda choice: choice["message"].get("content"),
+                            lambda choice: (choice.get("delta") or {}).get("content"))
+
+    def _openai(self, body: dict[str, Any], stream: bool, call: Callable[[LlamaClient, dict[str, Any]], Any],
+                call_stream: Callable[[LlamaClient, dict[str, Any]], Iterator[dict[str, Any]]],
+                text: Callable[[dict[str, Any]], Any],
+                piece: Callable[[dict[str, Any]], Any]) -> InferResult | TokenStream:
+        """One OpenAI-shaped request: the whole answer (``text`` of its choice) or a stream of ``piece``s."""
         started = time.monotonic()
         if not stream:
-            data = self._recorded(lambda c: c.chat(body))
+            data = self._recorded(lambda c: call(c, body))
             choice = data["choices"][0]
-            return self._chat_result(data, choice["message"].get("content") or "", choice.get("finish_reason"),
-                                     started, None)
+            return self._chat_result(data, text(choice) or "", choice.get("finish_reason"), started, None)
         body["stream_options"] = {"include_usage": True}
         got = _Streamed()
 
         def pieces() -> Iterator[str]:
-            for event in self._recorded_stream(lambda c: c.chat_stream(body)):
+            for event in self._recorded_stream(lambda c: call_stream(c, body)):
                 got.data.update({k: v for k, v in event.items() if k in ("usage", "timings")})
                 for choice in event.get("choices") or []:
                     got.finish = choice.get("finish_reason") or got.finish
-                    if piece := (choice.get("delta") or {}).get("content") or "":
-                        yield got.add(piece)
+                    if part := piece(choice) or "":
+                        yield got.add(part)
 
         return TokenStream(pieces(), lambda: self._chat_result(got.data, got.text, got.finish, started, got.first))
 
