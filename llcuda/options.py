@@ -129,7 +129,7 @@ class LoadOptions:
                             "--kv-unified")
     flash_attn: str = _opt("auto", "flash attention: on, off or auto", "--flash-attn", short="-fa",
                            choices=FLASH_ATTN)
-    threads: int | None = _opt(None, "CPU threads (default: llama.cpp's choice)", "--threads")
+    threads: int | None = _opt(None, "CPU threads (default: the physical cores this process may use)", "--threads")
     batch_size: int | None = _opt(None, "logical batch size (prompt tokens per decode call; default 2048)",
                                   "--batch-size", short="-b")
     ubatch_size: int | None = _opt(None, "physical batch size (default 512)", "--ubatch-size", short="-ub")

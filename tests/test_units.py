@@ -203,3 +203,14 @@ def test_every_public_name_resolves():
     assert errors <= set(llcuda.__all__)
     assert errors == {name for name, value in vars(llcuda.errors).items()
                       if isinstance(value, type) and issubclass(value, llcuda.errors.LlcudaError)}
+
+
+def test_physical_cores_count_each_core_once_within_the_affinity():
+    import os
+
+    from llcuda.system.cpu import physical_cores
+
+    allowed = os.sched_getaffinity(0)
+    siblings = {open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read().strip() for c in allowed}
+    assert physical_cores() == len(siblings)
+    assert 1 <= physical_cores() <= len(allowed)

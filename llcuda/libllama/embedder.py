@@ -17,6 +17,7 @@ from typing import Any
 
 from llcuda.errors import ConfigError, InferenceError, LlcudaError
 from llcuda.libllama.bindings import POOLING_MEAN, POOLING_NONE, log_tail, new_batch
+from llcuda.system.cpu import physical_cores
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,7 @@ class Embedder:
         cparams.embeddings = True
         cparams.pooling_type = pooling
         cparams.no_perf = True
-        if threads:
-            cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.n_threads = cparams.n_threads_batch = threads or physical_cores()
         ctx = lib.llama_init_from_model(self._model, cparams)
         if not ctx:
             raise LlcudaError("libllama could not create an embeddings context (out of memory? load with a "

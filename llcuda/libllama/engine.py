@@ -50,6 +50,7 @@ from llcuda.system import gpu
 from llcuda.system import memory as vram
 from llcuda.system import placement as split
 from llcuda.system.binaries import Binaries
+from llcuda.system.cpu import physical_cores
 
 if TYPE_CHECKING:
     from llcuda.models import ResolvedModel
@@ -211,8 +212,7 @@ class InProcessEngine:
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_seq_max = n_ctx, n_batch, n_ubatch, n_parallel
         cparams.flash_attn_type = FLASH_ATTN[flash_attn]
         cparams.kv_unified = kv_unified
-        if threads:
-            cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.n_threads = cparams.n_threads_batch = threads or physical_cores()
         cparams.no_perf = True
         cparams.samplers, cparams.n_samplers = configs, n_parallel
         ctx = lib.llama_init_from_model(self._model, cparams)
