@@ -1,5 +1,5 @@
 """describe_model (``llcuda models show``): GGUF facts of real models, random-weight models from
-scripts/random_gguf.py, split files and cached hub specs, checked against gguf-py's reader."""
+llcuda.benchmark.random_model, split files and cached hub specs, checked against gguf-py's reader."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def server(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
 
 
 def test_random_llama_from_random_gguf(tiny_model: Path, home: Path) -> None:
-    from random_gguf import CHAT_TEMPLATE, PRESETS
+    from llcuda.benchmark.random_model import CHAT_TEMPLATE, PRESETS
 
     facts = describe_model(tiny_model)
     check_against_reference(facts, tiny_model)
@@ -86,7 +86,7 @@ def test_random_llama_from_random_gguf(tiny_model: Path, home: Path) -> None:
 
 
 def test_same_shape_as_a_real_model_with_fewer_layers(tiny_model: Path, tmp_path: Path, home: Path) -> None:
-    from random_gguf import make_skeleton, write_like
+    from llcuda.benchmark.random_model import make_skeleton, write_like
 
     skeleton = make_skeleton(tiny_model, tmp_path / "s.gguf.gz")
     out = write_like(tmp_path / "like.gguf", skeleton, layers=1, seed=3)

@@ -170,45 +170,51 @@ def test_server_dies_with_its_parent(binaries, tiny_model, tmp_path, mode, expec
 
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
-def test_cli_serve_stops_its_server(binaries, tiny_model, tmp_path, how):
+@pytest.mark.parametrize("engine", ["llcuda", "llama-server"])
+def test_cli_serve_stops_its_server(binaries, tiny_model, tmp_path, how, engine):
+    """``llcuda serve`` (its own engine in this process, or ``--llama-server`` as a child) stops on SIGTERM and
+    Ctrl-C with exit code 0, and nothing keeps listening on its port."""
     port = process_module.free_port()
     env = dict(os.environ, LLCUDA_HOME=str(tmp_path), LLCUDA_BIN_DIR=str(binaries.bin_dir))
-    cli = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llcuda",
-            "serve",
-            "-m",
-            str(tiny_model),
-            "--port",
-            str(port),
-            "--ctx-size",
-            "512",
-            "-np",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    cmd = [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--port", str(port), "--ctx-size", "512",
+           "-np", "1", *(["--llama-server"] if engine == "llama-server" else [])]
+    cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           start_new_session=True)
     try:
         banner = cli.stdout.readline()
         assert f"127.0.0.1:{port}" in banner, cli.stderr.read()
-        (server_pid,) = _children(cli.pid)
+        children = _children(cli.pid)
+        if engine == "llama-server":
+            assert len(children) == 1, f"llcuda serve --llama-server should run one llama-server: {children}"
+        else:
+            assert children == [], "llcuda serve runs its engine in its own process"
+            assert _health_ok(port), "llcuda serve never answered /health with 200"
         if how == "sigterm":
             os.kill(cli.pid, signal.SIGTERM)
         else:
             os.killpg(cli.pid, signal.SIGINT)
         cli.wait(timeout=DEADLINE_S)
         assert cli.returncode == 0, cli.stderr.read()
-        assert gone(server_pid, within=DEADLINE_S) and _port_closed(port)
+        assert all(gone(pid, within=DEADLINE_S) for pid in children) and _port_closed(port)
     finally:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
             cli.wait()
+
+
+def _health_ok(port: int, within: float = 60.0) -> bool:
+    """Whether ``/health`` on the loopback ``port`` answers 200 within ``within`` seconds."""
+    import requests
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 # -- a server that dies: InferenceError with its log, then a restart ---------------------------------
