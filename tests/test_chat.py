@@ -32,10 +32,17 @@ class Chat:
         self.expect_prompt()
 
     def expect_prompt(self) -> str:
-        """Wait for the prompt at the start of a line (readline redraws a recalled line after a bare CR);
-        returns what came before it."""
+        """Wait for the prompt at the start of a line (readline redraws a recalled line after a bare CR)
+        and for readline to read keys; returns what came before it."""
         self.child.expect_exact("\n" + PROMPT)
-        return str(self.child.before)
+        before = str(self.child.before)
+        self.wait_for_keys()
+        return before
+
+    def wait_for_keys(self) -> None:
+        """Until readline has the terminal (echo off: it echoes keys itself). Keys typed before that, while
+        the terminal still is in line mode, can be lost, as a person never types that fast."""
+        self.child.waitnoecho(timeout=60)
 
     def line(self, text: str) -> str:
         """Type ``text`` and Enter; returns the output up to the next prompt."""
@@ -132,6 +139,7 @@ def test_commands_multiline_input_and_ctrl_c_at_the_prompt(smollm2_model, home, 
         assert "system prompt set" in chat.line("/system You answer in one short sentence.")
         chat.child.send("Say hello\\\r")  # a trailing backslash continues the message
         chat.child.expect_exact("... ")
+        chat.wait_for_keys()
         chat.line("to me.")
         first = chat.save(tmp_path / "first.json")
         assert first[0] == {"role": "system", "content": "You answer in one short sentence."}
@@ -147,8 +155,10 @@ def test_commands_multiline_input_and_ctrl_c_at_the_prompt(smollm2_model, home, 
         assert "loaded 3 messages" in chat.line(f"/load {tmp_path / 'first.json'}")
         chat.child.send('"""\r')  # a block of lines
         chat.child.expect_exact("... ")
+        chat.wait_for_keys()
         chat.child.send("Line one.\r")
         chat.child.expect_exact("... ")
+        chat.wait_for_keys()
         chat.line('Line two."""')
         loaded = chat.save(tmp_path / "loaded.json")
         assert loaded[:3] == first

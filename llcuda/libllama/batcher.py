@@ -37,6 +37,7 @@ from llcuda.libllama.bindings import (
     new_batch,
 )
 from llcuda.libllama.request import GREEDY, Request, Sampling, TokenSink
+from llcuda.system.threads import leave_signals_to_the_main_thread
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ class Batcher:
 
     # -- the worker --------------------------------------------------------------------------
     def _loop(self) -> None:
+        leave_signals_to_the_main_thread()
         try:
             self._decode_until_closed()
         finally:

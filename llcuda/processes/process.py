@@ -32,6 +32,7 @@ from llcuda.errors import ServerStartError, ServerTimeoutError
 from llcuda.processes import registry
 from llcuda.system import binaries as bootstrap
 from llcuda.system.binaries import Binaries
+from llcuda.system.threads import leave_signals_to_the_main_thread, unblock_signals
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def _parent_death_hook(ignore_sigpipe: bool = False) -> Callable[[], None] | Non
         return None
 
     def hook() -> None:
+        unblock_signals()  # the spawner thread blocks them; the program must get its SIGTERM
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if ignore_sigpipe:
             set_signal(signal.SIGPIPE, ctypes.c_void_p(1))  # SIG_IGN
@@ -93,6 +95,7 @@ class _Spawner:
         raise value
 
     def _loop(self) -> None:
+        leave_signals_to_the_main_thread()
         while True:
             func, reply = self._jobs.get()
             try:

@@ -28,6 +28,7 @@ from llcuda.serve.streaming import STREAM_INTERVAL_S
 from llcuda.serve.webui import INDEX, UI_SUBDIR, find_ui_dir
 from llcuda.system import binaries as bootstrap
 from llcuda.system.binaries import Binaries
+from llcuda.system.threads import leave_signals_to_the_main_thread
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def run_server(
     failed: list[BaseException] = []
 
     def load() -> None:
+        leave_signals_to_the_main_thread()  # uvicorn's handlers in the main thread get SIGINT and SIGTERM
         try:
             engine = InProcessEngine(binaries=binaries).load_model(model, **load_options)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread once the server stopped
