@@ -29,6 +29,8 @@ class Chat:
             ["-m", "llcuda", "chat", "-m", str(model), "-t", "0", "-c", str(ctx_size), "-np", "1", *args],
             env=env, encoding="utf-8", timeout=300, dimensions=(40, 400),
         )  # fmt: skip
+        # keys arrive at a person's pace: typed within milliseconds of the prompt, readline can miss them
+        self.child.delaybeforesend = 0.5
         self.expect_prompt()
 
     def expect_prompt(self) -> str:
