@@ -235,6 +235,27 @@ def test_unreadable_records_are_removed_and_unregister_spares_a_newer_record(hom
     assert registry.list_running() == []
 
 
+def test_a_llcuda_serve_started_from_a_shell_is_listed_and_stopped(binaries, tiny_model, home):
+    cli = subprocess.Popen([sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--port", "0",
+                            "-c", "512", "-np", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, LLCUDA_HOME=str(home), LLCUDA_BIN_DIR=str(binaries.bin_dir)),
+                           start_new_session=True)
+    try:
+        while "serving" not in (line := cli.stdout.readline()):  # once the model is loaded
+            assert line, cli.stderr.read()
+        (entry,) = [e for e in ps(home) if e["pid"] == cli.pid]
+        assert entry["kind"] == "llcuda-serve" and str(entry["model"]).endswith(tiny_model.name)
+        assert str(entry["url"]).startswith("http://127.0.0.1:")
+        done = llcuda(home, "stop", str(cli.pid))
+        assert done.returncode == 0, done.stderr
+        assert cli.wait(timeout=60) == 0
+        assert [e for e in ps(home) if e["pid"] == cli.pid] == []
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)
+            cli.wait()
+
+
 def test_uptime_and_table_format():
     assert [format_uptime(s) for s in (5, 65, 3 * 3600 + 7 * 60, 2 * 86400 + 4 * 3600)] == [
         "5s", "1m05s", "3h07m", "2d04h"]

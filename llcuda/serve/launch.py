@@ -8,6 +8,7 @@ picks a free one), answers 503 while the model loads, then serves the app of
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -22,6 +23,7 @@ from llcuda import config
 from llcuda import options as validation
 from llcuda.errors import ConfigError
 from llcuda.libllama.engine import InProcessEngine
+from llcuda.processes import registry
 from llcuda.processes.process import connect_host, is_loopback
 from llcuda.serve.app import create_app
 from llcuda.serve.streaming import STREAM_INTERVAL_S
@@ -115,6 +117,7 @@ def run_server(
     server = _Server(settings, on_exit=app.state.service.stop_soon)
     loaded: list[InProcessEngine] = []
     failed: list[BaseException] = []
+    records: list[registry.RunEntry] = []
 
     def load() -> None:
         leave_signals_to_the_main_thread()  # uvicorn's handlers in the main thread get SIGINT and SIGTERM
@@ -126,6 +129,12 @@ def run_server(
             return
         loaded.append(engine)
         app.state.service.attach(engine)
+        try:  # `llcuda ps` lists it; the engine that started this process (if one did) recorded it already
+            records.append(registry.register(os.getpid(), kind="llcuda-serve", host=host,
+                                             port=sock.getsockname()[1], url=url, model=engine.model_path,
+                                             backend="inprocess"))
+        except OSError as exc:
+            log.warning("could not record this server for `llcuda ps`: %s", exc)
         tell(f"serving {engine.model_name} at {url} (OpenAI-compatible: /v1/chat/completions, /v1/completions"
              f"{', /v1/embeddings' if engine.embeddings else ''}; chat page at {url}/); Ctrl-C stops.")
 
@@ -137,6 +146,8 @@ def run_server(
         server.run(sockets=[sock])
     finally:
         loader.join()
+        for record in records:
+            registry.unregister(record)
         for engine in loaded:
             engine.unload()
         sock.close()
