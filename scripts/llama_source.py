@@ -152,8 +152,10 @@ def apply_patches(tree: Path, patches: list[Path] | None = None) -> None:
             cmd = ["git", "apply", "-p2", str(patch)]  # outside a repository: paths relative to cwd
         result = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise SystemExit(f"{patch.name} does not apply to {tree}:\n{result.stdout}{result.stderr}\n"
-                             "Refresh the patch against the pinned llama.cpp tree (recipe/recipe.yaml context).")
+            raise SystemExit(
+                f"{patch.name} does not apply to {tree}:\n{result.stdout}{result.stderr}\n"
+                "Refresh the patch against the pinned llama.cpp tree (recipe/recipe.yaml context)."
+            )
         log.info("applied %s", patch.name)
 
 
@@ -196,8 +198,12 @@ def source_identity(tree: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=["auto", "git", "sdist"], default=None)
-    parser.add_argument("--patch-tree", type=Path, metavar="DIR",
-                        help="only apply recipe/patches to the llama.cpp tree DIR (a copy made elsewhere)")
+    parser.add_argument(
+        "--patch-tree",
+        type=Path,
+        metavar="DIR",
+        help="only apply recipe/patches to the llama.cpp tree DIR (a copy made elsewhere)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if args.patch_tree:

@@ -27,9 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, nargs="?", help="the GGUF to write")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--vocab-dir", type=Path, help="llama.cpp's models/ folder (for --preset)")
-    parser.add_argument(
-        "--like", type=Path, help="copy the metadata and tensor shapes of this GGUF or skeleton"
-    )
+    parser.add_argument("--like", type=Path, help="copy the metadata and tensor shapes of this GGUF or skeleton")
     parser.add_argument("--layers", type=int, help="with --like: keep only the first N blocks")
     parser.add_argument(
         "--make-skeleton",

@@ -30,7 +30,9 @@ def build_ui() -> Path:
     """The built chat page's folder (cached by scripts/build_binaries.py)."""
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "build_binaries.py"), "--ui-only"],
-        stdout=subprocess.PIPE, text=True, check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
     )
     return Path(done.stdout.strip().splitlines()[-1]) / "share" / "llcuda" / "ui"
 
@@ -55,11 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     ui_dir = build_ui()
     model = resolve_model(SMOLLM2_MODEL, progress=False).path
     settings = ServerSettings(
-        model_path=model, ctx_size=2048, n_parallel=1,
+        model_path=model,
+        ctx_size=2048,
+        n_parallel=1,
         # greedy (the page sends no temperature of its own), and the page's settings for a first visit
         # (/props ui_settings) without speed figures, which would only tell how busy the machine was
-        extra_args=("--ui", "--path", str(ui_dir), "--n-predict", "32", "--temp", "0",
-                    "--ui-config", json.dumps({"showMessageStats": False})),
+        extra_args=(
+            "--ui",
+            "--path",
+            str(ui_dir),
+            "--n-predict",
+            "32",
+            "--temp",
+            "0",
+            "--ui-config",
+            json.dumps({"showMessageStats": False}),
+        ),
     )
     server = LlamaServer(settings)
     server.start(timeout=180)

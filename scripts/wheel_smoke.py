@@ -77,9 +77,7 @@ def damage(kind: str, target: Path, find_links: list[str], model: Path) -> dict:
     if message is None:
         report["load_model_error"] = _start_error(model)
     report["reinstall"] = _reinstall(message or "", find_links)
-    report["repaired"] = (
-        target.is_file() and os.access(target, os.X_OK) and report["reinstall"]["error_after"] is None
-    )
+    report["repaired"] = target.is_file() and os.access(target, os.X_OK) and report["reinstall"]["error_after"] is None
     return report
 
 
@@ -87,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--find-links", action="append", default=[], help="offline wheel folders, for repairs")
     parser.add_argument(
-        "--find-links", action="append", default=[], help="offline wheel folders, for repairs"
-    )
-    parser.add_argument(
-        "--no-damage", action="store_true",
+        "--no-damage",
+        action="store_true",
         help="skip the damage/repair steps (a GPU machine without the wheel's dependencies at hand)",
     )
     args = parser.parse_args(argv)
@@ -123,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         report["backend"] = binaries.build_info.get("backend")
         tools = sorted(p for p in binaries.bin_dir.iterdir())
         report["tools"] = {
-            p.name: {"mode": oct(p.stat().st_mode & 0o777), "executable": os.access(p, os.X_OK)}
-            for p in tools
+            p.name: {"mode": oct(p.stat().st_mode & 0o777), "executable": os.access(p, os.X_OK)} for p in tools
         }
         clean = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
         runs = {}
@@ -166,21 +162,26 @@ def main(argv: list[str] | None = None) -> int:
             if server is not None and server.log_path is not None:  # where the layers went (CUDA or CPU)
                 log_text = server.log_path.read_text(errors="replace")
                 report["offload_lines"] = [
-                    line.strip() for line in log_text.splitlines()
+                    line.strip()
+                    for line in log_text.splitlines()
                     if "offloaded" in line or "CUDA0 model buffer" in line or "using device" in line
                 ][:8]
         finally:
             engine.unload()
 
         lib = binaries.lib_dir or binaries.bin_dir.parent / "lib"
-        report["damage"] = [] if args.no_damage else [
-            damage(kind, path, args.find_links, args.model)
-            for kind, path in (
-                ("not-executable", binaries.bin_dir / "llama-server"),
-                ("missing-tool", binaries.bin_dir / "llama-cli"),
-                ("missing-library", lib / "libllama.so.0"),
-            )
-        ]
+        report["damage"] = (
+            []
+            if args.no_damage
+            else [
+                damage(kind, path, args.find_links, args.model)
+                for kind, path in (
+                    ("not-executable", binaries.bin_dir / "llama-server"),
+                    ("missing-tool", binaries.bin_dir / "llama-cli"),
+                    ("missing-library", lib / "libllama.so.0"),
+                )
+            ]
+        )
     except Exception:  # noqa: BLE001 - the report must say what broke, whatever it was
         report["error"] = traceback.format_exc()
     report["failures"] = failures(report)
@@ -197,9 +198,7 @@ def failures(report: dict) -> list[str]:
         found.append(f"bootstrap source is {report.get('source')!r}, not 'bundled'")
     if not str(report.get("llcuda_file", "")).startswith(report["sys_prefix"]):
         found.append("llcuda was not imported from the fresh venv")
-    found += [
-        f"{name} is not executable" for name, t in report.get("tools", {}).items() if not t["executable"]
-    ]
+    found += [f"{name} is not executable" for name, t in report.get("tools", {}).items() if not t["executable"]]
     found += [
         f"{name} --version exited {run['returncode']}"
         for name, run in report.get("version_runs", {}).items()

@@ -42,8 +42,10 @@ CHROME_FLAGS = (
 # The chat page's elements (llama.cpp's tools/ui): its input is a textarea or, with rich input on, a
 # contenteditable box, disabled until the server has answered; Send and Stop are icon buttons named by
 # screen-reader text.
-CHAT_INPUT = ("form.conversation-chat-form textarea:not([disabled]), "
-              "form.conversation-chat-form [role='textbox'][contenteditable='true']")
+CHAT_INPUT = (
+    "form.conversation-chat-form textarea:not([disabled]), "
+    "form.conversation-chat-form [role='textbox'][contenteditable='true']"
+)
 SEND_BUTTON = "//button[@type='submit'][.//span[normalize-space()='Send']]"
 STOP_BUTTON = "//button[.//span[normalize-space()='Stop']]"
 ANSWER = "[aria-label='Assistant message with actions'] .markdown-content"
@@ -65,11 +67,14 @@ def unavailable() -> str | None:
         import selenium  # noqa: F401
     except ImportError:
         return "selenium is not installed: pip install -e '.[test]'"
-    missing = [name for name, path in (("chromium", chromium_path()), ("chromedriver", chromedriver_path()))
-               if path is None]
+    missing = [
+        name for name, path in (("chromium", chromium_path()), ("chromedriver", chromedriver_path())) if path is None
+    ]
     if missing:
-        return (f"{' and '.join(missing)} not found: scripts/test.sh installs them "
-                "(Debian: apt-get install chromium chromium-driver)")
+        return (
+            f"{' and '.join(missing)} not found: scripts/test.sh installs them "
+            "(Debian: apt-get install chromium chromium-driver)"
+        )
     return None
 
 
@@ -93,8 +98,7 @@ def chromium(width: int = 1280, height: int = 860, profile: Path | None = None) 
         options.add_argument(f"--window-size={width},{height}")
         options.add_argument(f"--user-data-dir={profile or Path(scratch) / 'profile'}")
         options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-        service = Service(executable_path=chromedriver_path() or "",
-                          log_output=str(Path(scratch) / "driver.log"))
+        service = Service(executable_path=chromedriver_path() or "", log_output=str(Path(scratch) / "driver.log"))
         driver = webdriver.Chrome(service=service, options=options)
         try:
             driver.set_page_load_timeout(120)
@@ -109,8 +113,7 @@ def wait_for(driver: Any, condition: Callable[[Any], T], timeout: float, what: s
     from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(driver, timeout, poll_frequency=0.25,
-                         ignored_exceptions=(StaleElementReferenceException,))
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,))
     try:
         return wait.until(condition)
     except TimeoutException:
@@ -157,14 +160,16 @@ def requests_made(driver: Any, log: list[dict[str, Any]] | None = None) -> list[
     made = []
     for rid in order:
         request, response = sent[rid], answered.get(rid, {})
-        made.append(Request(
-            method=request.get("method", ""),
-            url=request.get("url", ""),
-            status=int(response.get("status", 0)),
-            mime_type=response.get("mimeType", ""),
-            request_headers=dict(request.get("headers", {})),
-            post_data=request.get("postData"),
-        ))
+        made.append(
+            Request(
+                method=request.get("method", ""),
+                url=request.get("url", ""),
+                status=int(response.get("status", 0)),
+                mime_type=response.get("mimeType", ""),
+                request_headers=dict(request.get("headers", {})),
+                post_data=request.get("postData"),
+            )
+        )
     return made
 
 
@@ -181,6 +186,7 @@ def ask(driver: Any, url: str, question: str, timeout: float = 300) -> str:
     def shown(by: str, selector: str) -> Callable[[Any], Any]:
         def find(d: Any) -> Any:
             return next((e for e in d.find_elements(by, selector) if e.is_displayed()), None)
+
         return find
 
     def value(box: Any) -> str:
@@ -212,8 +218,12 @@ def ask(driver: Any, url: str, question: str, timeout: float = 300) -> str:
     wait_for(driver, typed, 120, "the chat input to be enabled and take the question")
     wait_for(driver, sent, 120, "an enabled Send button")
     wait_for(driver, answer, timeout, "the first words of the assistant's answer")
-    wait_for(driver, lambda d: shown(By.XPATH, STOP_BUTTON)(d) is None, timeout,
-             "the end of the answer's stream (the Stop button to go)")
+    wait_for(
+        driver,
+        lambda d: shown(By.XPATH, STOP_BUTTON)(d) is None,
+        timeout,
+        "the end of the answer's stream (the Stop button to go)",
+    )
     return wait_for(driver, answer, 30, "the answer's text")
 
 

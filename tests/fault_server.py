@@ -53,9 +53,7 @@ def _completion(text: str = "ok") -> dict[str, Any]:
 
 def _chat(text: str = "ok") -> dict[str, Any]:
     return {
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
         "usage": {"completion_tokens": 1, "prompt_tokens": 2},
     }
 

@@ -98,8 +98,17 @@ class FakeHub:
         return f"http://127.0.0.1:{self.port}/simple"
 
     # -- content ---------------------------------------------------------------------------------
-    def add_file(self, repo: str, path: str, data: bytes, *, revision: str = "main", lfs: bool = True,
-                 gated: bool = False, private: bool = False) -> str:
+    def add_file(
+        self,
+        repo: str,
+        path: str,
+        data: bytes,
+        *,
+        revision: str = "main",
+        lfs: bool = True,
+        gated: bool = False,
+        private: bool = False,
+    ) -> str:
         entry = HubEntry(data, lfs)
         r = self.repos.setdefault(repo, Repo())
         r.gated = r.gated or gated
@@ -111,8 +120,16 @@ class FakeHub:
     def rename_repo(self, old: str, new: str) -> None:
         self.repos[old] = Repo(renamed_to=new)
 
-    def add_wheel(self, project: str, version: str, members: dict[str, bytes], *, sha256: str | None = None,
-                  record_override: dict[str, str] | None = None, yanked: bool | str = False) -> str:
+    def add_wheel(
+        self,
+        project: str,
+        version: str,
+        members: dict[str, bytes],
+        *,
+        sha256: str | None = None,
+        record_override: dict[str, str] | None = None,
+        yanked: bool | str = False,
+    ) -> str:
         """Serve a wheel holding ``members``; ``sha256`` overrides the hash the index lists; ``yanked``
         (True or a reason) marks it yanked (PEP 592/691)."""
         filename, data = build_wheel(project, version, members, record_override=record_override)
@@ -120,8 +137,14 @@ class FakeHub:
         digest = sha256 or hashlib.sha256(data).hexdigest()
         norm = re.sub(r"[-_.]+", "-", project).lower()
         self.projects.setdefault(norm, []).append(
-            {"filename": filename, "url": f"../../packages/{filename}", "hashes": {"sha256": digest},
-             "size": len(data), "requires-python": ">=3.9", "yanked": yanked}
+            {
+                "filename": filename,
+                "url": f"../../packages/{filename}",
+                "hashes": {"sha256": digest},
+                "size": len(data),
+                "requires-python": ">=3.9",
+                "yanked": yanked,
+            }
         )
         return filename
 
@@ -178,8 +201,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return self._serve_bytes(m.group(1), hub.packages[m.group(1)], head, etag=None)
             self._reply(404, b"not found", {"X-Error-Code": "EntryNotFound"})
 
-        def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None,
-                   head: bool = False) -> None:
+        def _reply(
+            self, code: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False
+        ) -> None:
             self.send_response(code)
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
@@ -200,8 +224,15 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             files = [path for r, path in repo.files if r == rev]
             if not files:
                 return self._reply(404, b'{"error":"Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
-            body = json.dumps({"id": repo_id, "sha": COMMIT, "private": repo.private, "gated": repo.gated,
-                               "siblings": [{"rfilename": path} for path in sorted(files)]}).encode()
+            body = json.dumps(
+                {
+                    "id": repo_id,
+                    "sha": COMMIT,
+                    "private": repo.private,
+                    "gated": repo.gated,
+                    "siblings": [{"rfilename": path} for path in sorted(files)],
+                }
+            ).encode()
             return self._reply(200, body, {"Content-Type": "application/json"})
 
         def _resolve(self, repo_id: str, rev: str, file: str, head: bool) -> None:
@@ -219,12 +250,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return self._reply(404, b"Entry not found", {"X-Error-Code": "EntryNotFound"}, head)
             common = {"X-Repo-Commit": COMMIT}
             if entry.lfs:
-                common.update({
-                    "Location": f"{hub.cdn}/{entry.sha256}?X-Amz-Signature=abc",
-                    "X-Linked-Etag": f'"{entry.sha256}"',
-                    "X-Linked-Size": str(len(entry.data)),
-                    "ETag": '"' + hashlib.sha1(entry.data).hexdigest() + '"',
-                })
+                common.update(
+                    {
+                        "Location": f"{hub.cdn}/{entry.sha256}?X-Amz-Signature=abc",
+                        "X-Linked-Etag": f'"{entry.sha256}"',
+                        "X-Linked-Size": str(len(entry.data)),
+                        "ETag": '"' + hashlib.sha1(entry.data).hexdigest() + '"',
+                    }
+                )
                 return self._reply(302, b"", common, head)
             git_etag = '"' + hashlib.sha1(b"blob %d\0" % len(entry.data) + entry.data).hexdigest() + '"'
             return self._serve_bytes(entry.sha256, entry.data, head, etag=git_etag, extra=common)
@@ -234,22 +267,32 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if files is None:
                 return self._reply(404, b"Not Found")
             if hub.index_format == "json":
-                body = json.dumps({"meta": {"api-version": "1.1"}, "name": project, "files": files,
-                                   "versions": sorted({f["filename"].split("-")[1] for f in files})}).encode()
+                body = json.dumps(
+                    {
+                        "meta": {"api-version": "1.1"},
+                        "name": project,
+                        "files": files,
+                        "versions": sorted({f["filename"].split("-")[1] for f in files}),
+                    }
+                ).encode()
                 return self._reply(200, body, {"Content-Type": "application/vnd.pypi.simple.v1+json"})
+
             def yanked(f: dict[str, Any]) -> str:
                 reason = f["yanked"]
                 if reason is False:
                     return ""
                 return f' data-yanked="{reason if isinstance(reason, str) else ""}"'
 
-            links = "".join(f'<a href="{f["url"]}#sha256={f["hashes"]["sha256"]}"{yanked(f)}>{f["filename"]}</a>'
-                            "<br/>" for f in files)
+            links = "".join(
+                f'<a href="{f["url"]}#sha256={f["hashes"]["sha256"]}"{yanked(f)}>{f["filename"]}</a><br/>'
+                for f in files
+            )
             return self._reply(200, f"<html><body>{links}</body></html>".encode(), {"Content-Type": "text/html"})
 
         # -- bytes with Range and faults ---------------------------------------------------------
-        def _serve_bytes(self, key: str, data: bytes, head: bool, etag: str | None,
-                         extra: dict[str, str] | None = None) -> None:
+        def _serve_bytes(
+            self, key: str, data: bytes, head: bool, etag: str | None, extra: dict[str, str] | None = None
+        ) -> None:
             fault = None if head else hub._take_fault(key)
             if fault and fault["kind"] == "status":
                 headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
@@ -266,7 +309,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             body = data[start:]
             if fault and fault["kind"] == "corrupt":
                 pos = fault.get("at", len(body) // 2)
-                body = body[:pos] + bytes([body[pos] ^ 0xFF]) + body[pos + 1:]
+                body = body[:pos] + bytes([body[pos] ^ 0xFF]) + body[pos + 1 :]
             self.send_response(206 if use_range else 200)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Accept-Ranges", "none" if "no_range" in sticky else "bytes")
@@ -282,7 +325,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             limit = fault["after"] if fault and fault["kind"] == "drop" else len(body)
             step = 64 * 1024
             for i in range(0, min(limit, len(body)), step):
-                self.wfile.write(body[i:min(i + step, limit)])
+                self.wfile.write(body[i : min(i + step, limit)])
                 if "slow" in sticky:
                     time.sleep(0.02)
             if limit < len(body):  # drop the connection mid-file
@@ -296,8 +339,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def build_wheel(project: str, version: str, members: dict[str, bytes],
-                record_override: dict[str, str] | None = None) -> tuple[str, bytes]:
+def build_wheel(
+    project: str, version: str, members: dict[str, bytes], record_override: dict[str, str] | None = None
+) -> tuple[str, bytes]:
     """A minimal, valid ``py3-none-any`` wheel holding ``members`` (with METADATA, WHEEL, RECORD)."""
     stem = re.sub(r"[-_.]+", "_", project).lower()
     dist = f"{stem}-{version}.dist-info"
@@ -317,9 +361,18 @@ def build_wheel(project: str, version: str, members: dict[str, bytes],
     return f"{stem}-{version}-py3-none-any.whl", buf.getvalue()
 
 
-def make_gguf(path: Path, *, arch: str = "llama", tensor_bytes: int = 3 << 20, chat_template: str | None = None,
-              general_type: str | None = None, extra_kv: dict[str, Any] | None = None, n_tensors: int = 2,
-              seed: int = 0, split: bool = False) -> Path:
+def make_gguf(
+    path: Path,
+    *,
+    arch: str = "llama",
+    tensor_bytes: int = 3 << 20,
+    chat_template: str | None = None,
+    general_type: str | None = None,
+    extra_kv: dict[str, Any] | None = None,
+    n_tensors: int = 2,
+    seed: int = 0,
+    split: bool = False,
+) -> Path:
     """Write a small but complete GGUF with the reference writer (gguf-py): F32 tensors of
     ~``tensor_bytes`` in all, whose bytes depend on ``seed``. ``split``: one file per tensor,
     named like llama.cpp's gguf-split does; returns the first part."""
@@ -353,4 +406,4 @@ def make_gguf(path: Path, *, arch: str = "llama", tensor_bytes: int = 3 << 20, c
 def iter_chunks(data: bytes, n: int) -> Iterator[bytes]:
     size = -(-len(data) // n)
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]

@@ -45,8 +45,9 @@ class Served:
         return 0.0
 
 
-def start_serve(model: Path | str, *args: str, log: Path, env: dict[str, str] | None = None,
-                api_key: str | None = None) -> Served:
+def start_serve(
+    model: Path | str, *args: str, log: Path, env: dict[str, str] | None = None, api_key: str | None = None
+) -> Served:
     """``llcuda serve`` on a free loopback port; returns once ``/health`` answers 200."""
     command = [sys.executable, "-m", "llcuda", "serve", "-m", str(model), "--port", "0", "--threads", "1", *args]
     full_env = dict(os.environ, **(env or {}))

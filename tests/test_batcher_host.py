@@ -30,8 +30,7 @@ N = 24
 
 @pytest.fixture(scope="module")
 def engine(binaries, tiny_model: Path) -> Iterator[InProcessEngine]:
-    with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=4, ctx_size=4 * 256,
-                                                       threads=1) as eng:
+    with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=4, ctx_size=4 * 256, threads=1) as eng:
         yield eng
 
 
@@ -49,8 +48,9 @@ def run(engine: InProcessEngine, prompt: str | list[int] = PROMPT, n: int = N, *
 
 
 @pytest.fixture(scope="module")
-def eos_model(engine: InProcessEngine, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-              ) -> tuple[Path, list[int], int]:
+def eos_model(
+    engine: InProcessEngine, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[int], int]:
     """The tiny model with its end-of-sequence token changed to one it generates greedily from PROMPT:
     (that copy, the tokens the original generates, the index of that token's first occurrence)."""
     from gguf import GGUFReader
@@ -79,7 +79,7 @@ def test_generation_stops_at_the_first_end_of_generation_token(binaries, engine,
             reqs = [eos.submit(PROMPT, max_tokens=N, temperature=0) for _ in range(3)]  # decoded together
             results = [eos.result(r) for r in reqs]
             for req, result in zip(reqs, results):
-                assert req.out == free[:at + 1] and req.finish == "stop"
+                assert req.out == free[: at + 1] and req.finish == "stop"
                 assert result.finish_reason == "stop" and result.tokens_generated == at + 1
                 assert result.text == eos.detokenize(free[:at])
         stream = eos.infer_stream(PROMPT, max_tokens=N, temperature=0)
@@ -93,14 +93,15 @@ def test_generation_stops_at_the_first_end_of_generation_token(binaries, engine,
 # -- stop strings -------------------------------------------------------------------------------
 def test_stop_strings_of_requests_decoded_together(engine):
     full = engine.infer(PROMPT, max_tokens=32, temperature=0, ignore_eos=True).text
-    stops = [full[k:k + 3] for k in (len(full) // 4, len(full) // 2, 3 * len(full) // 4)]
+    stops = [full[k : k + 3] for k in (len(full) // 4, len(full) // 2, 3 * len(full) // 4)]
     assert all(s.strip() for s in stops), f"pick another prompt: {full!r}"
     for _ in range(2):  # the second round from the piece cache
         with ThreadPoolExecutor(len(stops)) as pool:
-            results = list(pool.map(
-                lambda s: engine.infer(PROMPT, max_tokens=32, temperature=0, ignore_eos=True, stop=[s]), stops))
+            results = list(
+                pool.map(lambda s: engine.infer(PROMPT, max_tokens=32, temperature=0, ignore_eos=True, stop=[s]), stops)
+            )
         for stop, result in zip(stops, results):
-            assert result.text == full[:full.index(stop)] and result.stop_word == stop
+            assert result.text == full[: full.index(stop)] and result.stop_word == stop
             assert result.finish_reason == "stop" and result.tokens_generated < 32
 
 
@@ -108,8 +109,9 @@ def test_stop_strings_of_requests_decoded_together(engine):
 def test_prompt_chunks_and_mixed_steps_give_the_same_tokens(binaries, tiny_model):
     long_prompt = " ".join(f"word{i}" for i in range(40))
     prompts = [PROMPT, long_prompt, "Once upon a time", long_prompt + " and more"]
-    with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=4, ctx_size=4 * 256, threads=1,
-                                                       batch_size=16) as small:  # prompts in chunks of 16
+    with InProcessEngine(binaries=binaries).load_model(
+        tiny_model, n_parallel=4, ctx_size=4 * 256, threads=1, batch_size=16
+    ) as small:  # prompts in chunks of 16
         assert len(small.tokenize(long_prompt)) > 3 * 16
         alone = [run(small, p, 12, ignore_eos=True).out for p in prompts]
         reqs = []
@@ -125,8 +127,7 @@ def test_prompt_chunks_and_mixed_steps_give_the_same_tokens(binaries, tiny_model
 def test_decode_rows_stay_in_ascending_sequence_order(binaries, tiny_model):
     # a fresh engine of three sequences: which one a request takes depends on what finished requests left
     # in the KV cache (prefix reuse), so no earlier test may have left anything there
-    with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=3, ctx_size=3 * 256,
-                                                       threads=1) as fresh:
+    with InProcessEngine(binaries=binaries).load_model(tiny_model, n_parallel=3, ctx_size=3 * 256, threads=1) as fresh:
         check_sequence_order(fresh)
 
 
@@ -138,7 +139,7 @@ def check_sequence_order(engine: InProcessEngine) -> None:
 
     def recording_step() -> None:  # on the worker thread: the real step, then its batch's sequence ids
         step()
-        seen.append(list(batcher._seqv[:batcher._batch.n_tokens]))
+        seen.append(list(batcher._seqv[: batcher._batch.n_tokens]))
 
     batcher._step = recording_step  # type: ignore[method-assign]
     try:
@@ -194,16 +195,19 @@ def test_gil_holding_calls_answer_like_the_library(engine):
 
 
 # -- the sampling options: one check, the same messages on both paths ---------------------------------
-@pytest.mark.parametrize("kw, message", [
-    ({"temperature": -1}, "temperature=-1 must be between 0.0 and 100.0."),
-    ({"temperature": float("nan")}, "temperature must be a finite number, got nan."),
-    ({"top_p": 2.0}, "top_p=2.0 must be between 0.0 and 1.0."),
-    ({"top_p": True}, "top_p must be a finite number, got True."),
-    ({"top_k": -1}, "top_k=-1 must be between 0 and 1000000."),
-    ({"top_k": 2.5}, "top_k must be an int, got 2.5."),
-    ({"seed": 2**32}, f"seed={2**32} must be between -1 and {2**32 - 1}."),
-    ({"seed": "1"}, "seed must be an int, got '1'."),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"temperature": -1}, "temperature=-1 must be between 0.0 and 100.0."),
+        ({"temperature": float("nan")}, "temperature must be a finite number, got nan."),
+        ({"top_p": 2.0}, "top_p=2.0 must be between 0.0 and 1.0."),
+        ({"top_p": True}, "top_p must be a finite number, got True."),
+        ({"top_k": -1}, "top_k=-1 must be between 0 and 1000000."),
+        ({"top_k": 2.5}, "top_k must be an int, got 2.5."),
+        ({"seed": 2**32}, f"seed={2**32} must be between -1 and {2**32 - 1}."),
+        ({"seed": "1"}, "seed must be an int, got '1'."),
+    ],
+)
 def test_sampling_options_are_checked_once_with_the_same_messages(kw, message):
     args = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "seed": None, **kw}
     for check in (lambda: SamplingOptions.checked(**args), lambda: Sampling.make(**args)):
@@ -216,8 +220,7 @@ def test_greedy_sampling_ignores_the_other_options():
     assert Sampling.make(0.0, 0.5, 7, 123) == Sampling()
     assert Sampling.make(0.8, 0.9, 20, -1) == Sampling(0.8, 0.9, 20, 0.05, None)
     assert Sampling.make(0.8, 0.9, 20, 5) == Sampling(0.8, 0.9, 20, 0.05, 5)
-    assert SamplingOptions.checked(temperature=1, top_k=3, seed=9) == SamplingOptions(
-        temperature=1.0, top_k=3, seed=9)
+    assert SamplingOptions.checked(temperature=1, top_k=3, seed=9) == SamplingOptions(temperature=1.0, top_k=3, seed=9)
 
 
 def test_the_engine_checks_sampling_before_anything_runs(binaries):

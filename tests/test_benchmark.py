@@ -104,9 +104,7 @@ def test_ceilings_and_rows(run) -> None:
     assert "| system | sampling | N=1 | N=2 |" in text
     labels = {r["label"] for r in summary["throughput"]}
     for label in labels:
-        assert (
-            sum(line.startswith(f"| {label} |") for line in text.splitlines()) == len(SAMPLINGS) + 1
-        )  # + TTFT
+        assert sum(line.startswith(f"| {label} |") for line in text.splitlines()) == len(SAMPLINGS) + 1  # + TTFT
     assert data["reproduce"] in text
 
 

@@ -25,15 +25,15 @@ GEMMA3 = (
     "    {%- endif -%}\n"
     "    {%- set loop_messages = messages[1:] -%}\n"
     "{%- else -%}\n"
-    "    {%- set first_user_prefix = \"\" -%}\n"
+    '    {%- set first_user_prefix = "" -%}\n'
     "    {%- set loop_messages = messages -%}\n"
     "{%- endif -%}\n"
     "{%- for message in loop_messages -%}\n"
     "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
-    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    '        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}\n'
     "    {%- endif -%}\n"
     "    {%- if (message['role'] == 'assistant') -%}\n"
-    "        {%- set role = \"model\" -%}\n"
+    '        {%- set role = "model" -%}\n'
     "    {%- else -%}\n"
     "        {%- set role = message['role'] -%}\n"
     "    {%- endif -%}\n"
@@ -49,7 +49,7 @@ GEMMA3 = (
     "            {%- endif -%}\n"
     "        {%- endfor -%}\n"
     "    {%- else -%}\n"
-    "        {{ raise_exception(\"Invalid content type\") }}\n"
+    '        {{ raise_exception("Invalid content type") }}\n'
     "    {%- endif -%}\n"
     "    {{ '<end_of_turn>\\n' }}\n"
     "{%- endfor -%}\n"
@@ -92,18 +92,27 @@ CHATML_QWEN = {"bos_token": "", "eos_token": "<|im_end|>"}
 
 # -- model families -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["meta-llama-Llama-3.1-8B-Instruct", "meta-llama-Llama-3.2-3B-Instruct",
-                                  "meta-llama-Llama-3.3-70B-Instruct"])
+
+@pytest.mark.parametrize(
+    "name",
+    ["meta-llama-Llama-3.1-8B-Instruct", "meta-llama-Llama-3.2-3B-Instruct", "meta-llama-Llama-3.3-70B-Instruct"],
+)
 def test_llama3(templates: Path, name: str) -> None:
     t = _tree(templates, name, **LLAMA3)
-    text = t.render([{"role": "system", "content": "You are a helpful assistant."},
-                     {"role": "user", "content": "What is the capital of France?"}], date_string="26 Jul 2024")
+    text = t.render(
+        [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        date_string="26 Jul 2024",
+    )
     assert text == (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
         "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
         "You are a helpful assistant.<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nWhat is the capital of France?<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     assert not t.add_special(text), "the template writes BOS: the tokenizer must not add another"
 
 
@@ -119,30 +128,43 @@ def test_llama32_dates_its_system_prompt_with_strftime_now(templates: Path) -> N
 
 def test_llama31_tools_go_into_the_first_user_message_with_tojson_indent(templates: Path) -> None:
     t = _tree(templates, "meta-llama-Llama-3.1-8B-Instruct", **LLAMA3)
-    text = t.render([{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER_TOOL],
-                    date_string="26 Jul 2024")
-    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
-                           "Environment: ipython\nCutting Knowledge Date: December 2023\n")
-    assert ('{\n    "type": "function",\n    "function": {\n        "name": "get_weather",\n'
-            '        "description": "Get the current weather in a city",\n') in text
+    text = t.render([{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER_TOOL], date_string="26 Jul 2024")
+    assert text.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Environment: ipython\nCutting Knowledge Date: December 2023\n"
+    )
+    assert (
+        '{\n    "type": "function",\n    "function": {\n        "name": "get_weather",\n'
+        '        "description": "Get the current weather in a city",\n'
+    ) in text
     assert text.endswith("Weather in Paris?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
 def test_qwen25_default_system_message(templates: Path) -> None:
     t = _tree(templates, "Qwen-Qwen2.5-7B-Instruct", **CHATML_QWEN)
     text = t.render([{"role": "user", "content": "Hello"}])
-    assert text == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-                    "<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+        "<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert t.add_special(text), "no BOS text: the tokenizer adds BOS where the vocabulary wants one"
 
 
 def test_qwen25_own_system_message_and_history(templates: Path) -> None:
     t = _tree(templates, "Qwen-Qwen2.5-7B-Instruct", **CHATML_QWEN)
-    text = t.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}])
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                    "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    text = t.render(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye"},
+        ]
+    )
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
 def test_qwen25_tools_are_passed_through_as_json(templates: Path) -> None:
@@ -156,20 +178,28 @@ def test_qwen25_tools_are_passed_through_as_json(templates: Path) -> None:
         'city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": '
         '["city"]}}}\n</tools>\n\n'
         "For each function call, return a json object with function name and arguments within <tool_call>"
-        "</tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
-        "</tool_call><|im_end|>\n<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n")
+        '</tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
+        "</tool_call><|im_end|>\n<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_qwen25_tool_call_and_result_turns(templates: Path) -> None:
     t = _tree(templates, "Qwen-Qwen2.5-7B-Instruct", **CHATML_QWEN)
     call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}
-    text = t.render([{"role": "system", "content": "S"}, {"role": "user", "content": "Weather?"},
-                     {"role": "assistant", "content": "", "tool_calls": [call]},
-                     {"role": "tool", "content": "21 C"}])
-    assert text == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nWeather?<|im_end|>\n"
-                    '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich"}}'
-                    "\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n21 C\n</tool_response><|im_end|>\n"
-                    "<|im_start|>assistant\n"), "tojson keeps non-ASCII text (ensure_ascii=False)"
+    text = t.render(
+        [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "21 C"},
+        ]
+    )
+    assert text == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nWeather?<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich"}}'
+        "\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n21 C\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ), "tojson keeps non-ASCII text (ensure_ascii=False)"
 
 
 def test_qwen3_enable_thinking(templates: Path) -> None:
@@ -178,46 +208,74 @@ def test_qwen3_enable_thinking(templates: Path) -> None:
     assert t.render(chat) == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
     assert t.render(chat, enable_thinking=True) == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
     assert t.render(chat, enable_thinking=False) == (
-        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
 
 
 def test_qwen3_drops_earlier_reasoning_from_the_history(templates: Path) -> None:
     t = _tree(templates, "Qwen-Qwen3-0.6B", **CHATML_QWEN)
-    text = t.render([{"role": "user", "content": "2+2?"},
-                     {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
-                     {"role": "user", "content": "3+3?"}])
-    assert text == ("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
-                    "<|im_start|>user\n3+3?<|im_end|>\n<|im_start|>assistant\n")
+    text = t.render(
+        [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
+            {"role": "user", "content": "3+3?"},
+        ]
+    )
+    assert text == (
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
+        "<|im_start|>user\n3+3?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_mixtral_inst() -> None:
     t = ChatTemplate(MIXTRAL, bos_token="<s>", eos_token="</s>", name="Mixtral")
-    text = t.render([{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there"},
-                     {"role": "user", "content": "How are you?"}])
+    text = t.render(
+        [
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi there"},
+            {"role": "user", "content": "How are you?"},
+        ]
+    )
     assert text == "<s>[INST] Hello [/INST]Hi there</s>[INST] How are you? [/INST]"
     assert not t.add_special(text)
 
 
 def test_mixtral_refuses_a_system_message() -> None:
     t = ChatTemplate(MIXTRAL, bos_token="<s>", eos_token="</s>", name="Mixtral")
-    with pytest.raises(ConfigError, match=r"Mixtral refused these messages: Conversation roles must alternate "
-                                          r"user/assistant/user/assistant/\.\.\."):
+    with pytest.raises(
+        ConfigError,
+        match=r"Mixtral refused these messages: Conversation roles must alternate "
+        r"user/assistant/user/assistant/\.\.\.",
+    ):
         t.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}])
 
 
 def test_mistral_nemo_puts_the_system_message_in_the_last_user_turn(templates: Path) -> None:
     t = _tree(templates, "mistralai-Mistral-Nemo-Instruct-2407", bos_token="<s>", eos_token="</s>")
-    text = t.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "How are you?"}])
+    text = t.render(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "How are you?"},
+        ]
+    )
     assert text == "<s>[INST]Hi[/INST]Hello</s>[INST]Be brief.\n\nHow are you?[/INST]"
 
 
 def test_gemma2(templates: Path) -> None:
     t = _tree(templates, "google-gemma-2-2b-it", bos_token="<bos>", eos_token="<eos>")
-    text = t.render([{"role": "user", "content": " Hello "}, {"role": "assistant", "content": "Hi!"},
-                     {"role": "user", "content": "Bye"}])
-    assert text == ("<bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\nHi!<end_of_turn>\n"
-                    "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+    text = t.render(
+        [
+            {"role": "user", "content": " Hello "},
+            {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": "Bye"},
+        ]
+    )
+    assert text == (
+        "<bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\nHi!<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
     with pytest.raises(ConfigError, match="System role not supported"):
         t.render([{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}])
 
@@ -235,7 +293,8 @@ def test_phi35_and_add_generation_prompt_false(templates: Path) -> None:
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
     assert t.render(chat) == "<|system|>\nBe brief.<|end|>\n<|user|>\nHello<|end|>\n<|assistant|>\n"
     assert t.render(chat, add_generation_prompt=False) == (
-        "<|system|>\nBe brief.<|end|>\n<|user|>\nHello<|end|>\n<|endoftext|>")
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nHello<|end|>\n<|endoftext|>"
+    )
 
 
 def test_add_generation_prompt_false_ends_after_the_last_turn(templates: Path) -> None:
@@ -260,18 +319,23 @@ def test_generation_blocks_render_their_body() -> None:
 
 
 def test_loop_controls() -> None:
-    t = ChatTemplate("{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}"
-                     "{{ m.content }}{% if loop.index > 2 %}{% break %}{% endif %}{% endfor %}")
+    t = ChatTemplate(
+        "{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}"
+        "{{ m.content }}{% if loop.index > 2 %}{% break %}{% endif %}{% endfor %}"
+    )
     chat = [{"role": "system", "content": "S"}] + [{"role": "user", "content": c} for c in "abcd"]
     assert t.render(chat) == "ab", "the system message is skipped; the loop stops after its third item"
 
 
 def test_tojson_matches_transformers() -> None:
-    t = ChatTemplate("{{ messages[0].content | tojson }}|{{ messages[0].content | tojson(indent=2) }}|"
-                     "{{ messages[0].content | tojson(separators=(',', ':'), sort_keys=true) }}")
+    t = ChatTemplate(
+        "{{ messages[0].content | tojson }}|{{ messages[0].content | tojson(indent=2) }}|"
+        "{{ messages[0].content | tojson(separators=(',', ':'), sort_keys=true) }}"
+    )
     value = {"b": "<é&>", "a": [1, 2]}
     assert t.render([{"role": "user", "content": value}]) == (
-        '{"b": "<é&>", "a": [1, 2]}|{\n  "b": "<é&>",\n  "a": [\n    1,\n    2\n  ]\n}|{"a":[1,2],"b":"<é&>"}')
+        '{"b": "<é&>", "a": [1, 2]}|{\n  "b": "<é&>",\n  "a": [\n    1,\n    2\n  ]\n}|{"a":[1,2],"b":"<é&>"}'
+    )
 
 
 def test_extra_variables_and_documents_reach_the_template() -> None:
@@ -288,12 +352,16 @@ def test_bos_and_eos_tokens_are_variables() -> None:
 
 # -- safety and errors ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("source", [
-    "{{ ''.__class__ }}",
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{{ messages.__class__.__base__ }}",
-    "{{ raise_exception.__globals__ }}",
-])
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ messages.__class__.__base__ }}",
+        "{{ raise_exception.__globals__ }}",
+    ],
+)
 def test_the_sandbox_blocks_python_internals(source: str) -> None:
     t = ChatTemplate(source, name="evil")
     with pytest.raises(ConfigError, match="the sandbox stopped the chat template of evil") as info:
@@ -319,9 +387,12 @@ def test_raise_exception_message_surfaces() -> None:
 
 
 def test_a_template_that_does_not_compile_names_the_problem_and_the_fix() -> None:
-    with pytest.raises(ConfigError, match=r"the chat template of broken is not a valid Jinja template \(.*line 1\);"
-                                          r" format the prompt yourself and call infer\(\), or use "
-                                          r"backend='llama-server'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"the chat template of broken is not a valid Jinja template \(.*line 1\);"
+        r" format the prompt yourself and call infer\(\), or use "
+        r"backend='llama-server'",
+    ):
         ChatTemplate("{% for m in messages %}{{ m.content }}", name="broken")
     with pytest.raises(ConfigError, match="is empty"):
         ChatTemplate("  ", name="blank")
@@ -349,8 +420,16 @@ def test_compiled_templates_are_cached_by_source() -> None:
 
 # -- templates and tokens read from GGUF files ----------------------------------------------------
 
-def _write_gguf(path: Path, *, template: str | None, tokens: list[str], bos: int | None, eos: int | None,
-                extra: dict[str, Any] | None = None) -> Path:
+
+def _write_gguf(
+    path: Path,
+    *,
+    template: str | None,
+    tokens: list[str],
+    bos: int | None,
+    eos: int | None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     gguf = pytest.importorskip("gguf")
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_tokenizer_model("llama")
@@ -372,8 +451,14 @@ def _write_gguf(path: Path, *, template: str | None, tokens: list[str], bos: int
 
 def test_from_gguf_reads_the_template_and_the_bos_eos_text(tmp_path: Path) -> None:
     tokens = ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3000)] + ["<|im_end|>"]
-    path = _write_gguf(tmp_path / "m.gguf", template=MIXTRAL, tokens=tokens, bos=1, eos=len(tokens) - 1,
-                       extra={"tokenizer.chat_template.tool_use": "{{ bos_token }}tools"})
+    path = _write_gguf(
+        tmp_path / "m.gguf",
+        template=MIXTRAL,
+        tokens=tokens,
+        bos=1,
+        eos=len(tokens) - 1,
+        extra={"tokenizer.chat_template.tool_use": "{{ bos_token }}tools"},
+    )
     t = ChatTemplate.from_gguf(path)
     assert (t.source, t.bos_token, t.eos_token, t.name) == (MIXTRAL, "<s>", "<|im_end|>", "m.gguf")
     assert ChatTemplate.from_gguf(path, variant="tool_use", name="M").render([]) == "<s>tools"
@@ -382,11 +467,15 @@ def test_from_gguf_reads_the_template_and_the_bos_eos_text(tmp_path: Path) -> No
 
 def test_from_gguf_without_a_template_or_tokens(tmp_path: Path) -> None:
     bare = _write_gguf(tmp_path / "bare.gguf", template=None, tokens=["a", "b"], bos=0, eos=None)
-    with pytest.raises(ConfigError, match=r"bare.gguf has no chat template \(tokenizer.chat_template is not in its "
-                                          r"metadata\); format the prompt yourself and call infer"):
+    with pytest.raises(
+        ConfigError,
+        match=r"bare.gguf has no chat template \(tokenizer.chat_template is not in its "
+        r"metadata\); format the prompt yourself and call infer",
+    ):
         ChatTemplate.from_gguf(bare)
-    no_bos = _write_gguf(tmp_path / "nobos.gguf", template="{{ bos_token }}|{{ eos_token }}", tokens=["a"],
-                         bos=None, eos=7)
+    no_bos = _write_gguf(
+        tmp_path / "nobos.gguf", template="{{ bos_token }}|{{ eos_token }}", tokens=["a"], bos=None, eos=7
+    )
     assert ChatTemplate.from_gguf(no_bos).render([]) == "|", "ids outside the vocabulary give no text"
     with pytest.raises(ModelNotFoundError):
         ChatTemplate.from_gguf(tmp_path / "missing.gguf")
@@ -409,6 +498,7 @@ def test_token_texts_match_the_gguf_package(llama_src: Path, vocab: str) -> None
 
 # -- the real GGUFs llcuda ships ------------------------------------------------------------------
 
+
 def _shipped(name: str) -> Path:
     from llcuda.models import resolve_model
 
@@ -428,11 +518,19 @@ def test_smollm2_gguf_template() -> None:
     assert (t.bos_token, t.eos_token) == ("<|im_start|>", "<|im_end|>")
     assert t.render([{"role": "user", "content": "Hello"}]) == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
-    assert t.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Hello!"}], add_generation_prompt=False) == (
+        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert t.render(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+        ],
+        add_generation_prompt=False,
+    ) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-        "<|im_start|>assistant\nHello!<|im_end|>\n")
+        "<|im_start|>assistant\nHello!<|im_end|>\n"
+    )
 
 
 @pytest.mark.realmodel

@@ -12,8 +12,9 @@ import pytest
 
 def run_cli(*args: str, env_extra: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120):
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "llcuda", *args], capture_output=True, text=True,
-                          input=stdin, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "llcuda", *args], capture_output=True, text=True, input=stdin, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture
@@ -56,22 +57,27 @@ def test_chat_one_shot(tiny_model, cli_env):
 def test_chat_reads_messages_and_commands_from_a_pipe(tiny_model, cli_env, tmp_path):
     transcript = tmp_path / "chat.json"
     typed = f'Hi\n/clear\nfirst \\\nsecond\n"""\nin a\nblock"""\n/save {transcript}\n/exit\nNever\n'
-    session = run_cli("chat", "-m", str(tiny_model), "-n", "6", "-t", "0", "--system", "Be brief.",
-                      stdin=typed, env_extra=cli_env)
+    session = run_cli(
+        "chat", "-m", str(tiny_model), "-n", "6", "-t", "0", "--system", "Be brief.", stdin=typed, env_extra=cli_env
+    )
     assert session.returncode == 0, session.stderr
     assert "conversation cleared." in session.stdout and f"saved 5 messages to {transcript}" in session.stdout
     saved = json.loads(transcript.read_text())
     assert [m["role"] for m in saved] == ["system", "user", "assistant", "user", "assistant"]
     assert [saved[0]["content"], saved[1]["content"], saved[3]["content"]] == [
-        "Be brief.", "first \nsecond", "in a\nblock"]
+        "Be brief.",
+        "first \nsecond",
+        "in a\nblock",
+    ]
     assert ">>>" not in session.stdout  # no prompt without a terminal
 
 
 def test_infer_reads_the_prompt_from_stdin(tiny_model, tiny_engine, cli_env):
     expected = tiny_engine.infer("Hello", max_tokens=12, temperature=0.0).text
     for args in (["infer", "-"], ["infer"]):
-        done = run_cli(*args, "-m", str(tiny_model), "-n", "12", "-t", "0", "--json", stdin="Hello\n",
-                       env_extra=cli_env)
+        done = run_cli(
+            *args, "-m", str(tiny_model), "-n", "12", "-t", "0", "--json", stdin="Hello\n", env_extra=cli_env
+        )
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["text"] == expected
     empty = run_cli("infer", "-", "-m", str(tiny_model), stdin="\n", env_extra=cli_env)
@@ -120,19 +126,41 @@ def test_no_command_prints_help():
 
 
 def test_infer_with_the_inprocess_backend_matches_the_server(tiny_model, tiny_engine, cli_env):
-    done = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12", "-t", "0", "--json", "--backend",
-                   "inprocess", env_extra=cli_env)
+    done = run_cli(
+        "infer",
+        "Hello",
+        "-m",
+        str(tiny_model),
+        "-n",
+        "12",
+        "-t",
+        "0",
+        "--json",
+        "--backend",
+        "inprocess",
+        env_extra=cli_env,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["text"] == tiny_engine.infer("Hello", max_tokens=12, temperature=0.0).text
-    streamed = run_cli("infer", "Hello", "-m", str(tiny_model), "-n", "12", "-t", "0",
-                       env_extra=dict(cli_env, LLCUDA_BACKEND="inprocess"))
+    streamed = run_cli(
+        "infer",
+        "Hello",
+        "-m",
+        str(tiny_model),
+        "-n",
+        "12",
+        "-t",
+        "0",
+        env_extra=dict(cli_env, LLCUDA_BACKEND="inprocess"),
+    )
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.rstrip("\n") == json.loads(done.stdout)["text"]
 
 
 def test_inprocess_backend_refuses_server_options(tiny_model, cli_env):
-    done = run_cli("infer", "Hi", "-m", str(tiny_model), "--backend", "inprocess", "--rpc", "127.0.0.1:50052",
-                   env_extra=cli_env)
+    done = run_cli(
+        "infer", "Hi", "-m", str(tiny_model), "--backend", "inprocess", "--rpc", "127.0.0.1:50052", env_extra=cli_env
+    )
     assert done.returncode == 1 and "rpc is an option of the server backend" in done.stderr
     assert "Traceback" not in done.stderr
     bad = run_cli("infer", "Hi", "--backend", "fast", env_extra=cli_env)
@@ -140,10 +168,20 @@ def test_inprocess_backend_refuses_server_options(tiny_model, cli_env):
 
 
 def test_bench_with_the_inprocess_backend(tiny_model, cli_env):
-    done = run_cli("bench", "-m", str(tiny_model), "--backend", "inprocess", "--concurrency", "1,2", "-n", "8",
-                   "--json", env_extra=cli_env)
+    done = run_cli(
+        "bench",
+        "-m",
+        str(tiny_model),
+        "--backend",
+        "inprocess",
+        "--concurrency",
+        "1,2",
+        "-n",
+        "8",
+        "--json",
+        env_extra=cli_env,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["engine"] == "inprocess"
     assert [r["tokens"] for r in report["runs"]] == [8, 16]
-

@@ -20,9 +20,7 @@ README_COMMANDS = (
     "./scripts/test.sh",
 )
 # Pages are about the product: no notes about how and where the measurements were made.
-OFF_TOPIC = re.compile(
-    r"\bsessions? \d|\$OUT\b|warm machine|carried folder|device time|\.carry\b", re.IGNORECASE
-)
+OFF_TOPIC = re.compile(r"\bsessions? \d|\$OUT\b|warm machine|carried folder|device time|\.carry\b", re.IGNORECASE)
 
 
 def readme_lines() -> list[str]:

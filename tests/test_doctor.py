@@ -65,6 +65,7 @@ def test_another_llama_cpp_build_is_a_problem(binaries, tmp_path: Path, monkeypa
     monkeypatch.setenv("LLCUDA_BIN_DIR", str(tmp_path / "bin"))
     report = doctor.collect()
     assert report["binaries"]["found"] is False and "are b11500" in report["binaries"]["error"]
-    assert "llama-server is llama.cpp b11500, llcuda needs b11434 (see binaries.error for how to fix it)" in (
-        report["problems"]
+    assert (
+        "llama-server is llama.cpp b11500, llcuda needs b11434 (see binaries.error for how to fix it)"
+        in (report["problems"])
     )

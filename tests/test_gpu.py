@@ -42,8 +42,15 @@ def gpu_model(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="module")
 def gpu_engine(binaries, gpu_model: Path, isolated_home: Path):
     engine = InferenceEngine(binaries=binaries)
-    engine.load_model(gpu_model, gpu_layers=99, ctx_size=SLOTS * 512, n_parallel=SLOTS, flash_attn="on",
-                      backend_sampling=True, extra_args=("-lv", "4"))  # -lv 4: the loader's lines too
+    engine.load_model(
+        gpu_model,
+        gpu_layers=99,
+        ctx_size=SLOTS * 512,
+        n_parallel=SLOTS,
+        flash_attn="on",
+        backend_sampling=True,
+        extra_args=("-lv", "4"),
+    )  # -lv 4: the loader's lines too
     yield engine
     engine.unload()
 
@@ -65,12 +72,17 @@ def test_binaries_are_a_cuda_build_for_this_gpu(binaries):
 
 def test_doctor_reports_the_gpu_and_its_compute_capability(binaries):
     env = dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "llcuda", "doctor", "--json"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "llcuda", "doctor", "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
     report = json.loads(done.stdout)
     assert done.returncode == 0 and report["ok"], report["problems"]
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                         capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    smi = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()[0]
     name, cc = (x.strip() for x in smi.split(","))
     gpus = report["gpu"]["gpus"]
     assert gpus and gpus[0]["name"] == name and gpus[0]["compute_capability"] == cc
@@ -114,8 +126,9 @@ def test_concurrent_requests_are_decoded_together(gpu_engine):
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        results = gpu_engine.batch_infer([f"Request {i}:" for i in range(SLOTS)], max_tokens=256,
-                                         temperature=0.0, ignore_eos=True)
+        results = gpu_engine.batch_infer(
+            [f"Request {i}:" for i in range(SLOTS)], max_tokens=256, temperature=0.0, ignore_eos=True
+        )
     finally:
         done.set()
         watcher.join()
@@ -148,8 +161,9 @@ def test_in_process_engine_runs_on_cuda_with_backend_sampling(binaries, gpu_mode
     # In a fresh interpreter, as llcuda.benchmark uses it: loading libllama inside this pytest process,
     # after the server tests, crashed on an H100 (cause not found; docs/design-notes.md).
     env = dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", IN_PROCESS_CHECK, str(gpu_model)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS_CHECK, str(gpu_model)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["tokens"] == [32] * 4
@@ -200,8 +214,13 @@ def test_inference_engine_inprocess_backend_on_cuda(binaries, gpu_model: Path):
     """backend="inprocess" on the GPU: every layer offloaded, sampling on the GPU, 16 concurrent requests
     decoded together, seeded sampling reproducible, streaming. In a fresh interpreter (see above)."""
     env = dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir), PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", INFERENCE_ENGINE_INPROCESS_CHECK, str(gpu_model)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", INFERENCE_ENGINE_INPROCESS_CHECK, str(gpu_model)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     print("in-process on CUDA:", json.dumps(report))  # load timings and per-step times for the notes (pytest -s)

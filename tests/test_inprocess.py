@@ -63,10 +63,10 @@ def test_greedy_text_equals_the_server_backend(local, tiny_engine):
 
 def test_stop_string_like_the_server(local, tiny_engine):
     full = greedy(local, n=32).text
-    stop = full[len(full) // 2:len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), f"pick another prompt: {full!r}"
     ours, theirs = greedy(local, n=32, stop=[stop]), greedy(tiny_engine, n=32, stop=[stop])
-    assert ours.text == full[:full.index(stop)] == theirs.text
+    assert ours.text == full[: full.index(stop)] == theirs.text
     assert ours.finish_reason == "stop" and ours.stop_word == stop == theirs.stop_word
     assert ours.tokens_generated < 32
 
@@ -90,10 +90,10 @@ def test_stream_pieces_join_to_the_text(local):
 
 def test_stream_never_shows_the_stop_string(local):
     full = greedy(local, n=32).text
-    stop = full[len(full) // 2:len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     stream = local.infer_stream(PROMPT, max_tokens=32, temperature=0.0, ignore_eos=True, stop=stop)
     pieces = list(stream)
-    assert "".join(pieces) == full[:full.index(stop)]
+    assert "".join(pieces) == full[: full.index(stop)]
     assert stream.result is not None and stream.result.stop_word == stop
 
 
@@ -163,10 +163,16 @@ def test_threads_share_the_engine(local):
 
 
 # -- options and errors -------------------------------------------------------------------------
-@pytest.mark.parametrize("option, value", [
-    ("host", "0.0.0.0"), ("port", 8081), ("rpc", ["127.0.0.1:50052"]), ("extra_args", ["--verbose"]),
-    ("allow_unauthenticated", True),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("host", "0.0.0.0"),
+        ("port", 8081),
+        ("rpc", ["127.0.0.1:50052"]),
+        ("extra_args", ["--verbose"]),
+        ("allow_unauthenticated", True),
+    ],
+)
 def test_server_only_options_are_refused(binaries, tiny_model, option, value):
     engine = InferenceEngine(binaries=binaries, backend="inprocess")
     with pytest.raises(ConfigError, match=f"^{option} is an option of the server backends.*InferenceEngine"):
@@ -193,7 +199,8 @@ def test_server_only_constructor_options_and_bad_backends(binaries, monkeypatch)
 
 def test_kv_unified_reaches_llama_server(binaries, tiny_model, isolated_home):
     with InferenceEngine(binaries=binaries, backend="llama-server").load_model(
-            tiny_model, ctx_size=512, n_parallel=2, threads=1, kv_unified=False) as engine:
+        tiny_model, ctx_size=512, n_parallel=2, threads=1, kv_unified=False
+    ) as engine:
         assert engine.server is not None and engine.server.settings.kv_unified is False
         assert "--no-kv-unified" in engine.server.command(1) and "--kv-unified" not in engine.server.command(1)
         assert engine.infer(PROMPT, max_tokens=4, temperature=0.0, ignore_eos=True).tokens_generated == 4
@@ -332,8 +339,9 @@ def test_load_modes_read_the_same_weights(binaries, tiny_model, monkeypatch):
     monkeypatch.delenv("LLCUDA_LOAD_MODE", raising=False)
     texts = {}
     for mode in ("none", "mmap"):
-        with InProcessEngine(binaries=binaries).load_model(tiny_model, ctx_size=512, threads=1,
-                                                           load_mode=mode) as engine:
+        with InProcessEngine(binaries=binaries).load_model(
+            tiny_model, ctx_size=512, threads=1, load_mode=mode
+        ) as engine:
             assert engine.load_mode == mode and _loader_mode() == mode
             texts[mode] = engine.infer(PROMPT, max_tokens=24, temperature=0.0, ignore_eos=True).text
     assert texts["none"] == texts["mmap"] and texts["none"]
@@ -355,8 +363,9 @@ def test_a_bad_load_mode_fails_before_anything_loads(binaries, monkeypatch):
 
 
 def test_load_mode_reaches_llama_server(binaries, tiny_model, isolated_home):
-    with InferenceEngine(binaries=binaries).load_model(tiny_model, ctx_size=512, n_parallel=1, threads=1,
-                                                       load_mode="none", extra_args=["-lv", "4"]) as engine:
+    with InferenceEngine(binaries=binaries).load_model(
+        tiny_model, ctx_size=512, n_parallel=1, threads=1, load_mode="none", extra_args=["-lv", "4"]
+    ) as engine:
         assert engine.load_mode == "none" and engine.server is not None  # -lv 4: the loader's lines too
         assert engine.server.settings.extra_args == ("-lv", "4") and engine.server.settings.load_mode == "none"
         command = engine.server.command(1)
@@ -379,8 +388,9 @@ def test_check_errors_come_in_order_and_leave_no_threads(binaries, tiny_model):
     with pytest.raises(LlcudaError, match="no lib/ folder"):
         InProcessEngine(binaries=no_lib).load_model(tiny_model)
     assert _no_load_threads()
-    cuda = Binaries(bin_dir=binaries.bin_dir, lib_dir=None, source="test",
-                    build_info={"backend": "cuda", "cuda_archs": ["1-real"]})  # kernels for no real GPU
+    cuda = Binaries(
+        bin_dir=binaries.bin_dir, lib_dir=None, source="test", build_info={"backend": "cuda", "cuda_archs": ["1-real"]}
+    )  # kernels for no real GPU
     with pytest.raises(ModelNotFoundError):
         InProcessEngine(binaries=cuda).load_model("/no/such/model.gguf")
     with pytest.raises(GPUCompatibilityError):  # no GPU here, or one the build has no kernels for
@@ -456,8 +466,14 @@ def test_libllama_errors_reach_stderr_at_once(binaries, tmp_path: Path) -> None:
         "assert 'failed to load model' in recent_log()\n"
     )
     missing = str(tmp_path / "missing.gguf")
-    done = subprocess.run([sys.executable, "-c", code, missing], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir)), check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code, missing],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, LLCUDA_BIN_DIR=str(binaries.bin_dir)),
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert f"failed to open GGUF file '{missing}'" in done.stderr
     assert "llama_model_load_from_file_impl: failed to load model" in done.stderr
@@ -479,16 +495,22 @@ def test_debug_log_lines_stop_in_the_c_filter(binaries, tiny_model: Path, tmp_pa
     # recipe/llcuda_log.c, built by the build script into lib/: libllama's debug lines (here
     # "load_tensors: layer N assigned to device", LLAMA_LOG_DEBUG) never reach Python; info lines do.
     # The same binaries without the library (older builds) send every line through Python.
-    assert binaries.lib_dir is not None and (binaries.lib_dir / "libllcuda-log.so").is_file(), \
+    assert binaries.lib_dir is not None and (binaries.lib_dir / "libllcuda-log.so").is_file(), (
         "the build script did not build lib/libllcuda-log.so"
+    )
     without = tmp_path / "prefix"
     shutil.copytree(binaries.bin_dir.parent, without, symlinks=True)
     (without / "lib" / "libllcuda-log.so").unlink()
     seen = {}
     for name, bin_dir in (("filter", binaries.bin_dir), ("python", without / "bin")):
-        done = subprocess.run([sys.executable, "-c", LOG_FILTER_CHECK, str(tiny_model)], capture_output=True,
-                              text=True, timeout=120, env=dict(os.environ, LLCUDA_BIN_DIR=str(bin_dir)),
-                              check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", LOG_FILTER_CHECK, str(tiny_model)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, LLCUDA_BIN_DIR=str(bin_dir)),
+            check=False,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         seen[name] = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["filter"] == {"active": True, "debug": False, "info": True}
@@ -496,16 +518,19 @@ def test_debug_log_lines_stop_in_the_c_filter(binaries, tiny_model: Path, tmp_pa
 
 
 # -- parity with llama-server on a real chat model: special tokens, ignore_eos ----------------------
-CHATML = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-          "What is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+CHATML = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    "What is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 @pytest.fixture(scope="module")
 def smollm2(binaries) -> Iterator[tuple[InProcessEngine, InferenceEngine]]:
     model = _real(SMOLLM2_MODEL)
     with InProcessEngine(binaries=binaries).load_model(model, ctx_size=1024, n_parallel=1) as local:
-        with InferenceEngine(binaries=binaries, backend="llama-server").load_model(model, ctx_size=1024,
-                                                                                    n_parallel=1) as server:
+        with InferenceEngine(binaries=binaries, backend="llama-server").load_model(
+            model, ctx_size=1024, n_parallel=1
+        ) as server:
             yield local, server
 
 

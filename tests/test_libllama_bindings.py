@@ -39,10 +39,15 @@ def test_struct_layouts_match_llama_h(llama_src: Path, tmp_path: Path):
     source = tmp_path / "layout.c"
     source.write_text("\n".join(lines))
     exe = tmp_path / "layout"
-    subprocess.run([cc, "-I", str(llama_src / "include"), "-I", str(llama_src / "ggml" / "include"),
-                    str(source), "-o", str(exe)], check=True, capture_output=True)
-    c_says = dict(line.rsplit(" ", 1) for line in subprocess.run([str(exe)], capture_output=True, text=True,
-                                                                 check=True).stdout.splitlines())
+    subprocess.run(
+        [cc, "-I", str(llama_src / "include"), "-I", str(llama_src / "ggml" / "include"), str(source), "-o", str(exe)],
+        check=True,
+        capture_output=True,
+    )
+    c_says = dict(
+        line.rsplit(" ", 1)
+        for line in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines()
+    )
     for cname, struct in STRUCTS.items():
         assert int(c_says[f"{cname} size"]) == ctypes.sizeof(struct), cname
         for fname, _ in struct._fields_:
@@ -88,8 +93,9 @@ def test_concurrent_requests_decode_together_and_agree(engine):
     prompts = [f"Request number {i} says" for i in range(10)]
     alone = [engine.infer(p, max_tokens=12, temperature=0.0, ignore_eos=True).text for p in prompts]
     with ThreadPoolExecutor(max_workers=10) as pool:
-        together = list(pool.map(
-            lambda p: engine.infer(p, max_tokens=12, temperature=0.0, ignore_eos=True).text, prompts))
+        together = list(
+            pool.map(lambda p: engine.infer(p, max_tokens=12, temperature=0.0, ignore_eos=True).text, prompts)
+        )
     assert together == alone
     assert engine.batch_infer(prompts, max_tokens=12, temperature=0.0, ignore_eos=True)[3].text == alone[3]
 

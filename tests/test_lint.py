@@ -22,6 +22,8 @@ def test_ruff_finds_nothing():
         pytest.fail("ruff is not installed: ./scripts/setup.sh installs the dev group (pyproject.toml)")
     result = _run(ruff, "check", "llcuda", "scripts", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
+    formatted = _run(ruff, "format", "--check", "llcuda", "scripts", "tests")
+    assert formatted.returncode == 0, "run `ruff format llcuda scripts tests`:\n" + formatted.stdout
 
 
 def test_mypy_finds_nothing_in_llcuda():

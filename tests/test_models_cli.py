@@ -27,8 +27,14 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for var in ("HF_TOKEN", "LLCUDA_OFFLINE", "HF_HUB_OFFLINE", "LLCUDA_PYPI_INDEX", "PIP_INDEX_URL",
-                "LLCUDA_DEFAULT_MODEL"):
+    for var in (
+        "HF_TOKEN",
+        "LLCUDA_OFFLINE",
+        "HF_HUB_OFFLINE",
+        "LLCUDA_PYPI_INDEX",
+        "PIP_INDEX_URL",
+        "LLCUDA_DEFAULT_MODEL",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("LLCUDA_HOME", str(tmp_path / "home"))
@@ -56,8 +62,9 @@ def test_import_list_path_rm(home: Path, tmp_path: Path) -> None:
     assert row["name"] == "My-Model" and row["source"] == "import" and row["size"] == src.stat().st_size
     code, out, _ = run("models", "path", "My-Model")
     assert code == 0 and out.strip() == str(dest)
-    code, out, err = run("models", "import", str(make_gguf(tmp_path / "other.gguf", tensor_bytes=8192, seed=3)),
-                         "--name", "My-Model")
+    code, out, err = run(
+        "models", "import", str(make_gguf(tmp_path / "other.gguf", tensor_bytes=8192, seed=3)), "--name", "My-Model"
+    )
     assert code == 1 and "already holds another model" in err and "--force" in err
     code, out, _ = run("models", "rm", "My-Model")
     assert code == 0 and not dest.exists() and not (home / "imported").exists()
@@ -71,8 +78,9 @@ def test_import_list_path_rm(home: Path, tmp_path: Path) -> None:
     assert code == 1 and "Did you mean: gemma-3-1b-Q4_K_M" in err
 
 
-def test_import_recognises_registry_models_and_checks_them(home: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_import_recognises_registry_models_and_checks_them(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = make_gguf(tmp_path / "g.gguf", tensor_bytes=8192)
     code, _, err = run("models", "import", str(src), "--name", "gemma-3-1b-Q4_K_M")
     assert code == 1 and "is not gemma-3-1b-Q4_K_M: its sha256 is" in err
@@ -122,10 +130,18 @@ def test_show(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     src = make_gguf(tmp_path / "Shown.gguf", tensor_bytes=64 << 10, chat_template=template)
     code, out, err = run("models", "show", str(src))
     assert code == 0, err
-    expected = [("path", str(src)), ("architecture", "llama"), ("parameters", "16.4K (16,384)"),
-                ("quantization", "F32 (tensors: F32 100%)"), ("context length", "2048"),
-                ("embedding length", "64"), ("layers", "1"), ("attention heads", "?"), ("vocabulary", "4"),
-                ("chat template", "yes: {% for m in messages %}")]
+    expected = [
+        ("path", str(src)),
+        ("architecture", "llama"),
+        ("parameters", "16.4K (16,384)"),
+        ("quantization", "F32 (tensors: F32 100%)"),
+        ("context length", "2048"),
+        ("embedding length", "64"),
+        ("layers", "1"),
+        ("attention heads", "?"),
+        ("vocabulary", "4"),
+        ("chat template", "yes: {% for m in messages %}"),
+    ]
     assert out.startswith("Shown (test-llama)\n")
     for label, value in expected:
         assert f"\n  {label:17} {value}\n" in out, (label, out)

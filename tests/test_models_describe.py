@@ -44,8 +44,18 @@ def reference(path: Path) -> dict:
 
 def check_against_reference(facts: dict, path: Path) -> None:
     ref = reference(path)
-    for key in ("architecture", "parameters", "tensor_count", "context_length", "embedding_length", "layers",
-                "heads", "kv_heads", "vocab_size", "file_type"):
+    for key in (
+        "architecture",
+        "parameters",
+        "tensor_count",
+        "context_length",
+        "embedding_length",
+        "layers",
+        "heads",
+        "kv_heads",
+        "vocab_size",
+        "file_type",
+    ):
         assert facts[key] == ref[key], key
     assert set(facts["tensor_types"]) == ref["tensor_types"]
     assert sum(facts["tensor_types"].values()) == facts["parameters"]
@@ -76,7 +86,11 @@ def test_random_llama_from_random_gguf(tiny_model: Path, home: Path) -> None:
     check_against_reference(facts, tiny_model)
     shape = PRESETS["tiny"]
     assert (facts["layers"], facts["embedding_length"], facts["heads"], facts["kv_heads"]) == (
-        shape.n_layer, shape.n_embd, shape.n_head, shape.n_head_kv)
+        shape.n_layer,
+        shape.n_embd,
+        shape.n_head,
+        shape.n_head_kv,
+    )
     assert facts["context_length"] == shape.context_length and facts["vocab_size"] == 32000
     assert facts["quantization"] == "F16" and facts["loadable"] and facts["problem"] is None
     assert facts["source"] == "local" and facts["files"] == 1 and facts["architecture_supported"]
@@ -112,8 +126,12 @@ def test_facts_of_files_llama_cpp_would_refuse(tmp_path: Path, home: Path) -> No
     adapter = make_gguf(tmp_path / "lora.gguf", tensor_bytes=4096, general_type="adapter")
     facts = describe_model(adapter)
     assert facts["architecture"] == "llama" and not facts["loadable"] and "LoRA adapter" in facts["problem"]
-    other = make_gguf(tmp_path / "unknown.gguf", arch="no-such-arch", tensor_bytes=4096,
-                      chat_template="\n  \n" + "x" * 300 + "\nsecond line")
+    other = make_gguf(
+        tmp_path / "unknown.gguf",
+        arch="no-such-arch",
+        tensor_bytes=4096,
+        chat_template="\n  \n" + "x" * 300 + "\nsecond line",
+    )
     facts = describe_model(other)
     assert facts["architecture"] == "no-such-arch" and not facts["architecture_supported"]
     assert facts["chat_template"] == "x" * 119 + "…", "the first line that is not blank, cut"
@@ -126,8 +144,7 @@ def test_facts_of_files_llama_cpp_would_refuse(tmp_path: Path, home: Path) -> No
         describe_model(tmp_path / "missing.gguf")
 
 
-def test_cached_hub_spec_without_network_and_download_on_request(server: FakeHub, home: Path,
-                                                                  tmp_path: Path) -> None:
+def test_cached_hub_spec_without_network_and_download_on_request(server: FakeHub, home: Path, tmp_path: Path) -> None:
     data = make_gguf(tmp_path / "m.gguf", tensor_bytes=8192, chat_template="{{ messages }}").read_bytes()
     server.add_file("org/show", "show-Q4_K_M.gguf", data)
     with pytest.raises(ModelNotFoundError, match="org/show:Q4_K_M is not in the model cache.*models pull"):
@@ -150,8 +167,7 @@ def test_cached_hub_spec_without_network_and_download_on_request(server: FakeHub
 @pytest.mark.realmodel
 @pytest.mark.slow  # gguf-py's reader takes a while over a 262k-token vocabulary
 @pytest.mark.parametrize("name, arch, layers", [(DEFAULT_MODEL, "gemma3", 18), (SMOLLM2_MODEL, "llama", 30)])
-def test_real_models_in_the_user_cache(name: str, arch: str, layers: int,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_models_in_the_user_cache(name: str, arch: str, layers: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import _USER_LLCUDA_HOME
 
     if _USER_LLCUDA_HOME is None:

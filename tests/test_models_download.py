@@ -31,8 +31,14 @@ SPEC = f"hf://{REPO}/{FILE}"
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "LLCUDA_OFFLINE", "HF_HUB_OFFLINE", "LLCUDA_PYPI_INDEX",
-                "PIP_INDEX_URL"):
+    for var in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "LLCUDA_OFFLINE",
+        "HF_HUB_OFFLINE",
+        "LLCUDA_PYPI_INDEX",
+        "PIP_INDEX_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no token file of the machine's user
     monkeypatch.setenv("LLCUDA_HOME", str(tmp_path / "home"))
@@ -122,8 +128,9 @@ def test_transient_statuses_are_retried(hub: FakeHub, model_bytes: bytes, codes:
     assert len(hub.requests_for(f"/cdn/{sha}", "GET")) == len(codes) + 1
 
 
-def test_persistent_failure_keeps_the_partial_file_for_a_later_resume(hub: FakeHub, home: Path,
-                                                                        model_bytes: bytes) -> None:
+def test_persistent_failure_keeps_the_partial_file_for_a_later_resume(
+    hub: FakeHub, home: Path, model_bytes: bytes
+) -> None:
     sha = hub.add_file(REPO, FILE, model_bytes)
     hub.fault(sha, "drop", after=600_000)
     for _ in range(6):
@@ -260,8 +267,9 @@ def test_force_pull_replaces_atomically(hub: FakeHub, model_bytes: bytes) -> Non
     assert pull(SPEC, force=True).downloaded
 
 
-def test_progress_bar_only_when_asked_or_on_a_terminal(hub: FakeHub, model_bytes: bytes,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_only_when_asked_or_on_a_terminal(
+    hub: FakeHub, model_bytes: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
     hub.add_file(REPO, FILE, model_bytes)
     hub.add_file(REPO, "two.gguf", model_bytes)
     resolve_model(SPEC)  # stderr is not a terminal under pytest
@@ -280,8 +288,12 @@ def test_two_processes_never_download_the_same_file_twice(hub: FakeHub, home: Pa
         print(m.path, m.sha256, m.downloaded)
     """)
     env = dict(os.environ)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                              text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     lines = [out.split() for out, _ in outputs]

@@ -37,14 +37,26 @@ def _kv_u32(key: str, value: int) -> bytes:
 
 
 def _tensor(name: str, dims: list[int], ttype: int = 0, offset: int = 0) -> bytes:
-    return _s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<q", d) for d in dims) + struct.pack(
-        "<IQ", ttype, offset)
+    return (
+        _s(name)
+        + struct.pack("<I", len(dims))
+        + b"".join(struct.pack("<q", d) for d in dims)
+        + struct.pack("<IQ", ttype, offset)
+    )
 
 
-def raw_gguf(kvs: list[bytes], tensors: list[bytes] = (), data: bytes = b"", version: int = 3,
-             n_kv: int | None = None, n_tensors: int | None = None, align: int = 32) -> bytes:
-    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors,
-                                 len(kvs) if n_kv is None else n_kv)
+def raw_gguf(
+    kvs: list[bytes],
+    tensors: list[bytes] = (),
+    data: bytes = b"",
+    version: int = 3,
+    n_kv: int | None = None,
+    n_tensors: int | None = None,
+    align: int = 32,
+) -> bytes:
+    head = b"GGUF" + struct.pack(
+        "<IQQ", version, len(tensors) if n_tensors is None else n_tensors, len(kvs) if n_kv is None else n_kv
+    )
     body = head + b"".join(kvs) + b"".join(tensors)
     if tensors:
         body += b"\0" * (-len(body) % align)
@@ -96,8 +108,18 @@ def test_architecture_table_is_generated_from_the_pinned_source(tmp_path: Path, 
     assert {"llama", "gemma3", "qwen2", "qwen3", "phi3", "mistral3"} <= archs
     assert "clip" not in archs and "(unknown)" not in archs
     out = tmp_path / "gguf_data.json"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_gguf_data.py"), "--llama-cpp", str(llama_src),
-                    "--output", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "gen_gguf_data.py"),
+            "--llama-cpp",
+            str(llama_src),
+            "--output",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     committed = json.loads((REPO / "llcuda" / "models" / "gguf_data.json").read_text())
     assert json.loads(out.read_text()) == committed, "gguf_data.json is stale: run scripts/gen_gguf_data.py"
 
@@ -150,8 +172,7 @@ def test_truncated_anywhere_is_reported_as_truncated(tmp_path: Path) -> None:
         ("llama", "adapter", "LoRA adapter"),
     ],
 )
-def test_files_that_are_not_loadable_models(tmp_path: Path, arch: str, general_type: str | None,
-                                            message: str) -> None:
+def test_files_that_are_not_loadable_models(tmp_path: Path, arch: str, general_type: str | None, message: str) -> None:
     path = make_gguf(tmp_path / "x.gguf", arch=arch, general_type=general_type, tensor_bytes=4096)
     assert read_gguf_info(path).architecture == arch  # the header itself is fine
     with pytest.raises(InvalidModelError, match=message):
@@ -174,8 +195,9 @@ def test_structural_errors() -> None:
         "unknown ggml type 4": raw_gguf([_kv_str("general.architecture", "llama")], [_tensor("w", [8], 4)]),
         "not a multiple": raw_gguf([_kv_str("general.architecture", "llama")], [_tensor("w", [33], 2)], data),
         "has offset 64, expected 0": raw_gguf([_kv_str("general.architecture", "llama")], [_tensor("w", [8], 0, 64)]),
-        "name 'w' appears twice": raw_gguf([_kv_str("general.architecture", "llama")],
-                                           [_tensor("w", [8]), _tensor("w", [8], 0, 32)], data),
+        "name 'w' appears twice": raw_gguf(
+            [_kv_str("general.architecture", "llama")], [_tensor("w", [8]), _tensor("w", [8], 0, 32)], data
+        ),
         "longer than 63": raw_gguf([_kv_str("general.architecture", "llama")], [_tensor("x" * 64, [8])], data),
         "overflows int64": raw_gguf([_kv_str("general.architecture", "llama")], [_tensor("w", [2**62, 4])]),
     }
@@ -218,8 +240,10 @@ def test_fuzz_random_bytes(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, len(_SEED) - 1), st.integers(0, 255)), min_size=1, max_size=8),
-       st.integers(0, len(_SEED)))
+@given(
+    st.lists(st.tuples(st.integers(0, len(_SEED) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    st.integers(0, len(_SEED)),
+)
 def test_fuzz_mutated_valid_file(flips: list[tuple[int, int]], cut: int) -> None:
     blob = bytearray(_SEED)
     for pos, value in flips:

@@ -38,8 +38,9 @@ def server(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
         yield fake
 
 
-def _publish(server: FakeHub, tmp_path: Path, repo: str = REPO, files: list[str] = FILES,
-             **kw: object) -> dict[str, bytes]:
+def _publish(
+    server: FakeHub, tmp_path: Path, repo: str = REPO, files: list[str] = FILES, **kw: object
+) -> dict[str, bytes]:
     """Distinct small GGUFs under ``files`` (plus a README and a projector); returns name -> bytes."""
     made = {}
     for i, name in enumerate(files):
@@ -76,8 +77,15 @@ def test_spec_forms() -> None:
 
 
 def test_quantization_matching_rules() -> None:
-    names = ["m-Q4_K_M.gguf", "m-Q4_K_S.gguf", "m-Q4_K.gguf", "m-IQ4_XS.gguf", "sub/m-Q8_0.gguf",
-             "mmproj-m-F16.gguf", "m-f16.gguf"]
+    names = [
+        "m-Q4_K_M.gguf",
+        "m-Q4_K_S.gguf",
+        "m-Q4_K.gguf",
+        "m-IQ4_XS.gguf",
+        "sub/m-Q8_0.gguf",
+        "mmproj-m-F16.gguf",
+        "m-f16.gguf",
+    ]
     assert match_file(names, "q4_k") == "m-Q4_K.gguf"  # not m-Q4_K_M / m-Q4_K_S
     assert match_file(names, "Q4_K_M") == "m-Q4_K_M.gguf"
     assert match_file(names, "XS") is None  # a part of a quantization name is not one
@@ -117,13 +125,17 @@ def test_no_match_lists_the_quantizations_there(server: FakeHub, home: Path, tmp
     _publish(server, tmp_path)
     with pytest.raises(ModelNotFoundError) as exc:
         resolve_model(f"{REPO}:Q5_K_M")
-    assert str(exc.value) == (f"{REPO} has no Q5_K_M file. Quantizations there: BF16, Q4_K_M, Q8_0. "
-                              f"Name one, e.g. {REPO}:BF16.")
+    assert str(exc.value) == (
+        f"{REPO} has no Q5_K_M file. Quantizations there: BF16, Q4_K_M, Q8_0. Name one, e.g. {REPO}:BF16."
+    )
     with pytest.raises(ModelNotFoundError, match="has no Q4_K file"):
         resolve_model(f"{REPO}:Q4_K")  # Q4_K_M is another quantization
     _publish(server, tmp_path, "org/no-q4", ["m-Q8_0.gguf", "m-F16.gguf"])
-    with pytest.raises(ModelNotFoundError, match=r"org/no-q4 has no Q4_K_M file \(the default\)\. Quantizations "
-                                                 r"there: F16, Q8_0\. Name one, e.g\. org/no-q4:F16"):
+    with pytest.raises(
+        ModelNotFoundError,
+        match=r"org/no-q4 has no Q4_K_M file \(the default\)\. Quantizations "
+        r"there: F16, Q8_0\. Name one, e.g\. org/no-q4:F16",
+    ):
         resolve_model("org/no-q4")
     _publish(server, tmp_path, "org/one", ["only-Q6_K.gguf"])
     assert resolve_model("hf.co/org/one").path.name == "only-Q6_K.gguf", "a repository's only model"
@@ -185,8 +197,9 @@ def test_unknown_repositories(server: FakeHub, home: Path) -> None:
         resolve_model("nobody/nothing.gguf")
 
 
-def test_offline_uses_cached_quantizations_only(server: FakeHub, home: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_uses_cached_quantizations_only(
+    server: FakeHub, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _publish(server, tmp_path)
     assert cached_path(f"{REPO}:Q4_K_M") is None and server.log == []
     path = resolve_model(f"{REPO}:Q4_K_M").path
@@ -225,9 +238,9 @@ def test_token_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert config.hf_token() == "hf_from_env", "the variable wins over the file"
 
 
-def test_private_repository_with_the_token_file(server: FakeHub, home: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_private_repository_with_the_token_file(
+    server: FakeHub, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     made = _publish(server, tmp_path, "me/private", ["p-Q4_K_M.gguf"], private=True)
     with pytest.raises(ModelNotFoundError, match="me/private was not found.*private, set HF_TOKEN or log in"):
@@ -252,8 +265,9 @@ def test_private_repository_with_the_token_file(server: FakeHub, home: Path, tmp
     assert server.token not in caplog.text and "hf_wrong" not in caplog.text
 
 
-def test_the_chosen_file_and_commit_are_logged(server: FakeHub, tmp_path: Path,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_the_chosen_file_and_commit_are_logged(
+    server: FakeHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _publish(server, tmp_path, "org/logged", ["l-Q4_K_M.gguf"])
     caplog.set_level(logging.INFO, logger="llcuda.models")
     resolve_model("org/logged:Q4_K_M")

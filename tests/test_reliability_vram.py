@@ -115,12 +115,8 @@ def _settings(**kwargs: object) -> ServerSettings:
 
 def test_estimates_of_real_shapes():
     assert weights_on_gpu(LLAMA_70B) == 42_500_000_000 - 128_256 * 8192 * 2
-    assert (
-        kv_cache(LLAMA_70B, 4096) == 80 * 4096 * 8 * (128 + 128) * 2
-    )  # layers x tokens x kv heads x (K+V) x f16
-    assert kv_cache(LLAMA_70B, 1 << 20, n_parallel=1) == kv_cache(LLAMA_70B, 131_072), (
-        "slots cap at n_ctx_train"
-    )
+    assert kv_cache(LLAMA_70B, 4096) == 80 * 4096 * 8 * (128 + 128) * 2  # layers x tokens x kv heads x (K+V) x f16
+    assert kv_cache(LLAMA_70B, 1 << 20, n_parallel=1) == kv_cache(LLAMA_70B, 131_072), "slots cap at n_ctx_train"
     assert kv_cache(GEMMA3_4B, 32768) == 34 * 1024 * 4 * 512 * 2, "sliding-window layers hold only the window"
     mla = _info(
         "deepseek2",
@@ -144,9 +140,7 @@ def test_estimates_of_real_shapes():
         context=4096,
         **{"jamba.ssm.conv_kernel": 4},
     )
-    assert kv_cache(mla, 4096) == kv_cache(hybrid, 4096) == 0, (
-        "unusual attention: no bound rather than a wrong one"
-    )
+    assert kv_cache(mla, 4096) == kv_cache(hybrid, 4096) == 0, "unusual attention: no bound rather than a wrong one"
 
 
 def test_estimate_is_a_lower_bound_for_a_real_file(tiny_model):

@@ -37,7 +37,6 @@ def _gpu(index: int, free_mib: int, name: str = "NVIDIA H100 80GB HBM3") -> GPUI
     return GPUInfo(index, f"GPU-{index}", name, (9, 0), 81559, free_mib, "550.54")
 
 
-
 def _rpc_servers_on(port: int) -> list[int]:
     """PIDs of rpc-server processes whose command line has ``--port <port>``."""
     found = []
@@ -92,8 +91,9 @@ def test_endpoints_are_normalized():
     assert rpc.parse_endpoints(["127.0.0.1:1", "127.0.0.1:2"]) == ("127.0.0.1:1", "127.0.0.1:2")
 
 
-@pytest.mark.parametrize("bad", ["nohost", ":50052", "h:", "h:0", "h:70000", "h:abc", "[::1]:50052", "::1:50052",
-                                 ["h:1", "h:1"], [50052]])
+@pytest.mark.parametrize(
+    "bad", ["nohost", ":50052", "h:", "h:0", "h:70000", "h:abc", "[::1]:50052", "::1:50052", ["h:1", "h:1"], [50052]]
+)
 def test_bad_endpoints_are_refused(bad):
     with pytest.raises(ConfigError):
         rpc.parse_endpoints(bad)
@@ -106,8 +106,10 @@ def test_auto_tensor_split_is_proportional_to_free_memory():
     assert split.auto_tensor_split([_gpu(0, 0), _gpu(1, 0)]) == (0.5, 0.5), "no free memory reported: equal shares"
     assert split.auto_tensor_split([_gpu(0, 5000)]) == (1.0,)
     assert split.auto_tensor_split([]) == ()
-    assert split.describe([_gpu(0, 60000), _gpu(1, 20000, "NVIDIA L4")]) == \
-        "GPU0 NVIDIA H100 80GB HBM3 (75%), GPU1 NVIDIA L4 (25%)"
+    assert (
+        split.describe([_gpu(0, 60000), _gpu(1, 20000, "NVIDIA L4")])
+        == "GPU0 NVIDIA H100 80GB HBM3 (75%), GPU1 NVIDIA L4 (25%)"
+    )
 
 
 def test_valid_split_arguments_pass_normalized():
@@ -122,20 +124,23 @@ def test_valid_split_arguments_pass_normalized():
     assert split.validate("row", [1, 1, 1], 5, local_gpus=None)[1] == (1.0, 1.0, 1.0)
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    ({"split_mode": "rows"}, "must be one of"),
-    ({"split_mode": "row", "rpc": ("a:1",)}, "does not support split buffers"),
-    ({"tensor_split": [1, -1]}, ">= 0"),
-    ({"tensor_split": [1, float("nan")]}, "finite"),
-    ({"tensor_split": [0, 0]}, "all zeros"),
-    ({"tensor_split": "3,1"}, "not a string"),
-    ({"tensor_split": [1] * 16}, "at most 15"),
-    ({"tensor_split": [1, 1, 1], "local_gpus": 2}, "one proportion per GPU"),
-    ({"tensor_split": [1], "local_gpus": 2}, "CUDA_VISIBLE_DEVICES"),
-    ({"main_gpu": 2, "local_gpus": 2}, "out of range"),
-    ({"main_gpu": -1}, "device index"),
-    ({"tensor_split": [1, 1], "rpc": ("a:1", "b:2"), "local_gpus": 1}, "at least 3 devices"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"split_mode": "rows"}, "must be one of"),
+        ({"split_mode": "row", "rpc": ("a:1",)}, "does not support split buffers"),
+        ({"tensor_split": [1, -1]}, ">= 0"),
+        ({"tensor_split": [1, float("nan")]}, "finite"),
+        ({"tensor_split": [0, 0]}, "all zeros"),
+        ({"tensor_split": "3,1"}, "not a string"),
+        ({"tensor_split": [1] * 16}, "at most 15"),
+        ({"tensor_split": [1, 1, 1], "local_gpus": 2}, "one proportion per GPU"),
+        ({"tensor_split": [1], "local_gpus": 2}, "CUDA_VISIBLE_DEVICES"),
+        ({"main_gpu": 2, "local_gpus": 2}, "out of range"),
+        ({"main_gpu": -1}, "device index"),
+        ({"tensor_split": [1, 1], "rpc": ("a:1", "b:2"), "local_gpus": 1}, "at least 3 devices"),
+    ],
+)
 def test_bad_split_arguments_say_what_to_change(kwargs, words):
     kwargs = {"split_mode": None, "tensor_split": None, "main_gpu": None, "local_gpus": 2, **kwargs}
     with pytest.raises(ConfigError, match=words):
@@ -162,8 +167,9 @@ def test_engine_refuses_bad_split_before_starting_anything(binaries, tiny_model,
 
 
 def test_cli_model_options_reach_load_model():
-    args = build_parser().parse_args(["infer", "hi", "--rpc", "a:1", "--rpc", "b:2", "--tensor-split", "3,1",
-                                      "-sm", "layer", "--main-gpu", "0"])
+    args = build_parser().parse_args(
+        ["infer", "hi", "--rpc", "a:1", "--rpc", "b:2", "--tensor-split", "3,1", "-sm", "layer", "--main-gpu", "0"]
+    )
     assert (args.rpc, args.tensor_split, args.split_mode, args.main_gpu) == (["a:1", "b:2"], (3.0, 1.0), "layer", 0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--tensor-split", "3,x"])
@@ -221,8 +227,12 @@ def test_worker_dies_with_its_parent_even_on_sigkill(binaries, tmp_path):
         print(w.pid, flush=True)
         time.sleep(600)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, LLCUDA_HOME=str(tmp_path)))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, LLCUDA_HOME=str(tmp_path)),
+    )
     try:
         child_pid = int(parent.stdout.readline())
         os.kill(child_pid, 0)
@@ -241,9 +251,24 @@ def test_worker_survives_a_client_that_vanished_while_queued(binaries, workers, 
         engine.load_model(tiny_model, rpc=[worker.endpoint], **LOAD)
         # A second llama-server on the same worker waits in the accept queue, having sent its hello.
         blocked = subprocess.Popen(
-            [str(binaries.executable("llama-server")), "-m", str(tiny_model), "--port", str(free_port()),
-             "-c", "256", "-np", "1", "-t", "1", "--rpc", worker.endpoint],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(binaries.executable("llama-server")),
+                "-m",
+                str(tiny_model),
+                "--port",
+                str(free_port()),
+                "-c",
+                "256",
+                "-np",
+                "1",
+                "-t",
+                "1",
+                "--rpc",
+                worker.endpoint,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 60
             while not _connected(blocked.pid, worker.port) and time.monotonic() < deadline:
@@ -273,8 +298,9 @@ def test_a_model_split_over_two_workers_generates(binaries, workers, tiny_model,
         placement = rpc.buffer_placement(log_text)
         for endpoint in endpoints:
             on_worker = {dev: sizes for dev, sizes in placement.items() if dev.endswith(f"[{endpoint}]")}
-            assert on_worker and sum(sum(s.values()) for s in on_worker.values()) > 0, \
+            assert on_worker and sum(sum(s.values()) for s in on_worker.values()) > 0, (
                 f"no llama-server buffer on worker {endpoint}: {placement}"
+            )
         model_on_workers = sum(s.get("model", 0.0) for dev, s in placement.items() if dev.startswith("RPC"))
         assert model_on_workers > 0, f"no weights on the workers: {placement}"
         with pytest.raises(ConfigError, match="embeddings=True"):
@@ -323,10 +349,17 @@ def test_worker_death_is_a_clear_error_and_a_restarted_worker_recovers(binaries,
         worker.stop()
 
 
-@pytest.mark.parametrize(("requested", "sizes", "passed"), [
-    ("auto", (128, 128), "on"), ("auto", (576, 512), "off"), ("auto", (16, 16), "off"), ("auto", None, "off"),
-    ("on", (16, 16), "on"), ("off", (128, 128), "off"),
-])
+@pytest.mark.parametrize(
+    ("requested", "sizes", "passed"),
+    [
+        ("auto", (128, 128), "on"),
+        ("auto", (576, 512), "off"),
+        ("auto", (16, 16), "off"),
+        ("auto", None, "off"),
+        ("on", (16, 16), "on"),
+        ("off", (128, 128), "off"),
+    ],
+)
 def test_flash_attn_auto_is_decided_by_llcuda_for_rpc_workers(requested, sizes, passed):
     assert rpc.flash_attn_over_rpc(requested, sizes) == passed
 
@@ -356,9 +389,13 @@ def test_a_worker_crash_is_explained_with_the_workers_log(binaries, isolated_hom
 # -- the command line --------------------------------------------------------------------------
 def test_cli_rpc_worker_starts_and_stops_cleanly_on_sigint(isolated_home):
     port = free_port()
-    cli = subprocess.Popen([sys.executable, "-m", "llcuda", "rpc-worker", "--port", str(port), "--threads", "1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, LLCUDA_HOME=str(isolated_home)))
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "llcuda", "rpc-worker", "--port", str(port), "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, LLCUDA_HOME=str(isolated_home)),
+    )
     try:
         first_line = cli.stdout.readline()
         assert f"listening on 127.0.0.1:{port}" in first_line, first_line + cli.stderr.read()

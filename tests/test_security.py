@@ -57,9 +57,7 @@ def test_non_loopback_bind_without_a_key_is_refused(binaries, tmp_path, host):
     with pytest.raises(ConfigError, match="API key"):
         LlamaServer(ServerSettings(model_path=tmp_path / "m.gguf", host=host), binaries=binaries)
     # Explicitly allowed, or protected by a key: accepted (validated only; nothing is started).
-    LlamaServer(
-        ServerSettings(model_path=tmp_path / "m.gguf", host=host, api_key=SECRET_KEY), binaries=binaries
-    )
+    LlamaServer(ServerSettings(model_path=tmp_path / "m.gguf", host=host, api_key=SECRET_KEY), binaries=binaries)
     LlamaServer(
         ServerSettings(model_path=tmp_path / "m.gguf", host=host, allow_unauthenticated=True),
         binaries=binaries,
@@ -90,9 +88,7 @@ def test_cli_serve_refuses_every_public_host_without_a_key(tiny_model, isolated_
             timeout=60,
             check=False,
         )
-        assert (
-            done.returncode == 1 and "--api-key" in done.stderr and "--allow-unauthenticated" in done.stderr
-        )
+        assert done.returncode == 1 and "--api-key" in done.stderr and "--allow-unauthenticated" in done.stderr
 
 
 # -- API keys end to end ----------------------------------------------------------------------------
@@ -115,10 +111,7 @@ def test_api_key_is_required_and_used(keyed_engine):
         assert raw.get(f"{url}/health", timeout=30).status_code == 200  # the readiness probe stays public
         right = {"Authorization": f"Bearer {SECRET_KEY}"}
         assert raw.post(f"{url}/completion", json=body, headers=right, timeout=30).status_code == 200
-    assert (
-        keyed_engine.infer("with the key", max_tokens=2, temperature=0.0, ignore_eos=True).tokens_generated
-        == 2
-    )
+    assert keyed_engine.infer("with the key", max_tokens=2, temperature=0.0, ignore_eos=True).tokens_generated == 2
     for other in (InferenceEngine(server_url=url), InferenceEngine(server_url=url, api_key="wrong")):
         with pytest.raises(InferenceError, match="check the API key") as info:
             other.infer("no key", max_tokens=2)
@@ -189,10 +182,7 @@ def test_cli_serve_with_a_key_never_prints_it(tiny_model, isolated_home):
         assert f":{port}" in banner
         with requests.Session() as raw:
             raw.trust_env = False
-            assert (
-                raw.post(f"http://127.0.0.1:{port}/completion", json={"prompt": "x"}, timeout=30).status_code
-                == 401
-            )
+            assert raw.post(f"http://127.0.0.1:{port}/completion", json={"prompt": "x"}, timeout=30).status_code == 401
         os.kill(cli.pid, signal.SIGTERM)
         out, err = cli.communicate(timeout=60)
         assert cli.returncode == 0, err

@@ -54,8 +54,18 @@ def smol(binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]
 @pytest.fixture(scope="module")
 def tiny(binaries, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The tiny random model with an API key and embeddings: 16 sequences of 512 tokens."""
-    served = start_serve(tiny_model, "-np", "16", "-c", "8192", "--embeddings", "--alias", "tiny",
-                         log=tmp_path_factory.mktemp("tiny") / "serve.log", api_key=KEY)
+    served = start_serve(
+        tiny_model,
+        "-np",
+        "16",
+        "-c",
+        "8192",
+        "--embeddings",
+        "--alias",
+        "tiny",
+        log=tmp_path_factory.mktemp("tiny") / "serve.log",
+        api_key=KEY,
+    )
     yield served
     stop_serve(served)
 
@@ -66,8 +76,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 # -- chat and completions --------------------------------------------------------------------------
 @pytest.mark.realmodel
 def test_chat_completion(smol: Served) -> None:
-    reply = smol.client().chat.completions.create(model=SMOLLM2_MODEL, messages=QUESTION, max_tokens=48,
-                                                  temperature=0)
+    reply = smol.client().chat.completions.create(model=SMOLLM2_MODEL, messages=QUESTION, max_tokens=48, temperature=0)
     choice = reply.choices[0]
     assert "Paris" in choice.message.content and choice.message.role == "assistant"
     assert choice.finish_reason == "stop"
@@ -88,8 +97,9 @@ def test_streamed_chat_arrives_while_generating_and_joins_to_the_whole_text(smol
     pieces: list[str] = []
     running_at_first_piece = None
     finish = None
-    for chunk in client.chat.completions.create(model="default", messages=QUESTION, max_tokens=48, temperature=0,
-                                                stream=True):
+    for chunk in client.chat.completions.create(
+        model="default", messages=QUESTION, max_tokens=48, temperature=0, stream=True
+    ):
         assert chunk.object == "chat.completion.chunk"
         if not chunk.choices:
             continue
@@ -107,15 +117,23 @@ def test_streamed_chat_arrives_while_generating_and_joins_to_the_whole_text(smol
 
 @pytest.mark.realmodel
 def test_stream_sends_usage_last_when_asked(smol: Served) -> None:
-    chunks = list(smol.client().chat.completions.create(
-        model="default", messages=QUESTION, max_tokens=6, temperature=0, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        smol.client().chat.completions.create(
+            model="default",
+            messages=QUESTION,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 6
     assert chunks[-2].choices[0].finish_reason == "length"
     assert all(c.usage is None for c in chunks[:-1])
-    raw = requests.post(f"{smol.url}/v1/completions", json={"prompt": "Hello", "max_tokens": 3, "stream": True},
-                        stream=True, timeout=60)
+    raw = requests.post(
+        f"{smol.url}/v1/completions", json={"prompt": "Hello", "max_tokens": 3, "stream": True}, stream=True, timeout=60
+    )
     events = [line for line in raw.iter_lines() if line]
     assert raw.headers["content-type"].startswith("text/event-stream")
     assert events[-1] == b"data: [DONE]" and all(e.startswith(b"data: ") for e in events)
@@ -124,16 +142,21 @@ def test_stream_sends_usage_last_when_asked(smol: Served) -> None:
 @pytest.mark.realmodel
 def test_text_completion_length_and_max_completion_tokens(smol: Served) -> None:
     client = smol.client()
-    reply = client.completions.create(model=SMOLLM2_MODEL, prompt="The capital of France is", max_tokens=5,
-                                      temperature=0, extra_body={"ignore_eos": True})
+    reply = client.completions.create(
+        model=SMOLLM2_MODEL,
+        prompt="The capital of France is",
+        max_tokens=5,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     assert reply.object == "text_completion" and reply.choices[0].text.strip()
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 5
-    chat = client.chat.completions.create(model="default", messages=QUESTION, max_completion_tokens=3,
-                                          temperature=0)
+    chat = client.chat.completions.create(model="default", messages=QUESTION, max_completion_tokens=3, temperature=0)
     assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 3
     tokens = smol.post("/tokenize", {"content": "The capital of France is"}).json()["tokens"]
-    by_ids = client.completions.create(model="default", prompt=tokens, max_tokens=5, temperature=0,
-                                       extra_body={"ignore_eos": True})
+    by_ids = client.completions.create(
+        model="default", prompt=tokens, max_tokens=5, temperature=0, extra_body={"ignore_eos": True}
+    )
     assert by_ids.choices[0].text == reply.choices[0].text
 
 
@@ -143,11 +166,17 @@ def test_stop_strings_end_the_text_before_them(smol: Served) -> None:
     prompt = "Count: 1, 2, 3, 4,"
     free = client.completions.create(model="default", prompt=prompt, max_tokens=16, temperature=0).choices[0]
     assert " 6," in free.text, free.text  # the model counts on
-    stopped = client.completions.create(model="default", prompt=prompt, max_tokens=16, temperature=0,
-                                        stop=[" 6"]).choices[0]
-    assert stopped.finish_reason == "stop" and stopped.text == free.text[:free.text.index(" 6")]
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="default", prompt=prompt, max_tokens=16, temperature=0, stop=[" 6"], stream=True) if c.choices)
+    stopped = client.completions.create(
+        model="default", prompt=prompt, max_tokens=16, temperature=0, stop=[" 6"]
+    ).choices[0]
+    assert stopped.finish_reason == "stop" and stopped.text == free.text[: free.text.index(" 6")]
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="default", prompt=prompt, max_tokens=16, temperature=0, stop=[" 6"], stream=True
+        )
+        if c.choices
+    )
     assert streamed == stopped.text
 
 
@@ -156,8 +185,13 @@ def test_a_seed_repeats_a_sampled_answer(smol: Served) -> None:
     client = smol.client()
 
     def sample(seed: int) -> str:
-        return client.chat.completions.create(model="default", messages=QUESTION, max_tokens=24, temperature=1.0,
-                                              seed=seed).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model="default", messages=QUESTION, max_tokens=24, temperature=1.0, seed=seed
+            )
+            .choices[0]
+            .message.content
+        )
 
     first = sample(1234)
     assert sample(1234) == first
@@ -181,20 +215,28 @@ def test_json_schema_output_parses_and_validates(smol: Served) -> None:
     client = smol.client()
     messages = [{"role": "user", "content": "Describe a person who lives in Paris as JSON."}]
     for stream in (False, True):
-        kwargs: dict[str, Any] = {"model": "default", "messages": messages, "max_tokens": 96, "temperature": 0,
-                                  "response_format": {"type": "json_schema",
-                                                      "json_schema": {"name": "person", "schema": PERSON}}}
+        kwargs: dict[str, Any] = {
+            "model": "default",
+            "messages": messages,
+            "max_tokens": 96,
+            "temperature": 0,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+        }
         if stream:
-            text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-                stream=True, **kwargs) if c.choices)
+            text = "".join(
+                c.choices[0].delta.content or ""
+                for c in client.chat.completions.create(stream=True, **kwargs)
+                if c.choices
+            )
         else:
             reply = client.chat.completions.create(**kwargs)
             assert reply.choices[0].finish_reason == "stop"
             text = reply.choices[0].message.content
         jsonschema.validate(json.loads(text), PERSON)
     city = [{"role": "user", "content": "Give a JSON object with one key, city, whose value is the capital of France."}]
-    anything = client.chat.completions.create(model="default", messages=city, max_tokens=96, temperature=0,
-                                              response_format={"type": "json_object"})
+    anything = client.chat.completions.create(
+        model="default", messages=city, max_tokens=96, temperature=0, response_format={"type": "json_object"}
+    )
     assert anything.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(anything.choices[0].message.content), dict)
 
@@ -244,9 +286,19 @@ def test_bad_requests_get_openai_errors(smol: Served) -> None:
     assert _error(smol.post("/v1/chat/completions", data=b"{not json"), 400)["type"] == "invalid_request_error"
     assert _error(smol.post("/v1/chat/completions", {"messages": []}), 400)["param"] == "messages"
     assert _error(smol.post("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}), 400)
-    assert _error(smol.post("/v1/chat/completions", {"messages": QUESTION, "response_format": {
-        "type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}}), 400)["param"] == \
-        "response_format"
+    assert (
+        _error(
+            smol.post(
+                "/v1/chat/completions",
+                {
+                    "messages": QUESTION,
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}},
+                },
+            ),
+            400,
+        )["param"]
+        == "response_format"
+    )
     assert _error(smol.post("/v1/completions", {"prompt": "x", "grammar": "root ::= (("}), 400)
     assert _error(smol.get("/v1/nothing-here"), 404)["code"] == "not_found"
     with pytest.raises(openai.APIStatusError) as off:
@@ -260,8 +312,9 @@ def test_bad_requests_get_openai_errors(smol: Served) -> None:
 def test_a_client_that_disconnects_frees_its_sequence(smol: Served) -> None:
     cancelled = smol.metric('llcuda_requests_total{endpoint="completions",status="499"}')
     body = {"prompt": "Once upon a time", "max_tokens": 900, "ignore_eos": True, "temperature": 0}
-    with requests.post(f"{smol.url}/v1/completions", json={**body, "stream": True}, stream=True,
-                       timeout=60) as response:
+    with requests.post(
+        f"{smol.url}/v1/completions", json={**body, "stream": True}, stream=True, timeout=60
+    ) as response:
         for line in response.iter_lines():
             if line.startswith(b"data: ") and b'"text"' in line:
                 break
@@ -296,12 +349,14 @@ def test_api_key_is_required_except_for_health(tiny: Served) -> None:
 def test_cors_allows_pages_of_this_machine_only(tiny: Served) -> None:
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
     for origin in ("http://localhost:5173", "http://127.0.0.1:8080", "http://[::1]:3000"):
-        answer = requests.options(f"{tiny.url}/v1/chat/completions", headers={"Origin": origin, **preflight},
-                                  timeout=30)
+        answer = requests.options(
+            f"{tiny.url}/v1/chat/completions", headers={"Origin": origin, **preflight}, timeout=30
+        )
         assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == origin
     for origin in ("https://evil.example", "http://localhost.evil.example"):
-        answer = requests.options(f"{tiny.url}/v1/chat/completions", headers={"Origin": origin, **preflight},
-                                  timeout=30)
+        answer = requests.options(
+            f"{tiny.url}/v1/chat/completions", headers={"Origin": origin, **preflight}, timeout=30
+        )
         assert "access-control-allow-origin" not in answer.headers
         got = tiny.get("/v1/models", headers={"Origin": origin, **tiny.auth})
         assert got.status_code == 200 and "access-control-allow-origin" not in got.headers
@@ -334,16 +389,28 @@ def test_many_clients_at_once_all_succeed(tiny: Served) -> None:
         for j in range(REQUESTS_PER_CLIENT):
             kind = (i + j) % 4
             if kind == 0:
-                reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"hi {i}"}],
-                                                       max_tokens=12, temperature=0.7, seed=i)
+                reply = client.chat.completions.create(
+                    model="tiny",
+                    messages=[{"role": "user", "content": f"hi {i}"}],
+                    max_tokens=12,
+                    temperature=0.7,
+                    seed=i,
+                )
                 finishes.append(reply.choices[0].finish_reason)
             elif kind == 1:
-                chunks = list(client.chat.completions.create(
-                    model="tiny", messages=[{"role": "user", "content": f"hello {j}"}], max_tokens=12, stream=True,
-                    stream_options={"include_usage": True}))
+                chunks = list(
+                    client.chat.completions.create(
+                        model="tiny",
+                        messages=[{"role": "user", "content": f"hello {j}"}],
+                        max_tokens=12,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
+                )
                 assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 12
-                finishes.append(next(c.choices[0].finish_reason for c in chunks if c.choices and
-                                     c.choices[0].finish_reason))
+                finishes.append(
+                    next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
+                )
             elif kind == 2:
                 reply = client.completions.create(model="tiny", prompt=f"number {i} {j}", max_tokens=12)
                 finishes.append(reply.choices[0].finish_reason)
@@ -353,12 +420,14 @@ def test_many_clients_at_once_all_succeed(tiny: Served) -> None:
         return finishes
 
     before = tiny.metric('llcuda_requests_total{endpoint="chat",status="200"}') + tiny.metric(
-        'llcuda_requests_total{endpoint="completions",status="200"}')
+        'llcuda_requests_total{endpoint="completions",status="200"}'
+    )
     with ThreadPoolExecutor(CLIENTS) as pool:
         results = list(pool.map(client_session, range(CLIENTS), timeout=600))
     assert all(f in ("stop", "length") for finishes in results for f in finishes)
     after = tiny.metric('llcuda_requests_total{endpoint="chat",status="200"}') + tiny.metric(
-        'llcuda_requests_total{endpoint="completions",status="200"}')
+        'llcuda_requests_total{endpoint="completions",status="200"}'
+    )
     assert after - before == CLIENTS * REQUESTS_PER_CLIENT
     health = tiny.get("/health").json()
     assert health["running"] == 0 and health["queued"] == 0
@@ -404,8 +473,9 @@ def test_health_is_503_until_the_model_is_attached(binaries, tiny_model: Path) -
 def test_sigterm_ends_open_generations_and_exits_0(tiny_model: Path, tmp_path: Path) -> None:
     served = start_serve(tiny_model, "-np", "2", "-c", "32768", log=tmp_path / "serve.log")  # long answers
     body = {"prompt": "x", "max_tokens": 100000, "ignore_eos": True}
-    with requests.post(f"{served.url}/v1/completions", json={**body, "stream": True}, stream=True,
-                       timeout=60) as response:
+    with requests.post(
+        f"{served.url}/v1/completions", json={**body, "stream": True}, stream=True, timeout=60
+    ) as response:
         lines = response.iter_lines()
         assert next(line for line in lines if line.startswith(b"data: "))  # generating
         served.process.send_signal(signal.SIGTERM)
@@ -423,26 +493,61 @@ def test_serve_refuses_a_taken_port_and_a_public_host_without_a_key(tiny_model: 
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     try:
-        taken = subprocess.run([sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--port",
-                                str(holder.getsockname()[1])], capture_output=True, text=True, env=env, timeout=60)
+        taken = subprocess.run(
+            [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--port", str(holder.getsockname()[1])],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
     finally:
         holder.close()
     assert taken.returncode == 1 and "pick another --port" in taken.stderr
-    public = subprocess.run([sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--host", "0.0.0.0"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    public = subprocess.run(
+        [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert public.returncode == 1 and "--api-key" in public.stderr and "--allow-unauthenticated" in public.stderr
-    stray = subprocess.run([sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--", "--slots"],
-                           capture_output=True, text=True, env=env, timeout=60)
+    stray = subprocess.run(
+        [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--", "--slots"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert stray.returncode == 1 and "--llama-server" in stray.stderr
 
 
-def test_llama_server_flag_serves_with_llama_server_and_passes_arguments(tiny_model: Path, isolated_home: Path,
-                                                                         tmp_path: Path) -> None:
+def test_llama_server_flag_serves_with_llama_server_and_passes_arguments(
+    tiny_model: Path, isolated_home: Path, tmp_path: Path
+) -> None:
     port = free_port()
     env = dict(os.environ, LLCUDA_HOME=str(isolated_home))
     env.pop("LLCUDA_API_KEY", None)
-    command = [sys.executable, "-m", "llcuda", "serve", "--llama-server", "-m", str(tiny_model), "--port", str(port),
-               "-np", "1", "-c", "512", "--threads", "1", "--alias", "renamed", "--", "--no-slots"]
+    command = [
+        sys.executable,
+        "-m",
+        "llcuda",
+        "serve",
+        "--llama-server",
+        "-m",
+        str(tiny_model),
+        "--port",
+        str(port),
+        "-np",
+        "1",
+        "-c",
+        "512",
+        "--threads",
+        "1",
+        "--alias",
+        "renamed",
+        "--",
+        "--no-slots",
+    ]
     with (tmp_path / "serve.log").open("w") as err:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     try:
@@ -460,9 +565,11 @@ def test_llama_server_flag_serves_with_llama_server_and_passes_arguments(tiny_mo
 # -- the decode thread's hand-over to the event loop ------------------------------------------------
 def _in_thread(*calls: Any) -> Any:
     """Run ``calls`` one after the other in another thread, as the decode thread would."""
+
     def run() -> None:
         for call in calls:
             call()
+
     return asyncio.to_thread(run)
 
 

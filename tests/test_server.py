@@ -20,9 +20,19 @@ from llcuda.processes.llama_server import LlamaServer, ServerSettings, build_com
 
 
 def test_command_is_an_argument_list_with_every_setting(tmp_path):
-    settings = ServerSettings(model_path=tmp_path / "m.gguf", ctx_size=1024, n_parallel=2, gpu_layers=10,
-                              flash_attn="on", embeddings=True, tensor_split=(0.5, 0.5), rpc=("h:1", "h:2"),
-                              split_mode="row", main_gpu=1, api_key="secret")
+    settings = ServerSettings(
+        model_path=tmp_path / "m.gguf",
+        ctx_size=1024,
+        n_parallel=2,
+        gpu_layers=10,
+        flash_attn="on",
+        embeddings=True,
+        tensor_split=(0.5, 0.5),
+        rpc=("h:1", "h:2"),
+        split_mode="row",
+        main_gpu=1,
+        api_key="secret",
+    )
     cmd = build_command(Path("/bin/llama-server"), settings, 1234)
 
     def value(flag: str) -> str:
@@ -76,8 +86,9 @@ def test_taken_fixed_port_is_a_clear_error(binaries, tiny_model, isolated_home):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        server = LlamaServer(ServerSettings(model_path=tiny_model, ctx_size=512, n_parallel=1, port=port),
-                             binaries=binaries)
+        server = LlamaServer(
+            ServerSettings(model_path=tiny_model, ctx_size=512, n_parallel=1, port=port), binaries=binaries
+        )
         with pytest.raises(ServerStartError, match="already in use"):
             server.start(timeout=60)
 

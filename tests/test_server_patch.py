@@ -30,8 +30,9 @@ def completion(url: str, prompt: str, n_predict: int = 4) -> dict:
 
 @pytest.fixture(scope="module")
 def four_slot_server(binaries, tiny_model: Path, isolated_home: Path):
-    server = LlamaServer(ServerSettings(model_path=tiny_model, ctx_size=2048, n_parallel=4, threads=1),
-                         binaries=binaries)
+    server = LlamaServer(
+        ServerSettings(model_path=tiny_model, ctx_size=2048, n_parallel=4, threads=1), binaries=binaries
+    )
     url = server.start()
     yield url
     server.stop()
@@ -68,8 +69,11 @@ def test_overlapping_requests_take_consecutive_slots(four_slot_server: str) -> N
 
 def touched_files(patch: Path) -> list[str]:
     """Paths a patch changes, inside the llama.cpp tree (its ``+++ b/llama.cpp/<path>`` lines)."""
-    return [line.split("\t")[0][len("+++ b/llama.cpp/"):] for line in patch.read_text().splitlines()
-            if line.startswith("+++ b/llama.cpp/")]
+    return [
+        line.split("\t")[0][len("+++ b/llama.cpp/") :]
+        for line in patch.read_text().splitlines()
+        if line.startswith("+++ b/llama.cpp/")
+    ]
 
 
 @pytest.mark.parametrize("patch", llama_source.patch_files(), ids=lambda p: p.name[:4])
@@ -84,8 +88,12 @@ def test_every_patch_applies_to_the_pinned_tree_once(llama_src: Path, tmp_path: 
     for name in files:
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(llama_src / name, tree / name)
-    reverse = subprocess.run(["patch", "-R", "-p2", "--batch", "-d", str(tree), "-i", str(patch)],
-                             capture_output=True, text=True, check=False)
+    reverse = subprocess.run(
+        ["patch", "-R", "-p2", "--batch", "-d", str(tree), "-i", str(patch)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert reverse.returncode == 0, f"cannot reverse {patch.name} on the cached tree: {reverse.stdout}{reverse.stderr}"
     assert all((tree / n).read_text() != (llama_src / n).read_text() for n in files)
     llama_source.apply_patches(tree, [patch])
@@ -106,8 +114,9 @@ def test_patch_set_changes_the_build_key(tmp_path: Path) -> None:
 TOP_K = 8
 
 
-def _decode_prompts(lib, model, group: list[list[int]], sampler,
-                    before_decode=None) -> tuple[object, list[object], list[int]]:
+def _decode_prompts(
+    lib, model, group: list[list[int]], sampler, before_decode=None
+) -> tuple[object, list[object], list[int]]:
     """A context with one backend chain per prompt (``sampler()`` makes each chain's sampler), the prompts
     decoded in one batch (output at each prompt's last token): (context, chains, batch rows of those outputs).
     ``before_decode(ctx)`` runs between making the context and the decode."""
@@ -150,10 +159,12 @@ def _declare_sampled_data(lib) -> None:
     """Types of libllama's readers of a row's backend-sampled candidates and logits (llcuda declares none)."""
     import ctypes
 
-    for name, restype in (("llama_get_sampled_candidates_ith", ctypes.POINTER(ctypes.c_int32)),
-                          ("llama_get_sampled_candidates_count_ith", ctypes.c_uint32),
-                          ("llama_get_sampled_logits_ith", ctypes.POINTER(ctypes.c_float)),
-                          ("llama_get_sampled_logits_count_ith", ctypes.c_uint32)):
+    for name, restype in (
+        ("llama_get_sampled_candidates_ith", ctypes.POINTER(ctypes.c_int32)),
+        ("llama_get_sampled_candidates_count_ith", ctypes.c_uint32),
+        ("llama_get_sampled_logits_ith", ctypes.POINTER(ctypes.c_float)),
+        ("llama_get_sampled_logits_count_ith", ctypes.c_uint32),
+    ):
         func = getattr(lib, name)
         func.restype, func.argtypes = restype, [ctypes.c_void_p, ctypes.c_int32]
 
@@ -258,8 +269,9 @@ def test_rows_sampled_on_the_backend_skip_their_logits_copy_when_asked(binaries,
 
     def rows(keep: bool, sampler) -> list[tuple[int, int, bool]]:
         """(sampled token, count of the row's sampled logits, whether their pointer is set) per prompt."""
-        ctx, chains, last = _decode_prompts(lib, model, prompts, sampler,
-                                            before_decode=lambda c: lib.llama_set_keep_sampled_data(c, keep))
+        ctx, chains, last = _decode_prompts(
+            lib, model, prompts, sampler, before_decode=lambda c: lib.llama_set_keep_sampled_data(c, keep)
+        )
         try:
             out = []
             for row in last:

@@ -37,8 +37,9 @@ def _dry_run(tmp_path: Path, path: list[Path], **env: str) -> subprocess.Complet
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LLCUDA_CUDA", "CUDA_HOME"))}
     clean.update(PATH=os.pathsep.join([*map(str, path), "/usr/bin", "/bin"]), **env)
     clean.setdefault("CUDA_HOME", str(tmp_path / "no-cuda"))
-    return subprocess.run(["bash", str(SETUP), "--dry-run"], capture_output=True, text=True, env=clean,
-                          timeout=60, check=False)
+    return subprocess.run(
+        ["bash", str(SETUP), "--dry-run"], capture_output=True, text=True, env=clean, timeout=60, check=False
+    )
 
 
 @pytest.fixture

@@ -67,8 +67,10 @@ def _fake_nvidia_smi(folder: Path) -> Path:
     """An ``nvidia-smi`` that answers the query with SMI and prints a header (the fallback's two calls)."""
     folder.mkdir()
     smi = folder / "nvidia-smi"
-    smi.write_text('#!/bin/sh\nif [ -n "$1" ]; then printf \'%s\' "$SMI_QUERY"; else '
-                   'echo "| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |"; fi\n')
+    smi.write_text(
+        '#!/bin/sh\nif [ -n "$1" ]; then printf \'%s\' "$SMI_QUERY"; else '
+        'echo "| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |"; fi\n'
+    )
     smi.chmod(0o755)
     return folder
 
@@ -164,7 +166,12 @@ def test_load_mode_precedence_and_values(monkeypatch):
     monkeypatch.delenv("LLCUDA_LOAD_MODE", raising=False)
     assert config.load_mode() == "auto"
     assert [config.load_mode(m) for m in ("auto", "mmap", "none", "direct_io", "Direct-IO")] == [
-        "auto", "mmap", "none", "direct_io", "direct_io"]
+        "auto",
+        "mmap",
+        "none",
+        "direct_io",
+        "direct_io",
+    ]
     monkeypatch.setenv("LLCUDA_LOAD_MODE", "none")
     assert config.load_mode() == "none"
     assert config.load_mode("mmap") == "mmap"  # the argument wins
@@ -201,8 +208,11 @@ def test_every_public_name_resolves():
         assert getattr(llcuda, name) is not None, name
     errors = set(llcuda.errors.__all__)
     assert errors <= set(llcuda.__all__)
-    assert errors == {name for name, value in vars(llcuda.errors).items()
-                      if isinstance(value, type) and issubclass(value, llcuda.errors.LlcudaError)}
+    assert errors == {
+        name
+        for name, value in vars(llcuda.errors).items()
+        if isinstance(value, type) and issubclass(value, llcuda.errors.LlcudaError)
+    }
 
 
 def test_physical_cores_count_each_core_once_within_the_affinity():

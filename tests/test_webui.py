@@ -54,7 +54,12 @@ def ui_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with log.open("w") as out:
         done = subprocess.run(
             [sys.executable, str(REPO / "scripts" / "build_binaries.py"), "--ui-only"],
-            stdout=subprocess.PIPE, stderr=out, text=True, env=build_env(), timeout=1100, check=False,
+            stdout=subprocess.PIPE,
+            stderr=out,
+            text=True,
+            env=build_env(),
+            timeout=1100,
+            check=False,
         )
     if done.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
@@ -73,15 +78,24 @@ def chat_model() -> Path:
 
 
 @pytest.fixture(scope="module")
-def chat_server(binaries: Binaries, ui_dir: Path, chat_model: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def chat_server(
+    binaries: Binaries, ui_dir: Path, chat_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """The base URL of the server under test: the chat page at ``/``, and the API the page calls.
 
     The server is ``llcuda serve`` (llcuda's own engine), serving the built page from its folder
     (``--ui-dir``); ``--max-tokens`` caps an answer's length. The tests use nothing but this URL.
     """
-    served = start_serve(chat_model, "-np", "1", "--ui-dir", str(ui_dir), "--max-tokens", "32",
-                         log=tmp_path_factory.mktemp("chat-server") / "serve.log")
+    served = start_serve(
+        chat_model,
+        "-np",
+        "1",
+        "--ui-dir",
+        str(ui_dir),
+        "--max-tokens",
+        "32",
+        log=tmp_path_factory.mktemp("chat-server") / "serve.log",
+    )
     try:
         yield served.url
     finally:
@@ -89,6 +103,7 @@ def chat_server(binaries: Binaries, ui_dir: Path, chat_model: Path,
 
 
 # -- the page's files ----------------------------------------------------------------------------
+
 
 class _References(html.parser.HTMLParser):
     """The local files an HTML page loads (src= and href= that are relative paths)."""
@@ -143,6 +158,7 @@ def test_fallback_page_says_how_to_get_the_chat_page() -> None:
 
 # -- the page in a browser -----------------------------------------------------------------------
 
+
 @pytest.fixture()
 def driver() -> Iterator[Any]:
     reason = browser.unavailable()
@@ -155,8 +171,7 @@ def driver() -> Iterator[Any]:
 @pytest.mark.browser
 @pytest.mark.realmodel
 @pytest.mark.slow
-def test_a_question_typed_in_the_page_gets_a_streamed_answer(driver: Any, chat_server: str,
-                                                            tmp_path: Path) -> None:
+def test_a_question_typed_in_the_page_gets_a_streamed_answer(driver: Any, chat_server: str, tmp_path: Path) -> None:
     text = browser.ask(driver, chat_server, QUESTION)
     driver.save_screenshot(str(tmp_path / "webui.png"))
     made = browser.requests_made(driver)

@@ -105,9 +105,7 @@ def test_script_succeeds(built):
 
 
 def test_wheel_is_a_platform_wheel_not_py3_none_any(built):
-    match = re.fullmatch(
-        r"llcuda-(?P<v>[^-]+)-py3-none-(?P<tag>manylinux_2_(?P<m>\d+)_x86_64)\.whl", built.wheel.name
-    )
+    match = re.fullmatch(r"llcuda-(?P<v>[^-]+)-py3-none-(?P<tag>manylinux_2_(?P<m>\d+)_x86_64)\.whl", built.wheel.name)
     assert match, built.wheel.name
     if built.info["backend"] == "cpu":
         assert match["v"].endswith("+cpu")  # a CPU wheel can never be uploaded as PyPI's llcuda
@@ -116,13 +114,9 @@ def test_wheel_is_a_platform_wheel_not_py3_none_any(built):
     assert "Root-Is-Purelib: false" in wheel_meta
     assert f"Tag: py3-none-{match['tag']}" in wheel_meta
     assert built.info["platform_tag"] == match["tag"]
-    if (
-        built.info["backend"] == "cpu"
-    ):  # (a CUDA build needs the driver's libcuda.so.1, which auditwheel flags)
+    if built.info["backend"] == "cpu":  # (a CUDA build needs the driver's libcuda.so.1, which auditwheel flags)
         # auditwheel, judging the same wheel on its own, agrees with the tag
-        assert f'consistent with the following platform tag: "{match["tag"]}"' in " ".join(
-            built.auditwheel.split()
-        )
+        assert f'consistent with the following platform tag: "{match["tag"]}"' in " ".join(built.auditwheel.split())
 
 
 def test_tag_covers_every_glibc_and_libstdcxx_version_the_files_need(built, extracted):
@@ -200,9 +194,9 @@ def test_runpath_works_from_the_installed_layout(built):
 def test_inference_offline_from_the_wheel(built):
     smoke = built.smoke
     assert smoke["env"]["LLCUDA_OFFLINE"] == "1"
-    if subprocess.run(
-        ["unshare", "-n", "true"], check=False, capture_output=True
-    ).returncode == 0 and shutil.which("ip"):
+    if subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True).returncode == 0 and shutil.which(
+        "ip"
+    ):
         assert smoke["env"]["LLCUDA_NETWORK_ISOLATED"] == "1"  # no network at all, only loopback
     assert smoke["inference"]["tokens_generated"] >= 1
     assert smoke["inference"]["text"]
@@ -224,14 +218,10 @@ def test_a_prefix_missing_a_library_is_refused(tmp_path, built):
     stage = [sys.executable, str(REPO / "scripts" / "prepare_binaries.py"), "--prefix", str(prefix)]
     for path in prefix.glob("bin/*"):
         path.chmod(0o755)
-    ok = subprocess.run(
-        [*stage, "--stage", str(tmp_path / "ok")], check=False, capture_output=True, text=True
-    )
+    ok = subprocess.run([*stage, "--stage", str(tmp_path / "ok")], check=False, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     (prefix / "lib" / "libggml-base.so.0").unlink()
-    broken = subprocess.run(
-        [*stage, "--stage", str(tmp_path / "broken")], check=False, capture_output=True, text=True
-    )
+    broken = subprocess.run([*stage, "--stage", str(tmp_path / "broken")], check=False, capture_output=True, text=True)
     assert broken.returncode != 0
     assert "needs libggml-base.so.0" in broken.stderr
 

@@ -28,8 +28,15 @@ class EmbeddingServer:
         with self._lock:
             if self._server is None or self._client is None or not self._server.is_running():
                 # A generative model has no pooling of its own; mean pooling gives one vector per text.
-                settings = replace(base, embeddings=True, port=None, n_parallel=1, pooling=base.pooling or "mean",
-                                   ctx_size=min(base.ctx_size or EMBED_MAX_CTX, EMBED_MAX_CTX), backend_sampling=False)
+                settings = replace(
+                    base,
+                    embeddings=True,
+                    port=None,
+                    n_parallel=1,
+                    pooling=base.pooling or "mean",
+                    ctx_size=min(base.ctx_size or EMBED_MAX_CTX, EMBED_MAX_CTX),
+                    backend_sampling=False,
+                )
                 server = LlamaServer(settings, binaries=binaries)
                 server.start(self._start_timeout)
                 if self._client is not None:

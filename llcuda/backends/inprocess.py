@@ -26,8 +26,15 @@ if TYPE_CHECKING:
 class InProcessBackend:
     """One :class:`InProcessEngine` at a time; a new one for every load."""
 
-    def __init__(self, *, api_key: str | None, request_timeout: float, start_timeout: float,
-                 binaries: Binaries | None, metrics: MetricsRecorder) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        request_timeout: float,
+        start_timeout: float,
+        binaries: Binaries | None,
+        metrics: MetricsRecorder,
+    ) -> None:
         self._api_key = api_key  # LLCUDA_API_KEY, for the embeddings server
         self._request_timeout = request_timeout
         self._binaries = binaries
@@ -35,8 +42,9 @@ class InProcessBackend:
         self._lock = threading.RLock()
         self._engine: InProcessEngine | None = None
         self._embed_settings: ServerSettings | None = None  # for embed()'s llama-server
-        self._embeddings = EmbeddingServer(api_key=api_key, request_timeout=request_timeout,
-                                           start_timeout=start_timeout)
+        self._embeddings = EmbeddingServer(
+            api_key=api_key, request_timeout=request_timeout, start_timeout=start_timeout
+        )
         self.model_name: str | None = None
         self.model_path: Path | None = None
         self.load_seconds: float | None = None
@@ -48,8 +56,7 @@ class InProcessBackend:
         """Load ``model`` with libllama."""
         from llcuda.libllama.engine import InProcessEngine
 
-        engine = InProcessEngine(binaries=self._binaries, request_timeout=self._request_timeout,
-                                 metrics=self._metrics)
+        engine = InProcessEngine(binaries=self._binaries, request_timeout=self._request_timeout, metrics=self._metrics)
         with self._lock:
             self.unload()
             engine.load_model(model, options, offline=offline)
@@ -60,7 +67,8 @@ class InProcessBackend:
             self.load_seconds, self.load_timings = engine.load_seconds, dict(engine.load_timings)
             self.load_mode = engine.load_mode
             self._embed_settings = ServerSettings.from_options(
-                engine.model_path, options, ctx_size=engine.n_ctx_seq, alias=engine.model_name, api_key=self._api_key)
+                engine.model_path, options, ctx_size=engine.n_ctx_seq, alias=engine.model_name, api_key=self._api_key
+            )
 
     @property
     def is_loaded(self) -> bool:

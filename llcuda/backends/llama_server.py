@@ -41,9 +41,17 @@ DEFAULT_SLOTS = 4  # batch_infer's guess of a running server's slots when this e
 class ServerBackend:
     """llama-server started by this engine, or the one at ``server_url``."""
 
-    def __init__(self, *, server_url: str | None, api_key: str | None, request_timeout: float,
-                 start_timeout: float, binaries: Binaries | None, metrics: MetricsRecorder,
-                 kind: str = "llama-server") -> None:
+    def __init__(
+        self,
+        *,
+        server_url: str | None,
+        api_key: str | None,
+        request_timeout: float,
+        start_timeout: float,
+        binaries: Binaries | None,
+        metrics: MetricsRecorder,
+        kind: str = "llama-server",
+    ) -> None:
         self.kind = kind  # "serve": llcuda's engine (llcuda serve); "llama-server": llama.cpp's server
         self._api_key = api_key
         self._request_timeout = request_timeout
@@ -53,8 +61,9 @@ class ServerBackend:
         self._lock = threading.RLock()
         self._server: LlamaServer | None = None
         self._client: LlamaClient | None = None
-        self._embeddings = EmbeddingServer(api_key=api_key, request_timeout=request_timeout,
-                                           start_timeout=start_timeout)
+        self._embeddings = EmbeddingServer(
+            api_key=api_key, request_timeout=request_timeout, start_timeout=start_timeout
+        )
         self.external_url = server_url
         self.model_name: str | None = server_url
         self.model_path: Path | None = None
@@ -67,9 +76,19 @@ class ServerBackend:
         return LlamaClient(url, api_key=self._api_key, timeout=self._request_timeout)
 
     # -- loading -----------------------------------------------------------------------------
-    def load(self, model: str | Path, options: LoadOptions, *, offline: bool | None, host: str, port: int | None,
-             allow_unauthenticated: bool, rpc: Sequence[str] | None, backend_sampling: bool,
-             extra_args: Sequence[str]) -> None:
+    def load(
+        self,
+        model: str | Path,
+        options: LoadOptions,
+        *,
+        offline: bool | None,
+        host: str,
+        port: int | None,
+        allow_unauthenticated: bool,
+        rpc: Sequence[str] | None,
+        backend_sampling: bool,
+        extra_args: Sequence[str],
+    ) -> None:
         """Resolve ``model``, check it fits, and start the server process."""
         from llcuda.models import resolve_model
 
@@ -79,19 +98,29 @@ class ServerBackend:
         for warning in gpu.check_compatibility(binaries.build_info, report):
             log.warning("%s", warning)
         endpoints = rpc_workers.parse_endpoints(rpc)
-        split_mode, split_shares, main_gpu = split.prepare(binaries.build_info, options.split_mode,
-                                                           options.tensor_split, options.main_gpu, endpoints,
-                                                           report=report)
+        split_mode, split_shares, main_gpu = split.prepare(
+            binaries.build_info, options.split_mode, options.tensor_split, options.main_gpu, endpoints, report=report
+        )
         if binaries.build_info.get("backend") == "cpu" and options.gpu_layers and not endpoints:
             log.info("CPU build of llama.cpp: layers run on the CPU (gpu_layers ignored)")
         if endpoints:  # llama.cpp cannot resolve "auto" through RPC workers
-            options = dataclasses.replace(options, flash_attn=rpc_workers.flash_attn_over_rpc(
-                options.flash_attn, vram.head_sizes(resolved.info)))
+            options = dataclasses.replace(
+                options, flash_attn=rpc_workers.flash_attn_over_rpc(options.flash_attn, vram.head_sizes(resolved.info))
+            )
         options = dataclasses.replace(options, split_mode=split_mode, tensor_split=split_shares, main_gpu=main_gpu)
         settings = ServerSettings.from_options(
-            resolved.path, options, ctx_size=options.context_tokens(resolved.info.context_length), host=host,
-            port=port, api_key=self._api_key, allow_unauthenticated=allow_unauthenticated, alias=resolved.name,
-            rpc=endpoints, backend_sampling=backend_sampling, extra_args=tuple(extra_args))
+            resolved.path,
+            options,
+            ctx_size=options.context_tokens(resolved.info.context_length),
+            host=host,
+            port=port,
+            api_key=self._api_key,
+            allow_unauthenticated=allow_unauthenticated,
+            alias=resolved.name,
+            rpc=endpoints,
+            backend_sampling=backend_sampling,
+            extra_args=tuple(extra_args),
+        )
         rpc_workers.check_workers(endpoints)  # before unloading: an unreachable worker keeps the old model
         vram.check_memory(resolved.info, settings, binaries.build_info, report)  # before a CUDA out-of-memory crash
         process = LlcudaServer if self.kind == "serve" else LlamaServer
@@ -143,7 +172,8 @@ class ServerBackend:
             if server is not None and not server.is_running():
                 log.warning(
                     "llama-server exited (code %s); restarting it. Log tail:\n%s",
-                    server.returncode(), server.log_tail(10),
+                    server.returncode(),
+                    server.log_tail(10),
                 )
                 rpc_workers.check_workers(server.settings.rpc)
                 server.start(self._start_timeout)
@@ -180,8 +210,11 @@ class ServerBackend:
         if code is None:
             return None
         lost = [f"{ep} ({why})" for ep in server.settings.rpc if (why := rpc_workers.probe(ep)) is not None]
-        then = (f"RPC worker(s) unreachable: {', '.join(lost)}. Restart them; the next call restarts llama-server"
-                if lost else "the next call restarts it")
+        then = (
+            f"RPC worker(s) unreachable: {', '.join(lost)}. Restart them; the next call restarts llama-server"
+            if lost
+            else "the next call restarts it"
+        )
         tail = server.log_tail()
         workers = rpc_workers.explain_worker_crash(server.settings.rpc, tail)
         return InferenceError(
@@ -209,7 +242,8 @@ class ServerBackend:
                 if time.monotonic() > deadline:
                     raise RequestTimeoutError(
                         f"the request did not finish within {self._request_timeout:g} s (request_timeout) and was "
-                        "cancelled. Raise request_timeout or LLCUDA_REQUEST_TIMEOUT, or lower max_tokens.")
+                        "cancelled. Raise request_timeout or LLCUDA_REQUEST_TIMEOUT, or lower max_tokens."
+                    )
         except LlcudaError:
             self._metrics.record_failure()
             raise
@@ -243,23 +277,43 @@ class ServerBackend:
 
     def _openai_infer(self, prompt: str, args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
         """A raw-text completion through OpenAI's ``/v1/completions`` (llcuda serve)."""
-        body: dict[str, Any] = {"prompt": prompt, "max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos,
-                                **_sampling(args)}
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "max_tokens": args.max_tokens,
+            "ignore_eos": args.ignore_eos,
+            **_sampling(args),
+        }
         if args.seed is None:
             body.pop("seed")
-        return self._openai(body, stream, LlamaClient.text_completion, LlamaClient.text_completion_stream,
-                            lambda choice: choice.get("text"), lambda choice: choice.get("text"))
+        return self._openai(
+            body,
+            stream,
+            LlamaClient.text_completion,
+            LlamaClient.text_completion_stream,
+            lambda choice: choice.get("text"),
+            lambda choice: choice.get("text"),
+        )
 
     def chat(self, messages: list[dict[str, Any]], args: SamplingOptions, stream: bool) -> InferResult | TokenStream:
         body: dict[str, Any] = {"messages": messages, "max_tokens": args.max_tokens, **_sampling(args)}
-        return self._openai(body, stream, LlamaClient.chat, LlamaClient.chat_stream,
-                            lambda choice: choice["message"].get("content"),
-                            lambda choice: (choice.get("delta") or {}).get("content"))
+        return self._openai(
+            body,
+            stream,
+            LlamaClient.chat,
+            LlamaClient.chat_stream,
+            lambda choice: choice["message"].get("content"),
+            lambda choice: (choice.get("delta") or {}).get("content"),
+        )
 
-    def _openai(self, body: dict[str, Any], stream: bool, call: Callable[[LlamaClient, dict[str, Any]], Any],
-                call_stream: Callable[[LlamaClient, dict[str, Any]], Iterator[dict[str, Any]]],
-                text: Callable[[dict[str, Any]], Any],
-                piece: Callable[[dict[str, Any]], Any]) -> InferResult | TokenStream:
+    def _openai(
+        self,
+        body: dict[str, Any],
+        stream: bool,
+        call: Callable[[LlamaClient, dict[str, Any]], Any],
+        call_stream: Callable[[LlamaClient, dict[str, Any]], Iterator[dict[str, Any]]],
+        text: Callable[[dict[str, Any]], Any],
+        piece: Callable[[dict[str, Any]], Any],
+    ) -> InferResult | TokenStream:
         """One OpenAI-shaped request: the whole answer (``text`` of its choice) or a stream of ``piece``s."""
         started = time.monotonic()
         if not stream:
@@ -287,32 +341,50 @@ class ServerBackend:
             return list(pool.map(lambda p: self.infer(p, args), prompts))
 
     # -- results -----------------------------------------------------------------------------
-    def _completion_result(self, data: dict[str, Any], started: float, first: float | None,
-                           text: str | None = None) -> InferResult:
+    def _completion_result(
+        self, data: dict[str, Any], started: float, first: float | None, text: str | None = None
+    ) -> InferResult:
         timings = dict(data.get("timings") or {})
         stop_type = str(data.get("stop_type", ""))
         return self._result(
-            data.get("content", "") if text is None else text, timings, started, first,
+            data.get("content", "") if text is None else text,
+            timings,
+            started,
+            first,
             tokens=data.get("tokens_predicted", timings.get("predicted_n", 0)),
             prompt_tokens=data.get("tokens_evaluated", timings.get("prompt_n", 0)),
             finish=_FINISH.get(stop_type, str(data.get("stop_type") or "stop")),
             stop_word=data.get("stopping_word") or None,
         )
 
-    def _chat_result(self, data: dict[str, Any], text: str, finish: str | None, started: float,
-                     first: float | None) -> InferResult:
+    def _chat_result(
+        self, data: dict[str, Any], text: str, finish: str | None, started: float, first: float | None
+    ) -> InferResult:
         usage = data.get("usage") or {}
         timings = dict(data.get("timings") or {})
         return self._result(
-            text, timings, started, first,
+            text,
+            timings,
+            started,
+            first,
             tokens=usage.get("completion_tokens", timings.get("predicted_n", 0)),
             prompt_tokens=usage.get("prompt_tokens", timings.get("prompt_n", 0)),
             finish=finish or "stop",
             stop_word=None,
         )
 
-    def _result(self, text: str, timings: dict[str, Any], started: float, first: float | None, *, tokens: Any,
-                prompt_tokens: Any, finish: str, stop_word: str | None) -> InferResult:
+    def _result(
+        self,
+        text: str,
+        timings: dict[str, Any],
+        started: float,
+        first: float | None,
+        *,
+        tokens: Any,
+        prompt_tokens: Any,
+        finish: str,
+        stop_word: str | None,
+    ) -> InferResult:
         """The InferResult of one finished request (recorded in the metrics)."""
         finished = time.monotonic()
         generated = int(tokens or 0)
@@ -390,17 +462,27 @@ class _Streamed:
 
 def _sampling(args: SamplingOptions) -> dict[str, Any]:
     """The sampling fields llama-server's /completion and /v1/chat/completions share."""
-    body: dict[str, Any] = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-                            "min_p": args.min_p, "seed": -1 if args.seed is None else args.seed,
-                            "stop": list(args.stop)}
+    body: dict[str, Any] = {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p,
+        "seed": -1 if args.seed is None else args.seed,
+        "stop": list(args.stop),
+    }
     if args.grammar is not None:
         body["grammar"] = args.grammar
     return body
 
 
 def _completion_body(prompt: str, args: SamplingOptions) -> dict[str, Any]:
-    return {"prompt": prompt, "cache_prompt": True, "n_predict": args.max_tokens, **_sampling(args),
-            "ignore_eos": args.ignore_eos}
+    return {
+        "prompt": prompt,
+        "cache_prompt": True,
+        "n_predict": args.max_tokens,
+        **_sampling(args),
+        "ignore_eos": args.ignore_eos,
+    }
 
 
 def _connection_broke(exc: InferenceError) -> bool:

@@ -132,18 +132,14 @@ def vocab_file(name: str, vocab_dir: Path | None = None, *, offline: bool | None
     if vocab_dir is not None:
         path = Path(vocab_dir).expanduser() / filename
         if not path.is_file():
-            raise ModelNotFoundError(
-                f"{path} does not exist. Pass llama.cpp's models/ folder as the vocab folder."
-            )
+            raise ModelNotFoundError(f"{path} does not exist. Pass llama.cpp's models/ folder as the vocab folder.")
         return path
     for tree in sorted((config.home_dir() / "src").glob("llama.cpp-*/models"), reverse=True):
         if (tree / filename).is_file():
             return tree / filename
     pinned = VOCABS.get(name)
     if pinned is None:
-        raise ModelNotFoundError(
-            f"No pinned copy of {filename}; pass llama.cpp's models/ folder as the vocab folder."
-        )
+        raise ModelNotFoundError(f"No pinned copy of {filename}; pass llama.cpp's models/ folder as the vocab folder.")
     dest = config.home_dir() / "vocab" / filename
     if dest.is_file() and dest.stat().st_size == pinned.size:
         return dest
@@ -169,9 +165,7 @@ def copy_field(writer: Any, key: str, field: Any, values: Any = None) -> None:
     if vtype == GGUFValueType.ARRAY:
         sub = GGUFValueType(field.types[1])
         if sub == GGUFValueType.ARRAY:
-            raise LlcudaError(
-                f"{key}: nested metadata arrays are not supported; use another file as the model."
-            )
+            raise LlcudaError(f"{key}: nested metadata arrays are not supported; use another file as the model.")
         if values is None:
             values = (
                 [bytes(field.parts[i]) for i in field.data]
@@ -185,9 +179,7 @@ def copy_field(writer: Any, key: str, field: Any, values: Any = None) -> None:
         writer.add_key_value(key, field.parts[field.data[0]].tolist()[0] if values is None else values, vtype)
 
 
-def _write_tensors(
-    writer: Any, plan: list[tuple[str, tuple[int, ...]]], seed: int, dtype: str = "f16"
-) -> None:
+def _write_tensors(writer: Any, plan: list[tuple[str, tuple[int, ...]]], seed: int, dtype: str = "f16") -> None:
     """Declare every tensor, write the header, then the data one tensor at a time (low peak memory).
 
     1-D tensors (norms) are f32 ones; the rest N(0, 0.02) in ``dtype``.
@@ -206,9 +198,7 @@ def _write_tensors(
         if len(shape) == 1:
             writer.write_tensor_data(np.ones(shape, dtype=np.float32))
         else:
-            writer.write_tensor_data(
-                (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(matrix_type)
-            )
+            writer.write_tensor_data((rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(matrix_type))
     writer.close()
 
 

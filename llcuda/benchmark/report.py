@@ -94,21 +94,15 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     startup = data["sections"].get("startup", {})
     loads: dict[str, dict[str, Any]] = {}
     for row in startup.get("loads", []):
-        loads.setdefault(row["variant"], {"backend": row["backend"], "values": []})["values"].append(
-            row["load_s"]
-        )
+        loads.setdefault(row["variant"], {"backend": row["backend"], "values": []})["values"].append(row["load_s"])
     return {
         "ceilings": ceil,
         "throughput": throughput,
         "first_token": first_token,
         "import_s": _spread(startup["import_s"]) if startup.get("import_s") else None,
-        "load_s": {
-            variant: {"backend": v["backend"], **_spread(v["values"])} for variant, v in loads.items()
-        },
+        "load_s": {variant: {"backend": v["backend"], **_spread(v["values"])} for variant, v in loads.items()},
         "not_run": {k: v["skipped"] for k, v in data["sections"].items() if "skipped" in v},
-        "failed": {
-            k: {"error": v["error"], "log": v.get("log")} for k, v in data["sections"].items() if "error" in v
-        },
+        "failed": {k: {"error": v["error"], "log": v.get("log")} for k, v in data["sections"].items() if "error" in v},
     }
 
 
@@ -176,8 +170,7 @@ def markdown(data: dict[str, Any]) -> str:
         "| tool | test | tok/s |",
         "|---|---|---:|",
         f"| llama-bench | {ceil['tg_key']} (one stream) | {fmt(ceil['tg'])} ± {fmt(ceil['tg_stddev'])} |",
-        f"| llama-bench | {ceil['pp_key']} (prompt processing) | {fmt(ceil['pp'])} ± "
-        f"{fmt(ceil['pp_stddev'])} |",
+        f"| llama-bench | {ceil['pp_key']} (prompt processing) | {fmt(ceil['pp'])} ± {fmt(ceil['pp_stddev'])} |",
     ]
     lines += [
         f"| llama-batched-bench | S_TG at B={b} | {fmt(v)} |"
@@ -240,8 +233,7 @@ def markdown(data: dict[str, Any]) -> str:
     if summary["import_s"]:
         imp = summary["import_s"]
         lines.append(
-            f"| import llcuda | {fmt(imp['median'] * 1000)} ms | {fmt(imp['min'] * 1000)}–"
-            f"{fmt(imp['max'] * 1000)} ms |"
+            f"| import llcuda | {fmt(imp['median'] * 1000)} ms | {fmt(imp['min'] * 1000)}–{fmt(imp['max'] * 1000)} ms |"
         )
     for variant, load in summary["load_s"].items():
         lines.append(

@@ -63,9 +63,7 @@ def output_folder(root: Path, device_slug: str, day: str) -> Path:
 def _model(settings: BenchSettings, binaries: Any, progress: Progress) -> Path:
     if settings.model in RANDOM_MODELS:
         progress(f"model: {settings.model} (random weights; made once, then cached)")
-        return random_model(
-            settings.model, binaries=binaries, vocab_dir=settings.vocab_dir, offline=settings.offline
-        )
+        return random_model(settings.model, binaries=binaries, vocab_dir=settings.vocab_dir, offline=settings.offline)
     from llcuda.models import resolve_model
 
     return resolve_model(settings.model, offline=settings.offline).path
@@ -193,9 +191,7 @@ def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> 
                 data["sections"][section] = {"skipped": reason}
                 continue
         say(f"{section} ...")
-        data["sections"][section] = _run_section(
-            section, request, log_dir, child_env, settings.section_timeout, say
-        )
+        data["sections"][section] = _run_section(section, request, log_dir, child_env, settings.section_timeout, say)
         # after every section, so a run cut short keeps what it measured
         json_path.write_text(json.dumps(data, indent=1, default=str))
 

@@ -161,8 +161,10 @@ CHAT_REPLY_TOKENS = 64
 
 
 def _words(n: int, seed: int) -> str:
-    vocab = ("lighthouse keeper map storm harbour ship lantern rope island signal tide captain night "
-             "coast letter compass north wave beacon").split()
+    vocab = (
+        "lighthouse keeper map storm harbour ship lantern rope island signal tide captain night "
+        "coast letter compass north wave beacon"
+    ).split()
     return " ".join(vocab[(seed * 7 + i * 3) % len(vocab)] for i in range(n))
 
 
@@ -176,8 +178,13 @@ def chat_turns(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
     from llcuda.libllama.engine import InProcessEngine
 
     n_parallel, ctx = slots_and_context(request)
-    engine = InProcessEngine().load_model(request["model"], n_parallel=n_parallel, ctx_size=ctx,
-                                          gpu_layers=request["gpu_layers"], flash_attn=request["flash_attn"])
+    engine = InProcessEngine().load_model(
+        request["model"],
+        n_parallel=n_parallel,
+        ctx_size=ctx,
+        gpu_layers=request["gpu_layers"],
+        flash_attn=request["flash_attn"],
+    )
     rows: list[dict[str, Any]] = []
     room = engine.n_ctx_seq  # a small model's context scales the chat down
     system_words, user_words = min(CHAT_SYSTEM_WORDS, room // 8), min(CHAT_USER_WORDS, room // 40)
@@ -194,12 +201,17 @@ def chat_turns(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
             with_reuse = engine.infer(conversation, max_tokens=1, temperature=0.0)
             engine.forget_prefixes()
             without = engine.infer(conversation, max_tokens=1, temperature=0.0)
-            row = {"prompt_tokens": with_reuse.prompt_tokens, "reused_tokens": with_reuse.timings["prompt_cached"],
-                   "ttft_reuse_s": (with_reuse.time_to_first_token_ms or 0) / 1000,
-                   "ttft_fresh_s": (without.time_to_first_token_ms or 0) / 1000}
+            row = {
+                "prompt_tokens": with_reuse.prompt_tokens,
+                "reused_tokens": with_reuse.timings["prompt_cached"],
+                "ttft_reuse_s": (with_reuse.time_to_first_token_ms or 0) / 1000,
+                "ttft_fresh_s": (without.time_to_first_token_ms or 0) / 1000,
+            }
             rows.append(row)
-            progress(f"turn {CHAT_TURNS}: {row['prompt_tokens']} prompt tokens, {row['reused_tokens']} reused; TTFT "
-                     f"{row['ttft_reuse_s'] * 1000:.1f} ms with reuse, {row['ttft_fresh_s'] * 1000:.1f} ms without")
+            progress(
+                f"turn {CHAT_TURNS}: {row['prompt_tokens']} prompt tokens, {row['reused_tokens']} reused; TTFT "
+                f"{row['ttft_reuse_s'] * 1000:.1f} ms with reuse, {row['ttft_fresh_s'] * 1000:.1f} ms without"
+            )
     finally:
         engine.unload()
     return {"turn": CHAT_TURNS, "rows": rows}

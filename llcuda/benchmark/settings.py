@@ -62,9 +62,7 @@ class BenchSettings:
         """These settings, levels sorted and de-duplicated; raises :class:`ConfigError` naming a bad value."""
         levels = tuple(sorted(set(self.concurrency)))
         if not levels or levels[0] < 1:
-            raise ConfigError(
-                f"concurrency {self.concurrency!r}: give one or more levels of at least 1, e.g. 1,16,64."
-            )
+            raise ConfigError(f"concurrency {self.concurrency!r}: give one or more levels of at least 1, e.g. 1,16,64.")
         for name in self.sampling:
             if name not in SAMPLING:
                 raise ConfigError(f"sampling {name!r}: choose from {', '.join(SAMPLING)}.")

@@ -59,9 +59,7 @@ def parse_llama_bench(stdout: str) -> dict[str, dict[str, Any]]:
     try:
         rows = json.loads(stdout)
     except ValueError as exc:
-        raise LlcudaError(
-            f"llama-bench printed no JSON ({exc}); its output began: {stdout[:300]!r}"
-        ) from None
+        raise LlcudaError(f"llama-bench printed no JSON ({exc}); its output began: {stdout[:300]!r}") from None
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         key = f"pp{row['n_prompt']}" if row["n_gen"] == 0 else f"tg{row['n_gen']}"
@@ -136,8 +134,7 @@ def _run(cmd: list[str], binaries: Binaries) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(binaries), check=False)
     if done.returncode != 0:
         raise LlcudaError(
-            f"{Path(cmd[0]).name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}\n"
-            f"command: {' '.join(cmd)}"
+            f"{Path(cmd[0]).name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}\ncommand: {' '.join(cmd)}"
         )
     return done.stdout
 

@@ -69,21 +69,29 @@ def run_quick_bench(
             wall = time.monotonic() - t0
             tokens = sum(r.tokens_generated for r in results)
             latencies = [r.latency_ms for r in results]
-            runs.append({
-                "concurrency": level,
-                "requests": count,
-                "tokens": tokens,
-                "wall_seconds": round(wall, 4),
-                "throughput_tokens_per_sec": tokens / wall if wall > 0 else 0.0,
-                "per_request_decode_tokens_per_sec": statistics.fmean(r.tokens_per_sec for r in results),
-                "latency_ms_p50": _percentile(latencies, 0.50),
-                "latency_ms_p95": _percentile(latencies, 0.95),
-            })
+            runs.append(
+                {
+                    "concurrency": level,
+                    "requests": count,
+                    "tokens": tokens,
+                    "wall_seconds": round(wall, 4),
+                    "throughput_tokens_per_sec": tokens / wall if wall > 0 else 0.0,
+                    "per_request_decode_tokens_per_sec": statistics.fmean(r.tokens_per_sec for r in results),
+                    "latency_ms_p50": _percentile(latencies, 0.50),
+                    "latency_ms_p95": _percentile(latencies, 0.95),
+                }
+            )
         from llcuda.system.binaries import find_binaries
 
         build = find_binaries().build_info.get("backend", "?")
-        return {"model": eng.model_name, "backend": build, "engine": eng.backend, "load_seconds": load_seconds,
-                "max_tokens": max_tokens, "runs": runs}
+        return {
+            "model": eng.model_name,
+            "backend": build,
+            "engine": eng.backend,
+            "load_seconds": load_seconds,
+            "max_tokens": max_tokens,
+            "runs": runs,
+        }
     finally:
         eng.unload()
 
@@ -110,23 +118,42 @@ def add_compare_options(parser: argparse.ArgumentParser) -> None:
         "Writes report.json, report.md and report.png to OUT/<device>-<date>/. The model defaults to "
         f"{DEFAULT_MODEL} (random weights, the Llama-3.2-1B shape as Q4_K_M, made once and cached).",
     )
-    group.add_argument("--compare", action="store_true",
-                       help="run the full comparison (also: python -m llcuda.benchmark)")
-    group.add_argument("--sampling", type=_name_list, default=None,
-                       help=f"sampling presets, comma-separated (default {','.join(DEFAULT_SAMPLING)})")
-    group.add_argument("--repeats", type=int, default=None,
-                       help=f"repetitions of everything (default {DEFAULT_REPEATS})")
-    group.add_argument("--prompt-tokens", type=int, default=None,
-                       help=f"time-to-first-token prompt in tokens (default {DEFAULT_PROMPT_TOKENS})")
-    group.add_argument("--systems", type=_name_list, default=None,
-                       help=f"systems to run, comma-separated (default all: {','.join(SYSTEMS)})")
-    group.add_argument("--out", default=None,
-                       help=f"results folder (default {RESULTS_DIR} when it exists, else {FALLBACK_OUT_DIR})")
-    group.add_argument("--vocab-dir", default=None,
-                       help="llama.cpp's models/ folder, for a random model's tokenizer (default: a cached "
-                            "llama.cpp tree, else downloaded)")
-    group.add_argument("--section-timeout", type=float, default=None,
-                       help="seconds one section may take (default: no limit)")
+    group.add_argument(
+        "--compare", action="store_true", help="run the full comparison (also: python -m llcuda.benchmark)"
+    )
+    group.add_argument(
+        "--sampling",
+        type=_name_list,
+        default=None,
+        help=f"sampling presets, comma-separated (default {','.join(DEFAULT_SAMPLING)})",
+    )
+    group.add_argument(
+        "--repeats", type=int, default=None, help=f"repetitions of everything (default {DEFAULT_REPEATS})"
+    )
+    group.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=None,
+        help=f"time-to-first-token prompt in tokens (default {DEFAULT_PROMPT_TOKENS})",
+    )
+    group.add_argument(
+        "--systems",
+        type=_name_list,
+        default=None,
+        help=f"systems to run, comma-separated (default all: {','.join(SYSTEMS)})",
+    )
+    group.add_argument(
+        "--out", default=None, help=f"results folder (default {RESULTS_DIR} when it exists, else {FALLBACK_OUT_DIR})"
+    )
+    group.add_argument(
+        "--vocab-dir",
+        default=None,
+        help="llama.cpp's models/ folder, for a random model's tokenizer (default: a cached "
+        "llama.cpp tree, else downloaded)",
+    )
+    group.add_argument(
+        "--section-timeout", type=float, default=None, help="seconds one section may take (default: no limit)"
+    )
 
 
 COMPARE_REFUSES = ("backend", "server_url", "rpc", "split_mode", "tensor_split", "main_gpu")
@@ -143,8 +170,10 @@ def run_compare(args: argparse.Namespace) -> int:
 
     given = [f"--{name.replace('_', '-')}" for name in COMPARE_REFUSES if getattr(args, name, None)]
     if given:
-        raise ConfigError(f"{', '.join(given)} cannot be used with --compare: it runs every system itself. "
-                          "Drop them, or run `llcuda bench` without --compare.")
+        raise ConfigError(
+            f"{', '.join(given)} cannot be used with --compare: it runs every system itself. "
+            "Drop them, or run `llcuda bench` without --compare."
+        )
 
     def or_default(value: Any, default: Any) -> Any:
         return default if value is None else value

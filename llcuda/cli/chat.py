@@ -46,11 +46,13 @@ COMMANDS = {
     "/help": "/help          this list",
     "/exit": "/exit          quit (also Ctrl-D)",
 }
-HELP = "\n".join([
-    *COMMANDS.values(),
-    'A line ending in \\ continues on the next line; """ starts and ends a block of lines.',
-    "Ctrl-C stops a reply (the conversation goes on) or clears the line; Ctrl-D quits.",
-])
+HELP = "\n".join(
+    [
+        *COMMANDS.values(),
+        'A line ending in \\ continues on the next line; """ starts and ends a block of lines.',
+        "Ctrl-C stops a reply (the conversation goes on) or clears the line; Ctrl-D quits.",
+    ]
+)
 
 
 class Conversation:
@@ -192,8 +194,16 @@ def _setup_readline(history: Path | None) -> Any:
 class ChatLoop:
     """Runs the conversation: reads messages and commands, streams the replies."""
 
-    def __init__(self, engine: Any, sampling: dict[str, Any], conversation: Conversation, *,
-                 stdout: TextIO, stderr: TextIO, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        sampling: dict[str, Any],
+        conversation: Conversation,
+        *,
+        stdout: TextIO,
+        stderr: TextIO,
+        verbose: bool = False,
+    ) -> None:
         self.engine = engine
         self.sampling = sampling
         self.conversation = conversation
@@ -234,8 +244,7 @@ class ChatLoop:
         self.say("")
         if self.verbose and stream.result is not None:
             r = stream.result
-            self.err.write(f"[{r.tokens_generated} tokens, {r.tokens_per_sec:.1f} tok/s, "
-                           f"finish={r.finish_reason}]\n")
+            self.err.write(f"[{r.tokens_generated} tokens, {r.tokens_per_sec:.1f} tok/s, finish={r.finish_reason}]\n")
         return True
 
     def command(self, text: str) -> bool:
@@ -243,8 +252,13 @@ class ChatLoop:
         name, _, arg = text.partition(" ")
         arg = arg.strip()
         handlers: dict[str, Callable[[str], bool]] = {
-            "/system": self._system, "/clear": self._clear, "/save": self._save, "/load": self._load,
-            "/help": lambda _: self._print(HELP), "/exit": lambda _: False, "/quit": lambda _: False,
+            "/system": self._system,
+            "/clear": self._clear,
+            "/save": self._save,
+            "/load": self._load,
+            "/help": lambda _: self._print(HELP),
+            "/exit": lambda _: False,
+            "/quit": lambda _: False,
         }
         handler = handlers.get(name)
         if handler is None:
@@ -257,8 +271,11 @@ class ChatLoop:
 
     def _system(self, arg: str) -> bool:
         if not arg:
-            return self._print(f"system prompt: {self.conversation.system}" if self.conversation.system
-                               else "no system prompt; set one with /system TEXT")
+            return self._print(
+                f"system prompt: {self.conversation.system}"
+                if self.conversation.system
+                else "no system prompt; set one with /system TEXT"
+            )
         self.conversation.set_system(arg)
         return self._print("system prompt set.")
 
@@ -291,8 +308,10 @@ class ChatLoop:
 
     def run(self, reader: LineReader) -> int:
         if reader.interactive:
-            self.say(f"llcuda chat with {self.engine.model_name}: /help lists the commands, Ctrl-C stops a "
-                     "reply, Ctrl-D quits.")
+            self.say(
+                f"llcuda chat with {self.engine.model_name}: /help lists the commands, Ctrl-C stops a "
+                "reply, Ctrl-D quits."
+            )
         while True:
             try:
                 text = reader.message()
@@ -321,12 +340,26 @@ def history_path() -> Path:
     return config.home_dir() / HISTORY_FILE
 
 
-def run_chat(engine: Any, sampling: dict[str, Any], *, message: str | None, system: str | None,
-             verbose: bool = False, stdin: TextIO | None = None, stdout: TextIO | None = None,
-             stderr: TextIO | None = None) -> int:
+def run_chat(
+    engine: Any,
+    sampling: dict[str, Any],
+    *,
+    message: str | None,
+    system: str | None,
+    verbose: bool = False,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
     """One message (``message``), or the conversation read from ``stdin``; the exit status."""
-    loop = ChatLoop(engine, sampling, Conversation(system), stdout=stdout or sys.stdout,
-                    stderr=stderr or sys.stderr, verbose=verbose)
+    loop = ChatLoop(
+        engine,
+        sampling,
+        Conversation(system),
+        stdout=stdout or sys.stdout,
+        stderr=stderr or sys.stderr,
+        verbose=verbose,
+    )
     if message is not None:
         return 0 if loop.reply(message) else 130
     with LineReader(stdin or sys.stdin, loop.out, history_path()) as reader:

@@ -50,17 +50,23 @@ def collect() -> dict[str, Any]:
             warnings.append(f"no build-info.json next to {binaries.bin_dir}: backend and CUDA archs unknown")
         inprocess = check_inprocess(binaries)
         if not inprocess["loads"]:
-            warnings.append(f"libllama does not load in-process, so backend='inprocess' cannot work (the server "
-                            f"backend can): {inprocess['error']}")
+            warnings.append(
+                f"libllama does not load in-process, so backend='inprocess' cannot work (the server "
+                f"backend can): {inprocess['error']}"
+            )
     except BinaryNotFoundError as exc:
-        binaries_report = {"found": False, "error": str(exc),
-                           "searched": [f"{label}: {path}" for label, path in bootstrap.candidate_dirs()]}
+        binaries_report = {
+            "found": False,
+            "error": str(exc),
+            "searched": [f"{label}: {path}" for label, path in bootstrap.candidate_dirs()],
+        }
         if isinstance(exc, BuildMismatchError):
-            problems.append(f"llama-server is llama.cpp b{exc.found}, llcuda needs b{exc.expected} "
-                            "(see binaries.error for how to fix it)")
+            problems.append(
+                f"llama-server is llama.cpp b{exc.found}, llcuda needs b{exc.expected} "
+                "(see binaries.error for how to fix it)"
+            )
         else:
-            problems.append("llama-server not found (see binaries.error for where llcuda looked and how to "
-                            "fix it)")
+            problems.append("llama-server not found (see binaries.error for where llcuda looked and how to fix it)")
 
     report = gpu.detect()
     try:

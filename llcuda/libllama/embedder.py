@@ -52,8 +52,10 @@ class Embedder:
         cparams.n_threads = cparams.n_threads_batch = threads or physical_cores()
         ctx = lib.llama_init_from_model(self._model, cparams)
         if not ctx:
-            raise LlcudaError("libllama could not create an embeddings context (out of memory? load with a "
-                              f"smaller ctx_size). Its log ends:\n{log_tail()}")
+            raise LlcudaError(
+                "libllama could not create an embeddings context (out of memory? load with a "
+                f"smaller ctx_size). Its log ends:\n{log_tail()}"
+            )
         return ctx
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
@@ -62,8 +64,10 @@ class Embedder:
             if not tokens:
                 raise ConfigError(f"input {i} has no tokens; give it some text.")
             if len(tokens) > self.n_ctx:
-                raise ConfigError(f"input {i} has {len(tokens)} tokens, more than the {self.n_ctx} an embeddings "
-                                  "context takes; shorten it.")
+                raise ConfigError(
+                    f"input {i} has {len(tokens)} tokens, more than the {self.n_ctx} an embeddings "
+                    "context takes; shorten it."
+                )
         with self._lock:
             if self._ctx is None:
                 raise LlcudaError("the embeddings context was closed; load the model again.")
@@ -83,7 +87,7 @@ class Embedder:
         vector = lib.llama_get_embeddings_seq(self._ctx, 0)
         if not vector:
             raise InferenceError("libllama returned no pooled embedding.", log_tail=log_tail())
-        values = vector[:self.n_embd]
+        values = vector[: self.n_embd]
         norm = math.sqrt(sum(v * v for v in values))
         return [v / norm for v in values] if norm > 0 else values
 

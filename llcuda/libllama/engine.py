@@ -81,8 +81,9 @@ def _resolve(model: str | Path, offline: bool | None) -> ResolvedModel:
     return resolve_model(model, offline=offline)
 
 
-def _check_gpus(build_info: dict[str, Any], split_mode: str | None, tensor_split: Sequence[float] | None,
-                main_gpu: int | None) -> tuple[gpu.GPUReport | None, tuple[str | None, tuple[float, ...], int | None]]:
+def _check_gpus(
+    build_info: dict[str, Any], split_mode: str | None, tensor_split: Sequence[float] | None, main_gpu: int | None
+) -> tuple[gpu.GPUReport | None, tuple[str | None, tuple[float, ...], int | None]]:
     """The GPUs (one detection for both checks), their compatibility with the build, and the split."""
     report = gpu.detect() if build_info.get("backend") == "cuda" else None
     for warning in gpu.check_compatibility(build_info, report):
@@ -96,10 +97,13 @@ def _text_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, message in enumerate(checked):
         content = message["content"]
         if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise ConfigError(f"messages[{i}]['content'] has a part that is not text; the in-process backend "
-                                  "takes text only (use backend='llama-server' for other content).")
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                raise ConfigError(
+                    f"messages[{i}]['content'] has a part that is not text; the in-process backend "
+                    "takes text only (use backend='llama-server' for other content)."
+                )
             message["content"] = "".join(p["text"] for p in content)
     return checked
 
@@ -118,8 +122,13 @@ class InProcessEngine:
     ``LLCUDA_REQUEST_TIMEOUT`` or 600).
     """
 
-    def __init__(self, *, binaries: Binaries | None = None, request_timeout: float | None = None,
-                 metrics: MetricsRecorder | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        binaries: Binaries | None = None,
+        request_timeout: float | None = None,
+        metrics: MetricsRecorder | None = None,
+    ) -> None:
         self._binaries = binaries
         self._timeout = config.request_timeout(request_timeout)
         self.metrics = metrics or MetricsRecorder()
@@ -180,9 +189,15 @@ class InProcessEngine:
             resolved, timings["resolve_s"] = _timed(_resolve, model, offline)
             (report, (split_mode, shares, main_gpu)), timings["detect_s"] = gpus.result()
             n_ctx = opts.context_tokens(resolved.info.context_length)
-            settings = ServerSettings(model_path=resolved.path, ctx_size=n_ctx, gpu_layers=gpu_layers,
-                                      n_parallel=n_parallel, split_mode=split_mode, tensor_split=shares,
-                                      main_gpu=main_gpu)
+            settings = ServerSettings(
+                model_path=resolved.path,
+                ctx_size=n_ctx,
+                gpu_layers=gpu_layers,
+                n_parallel=n_parallel,
+                split_mode=split_mode,
+                tensor_split=shares,
+                main_gpu=main_gpu,
+            )
             vram.check_memory(resolved.info, settings, build_info, report)  # before a CUDA out-of-memory crash
             lib, timings["library_s"] = library.result()
         self.unload()  # the previous model, once the new one passed every check
@@ -221,8 +236,10 @@ class InProcessEngine:
             for chain in chains:
                 lib.llama_sampler_free(chain)
             self.unload()
-            raise LlcudaError("libllama could not create a context (out of GPU memory? lower ctx_size or "
-                              f"n_parallel). Its log ends:\n{tail}")
+            raise LlcudaError(
+                "libllama could not create a context (out of GPU memory? lower ctx_size or "
+                f"n_parallel). Its log ends:\n{tail}"
+            )
         self._batcher = Batcher(lib, ctx, self._vocab, chains, n_batch, self.piece)
         if opts.embeddings:
             try:
@@ -240,8 +257,13 @@ class InProcessEngine:
         self.load_timings, self.load_seconds = timings, time.perf_counter() - t0
         self.reset_stats()
         self.metrics.reset()
-        log.info("loaded %s in-process in %.2f s, load_mode %s (%s)", resolved.name, self.load_seconds, mode,
-                 ", ".join(f"{k} {v:.3f}" for k, v in timings.items()))
+        log.info(
+            "loaded %s in-process in %.2f s, load_mode %s (%s)",
+            resolved.name,
+            self.load_seconds,
+            mode,
+            ", ".join(f"{k} {v:.3f}" for k, v in timings.items()),
+        )
         return self
 
     @property
@@ -269,8 +291,10 @@ class InProcessEngine:
         n_vocab = self.n_vocab
         bad = next((t for t in checked if not 0 <= t < n_vocab), None)
         if bad is not None:
-            raise ConfigError(f"{name} has token id {bad}, outside the vocabulary (0 to {n_vocab - 1}); send ids "
-                              "from this model's tokenizer.")
+            raise ConfigError(
+                f"{name} has token id {bad}, outside the vocabulary (0 to {n_vocab - 1}); send ids "
+                "from this model's tokenizer."
+            )
         return checked
 
     @property
@@ -316,9 +340,16 @@ class InProcessEngine:
         running, queued, alive = batcher.load()
         if not alive:
             raise LlcudaError("the in-process worker thread has stopped; load the model again.")
-        return {"status": "ok", "backend": "inprocess", "model": self.model_name, "running": running,
-                "queued": queued, "slots": batcher.n_parallel, "backend_sampling": batcher.backend_sampling,
-                "sampled_logits_copied": batcher.sampled_data_kept}
+        return {
+            "status": "ok",
+            "backend": "inprocess",
+            "model": self.model_name,
+            "running": running,
+            "queued": queued,
+            "slots": batcher.n_parallel,
+            "backend_sampling": batcher.backend_sampling,
+            "sampled_logits_copied": batcher.sampled_data_kept,
+        }
 
     # -- tokens and templates ----------------------------------------------------------------
     def _need_model(self) -> None:
@@ -376,8 +407,14 @@ class InProcessEngine:
         return tokens
 
     # -- requests ----------------------------------------------------------------------------
-    def submit(self, prompt: str | Sequence[int], options: SamplingOptions | None = None, *,
-               stream: TokenSink | None = None, **overrides: Any) -> Request:
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        options: SamplingOptions | None = None,
+        *,
+        stream: TokenSink | None = None,
+        **overrides: Any,
+    ) -> Request:
         """Queue one request (text, or token ids); ``request.future`` resolves when it ends. Thread-safe.
 
         ``options`` and ``overrides`` (SamplingOptions' field names) say how it samples. ``stream``: a
@@ -398,7 +435,9 @@ class InProcessEngine:
             raise ContextLengthError(
                 f"the prompt has {len(tokens)} tokens, but a sequence holds at most {batcher.n_ctx_seq} (prompt and "
                 "answer together); shorten the prompt, or load with a larger ctx_size.",
-                prompt_tokens=len(tokens), n_ctx=batcher.n_ctx_seq)
+                prompt_tokens=len(tokens),
+                n_ctx=batcher.n_ctx_seq,
+            )
         req = Request(tokens, opts.max_tokens, Sampling.of(opts), stop_words(opts.stop), opts.ignore_eos, stream)
         batcher.put(req)
         return req
@@ -421,8 +460,9 @@ class InProcessEngine:
             return
         sampler = self._lib.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
         if not sampler:
-            raise ConfigError(f"llama.cpp could not parse the grammar (GBNF with a root rule). Its log ends:\n"
-                              f"{log_tail(8)}")
+            raise ConfigError(
+                f"llama.cpp could not parse the grammar (GBNF with a root rule). Its log ends:\n{log_tail(8)}"
+            )
         self._lib.llama_sampler_free(sampler)
         if len(self._grammars) > 256:
             self._grammars.clear()
@@ -451,20 +491,27 @@ class InProcessEngine:
         """
         embedder = self._embedder
         if embedder is None:
-            raise ConfigError("embeddings are off for this model; load it with embeddings=True "
-                              "(llcuda serve --embeddings).")
-        token_lists = [self.tokenize(validation.prompt(x, f"input[{i}]")) if isinstance(x, str)
-                       else self.check_tokens(x, f"input[{i}]") for i, x in enumerate(inputs)]
+            raise ConfigError(
+                "embeddings are off for this model; load it with embeddings=True (llcuda serve --embeddings)."
+            )
+        token_lists = [
+            self.tokenize(validation.prompt(x, f"input[{i}]"))
+            if isinstance(x, str)
+            else self.check_tokens(x, f"input[{i}]")
+            for i, x in enumerate(inputs)
+        ]
         return embedder.embed(token_lists), sum(len(t) for t in token_lists)
 
-    def infer(self, prompt: str | Sequence[int], options: SamplingOptions | None = None,
-              **overrides: Any) -> InferResult:
+    def infer(
+        self, prompt: str | Sequence[int], options: SamplingOptions | None = None, **overrides: Any
+    ) -> InferResult:
         """Continue ``prompt`` (raw text or token ids) with ``options`` (default: SamplingOptions()) and
         ``overrides`` (SamplingOptions' field names)."""
         return self.result(self.submit(prompt, options, **overrides))
 
-    def infer_stream(self, prompt: str | Sequence[int], options: SamplingOptions | None = None,
-                     **overrides: Any) -> TokenStream:
+    def infer_stream(
+        self, prompt: str | Sequence[int], options: SamplingOptions | None = None, **overrides: Any
+    ) -> TokenStream:
         """Like :meth:`infer`, but yields text pieces as tokens are decoded."""
         req = self.submit(prompt, options, stream=queue.SimpleQueue(), **overrides)
         deadline = time.monotonic() + self._timeout
@@ -483,16 +530,23 @@ class InProcessEngine:
 
         return TokenStream(pieces(), lambda: box["result"])
 
-    def chat(self, messages: Sequence[dict[str, Any]], options: SamplingOptions | None = None, *,
-             stream: bool = False, **overrides: Any) -> InferResult | TokenStream:
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        options: SamplingOptions | None = None,
+        *,
+        stream: bool = False,
+        **overrides: Any,
+    ) -> InferResult | TokenStream:
         """One assistant turn for ``messages`` in the model's chat template (ConfigError if it has none)."""
         text = self.apply_chat_template(messages)
         tokens = self.tokenize(text, add_special=self.chat_template().add_special(text), parse_special=True)
         opts = _sampling(options, {"max_tokens": CHAT_MAX_TOKENS, **overrides} if options is None else overrides)
         return self.infer_stream(tokens, opts) if stream else self.infer(tokens, opts)
 
-    def batch_infer(self, prompts: Sequence[str], options: SamplingOptions | None = None,
-                    **overrides: Any) -> list[InferResult]:
+    def batch_infer(
+        self, prompts: Sequence[str], options: SamplingOptions | None = None, **overrides: Any
+    ) -> list[InferResult]:
         """All ``prompts`` decoded together (up to ``n_parallel`` at a time); results in order."""
         items = [validation.prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
         requests: list[Request] = []
@@ -513,7 +567,8 @@ class InProcessEngine:
         return RequestTimeoutError(
             f"the request did not finish within {self._timeout:g} s (request_timeout; it had generated "
             f"{len(req.out)} tokens) and was cancelled. Raise request_timeout or LLCUDA_REQUEST_TIMEOUT, or lower "
-            "max_tokens.")
+            "max_tokens."
+        )
 
     def result(self, req: Request, deadline: float | None = None) -> InferResult:
         """Wait for ``req`` (until ``deadline``, a ``time.monotonic()`` value; default: request_timeout from
@@ -532,7 +587,7 @@ class InProcessEngine:
         """The InferResult of a finished request (recorded in the metrics)."""
         tokens = req.out[:-1] if req.finish == "stop" and req.stop_at is None else req.out
         if req.stop_at is not None:
-            text = bytes(req.text[:req.stop_at]).decode("utf-8", errors="replace")
+            text = bytes(req.text[: req.stop_at]).decode("utf-8", errors="replace")
         else:
             text = self.detokenize(tokens)
         first = req.first_token or req.done
@@ -549,8 +604,13 @@ class InProcessEngine:
             time_to_first_token_ms=(first - req.submitted) * 1000.0,
             stop_word=req.stop_word,
             model=self.model_name or "",
-            timings={"prompt_n": len(req.tokens), "predicted_n": len(req.out), "predicted_per_second": tps,
-                     "prompt_cached": req.reused, "backend_sampling": bool(self.backend_sampling)},
+            timings={
+                "prompt_n": len(req.tokens),
+                "predicted_n": len(req.out),
+                "predicted_per_second": tps,
+                "prompt_cached": req.reused,
+                "backend_sampling": bool(self.backend_sampling),
+            },
         )
 
     def __repr__(self) -> str:

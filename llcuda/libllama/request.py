@@ -57,15 +57,27 @@ class Sampling:
         if options.temperature <= 0.0:
             return cls(ban_eog=options.ignore_eos, grammar=options.grammar)
         seed = None if options.seed in (None, -1, 2**32 - 1) else options.seed
-        return cls(options.temperature, options.top_p, options.top_k, options.min_p, seed, options.ignore_eos,
-                   options.grammar)
+        return cls(
+            options.temperature, options.top_p, options.top_k, options.min_p, seed, options.ignore_eos, options.grammar
+        )
 
     @classmethod
-    def make(cls, temperature: float, top_p: float, top_k: int, seed: int | None, *, min_p: float = 0.05,
-             grammar: str | None = None) -> Sampling:
+    def make(
+        cls,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        seed: int | None,
+        *,
+        min_p: float = 0.05,
+        grammar: str | None = None,
+    ) -> Sampling:
         """Validated settings (see :class:`SamplingOptions`)."""
-        return cls.of(SamplingOptions.checked(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                              min_p=min_p, grammar=grammar))
+        return cls.of(
+            SamplingOptions.checked(
+                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, min_p=min_p, grammar=grammar
+            )
+        )
 
 
 GREEDY = Sampling()
@@ -174,15 +186,20 @@ class PieceDecoder:
         """The text not returned yet, once the request has ended (``req.future`` is done)."""
         req = self._req
         if req.stop_at is not None:  # the stop string's tokens were never streamed: cut the whole text
-            return bytes(req.text[:req.stop_at]).decode("utf-8", errors="replace")[self._emitted:]
+            return bytes(req.text[: req.stop_at]).decode("utf-8", errors="replace")[self._emitted :]
         rest = self._pending + self._decode(b"", True)
         self._pending = ""
         self._emitted += len(rest)
         return rest
 
 
-def stream_pieces(req: Request, piece: Callable[[int], bytes], final_text: Callable[[], str],
-                  deadline: float, on_timeout: Callable[[], BaseException]) -> Iterator[str]:
+def stream_pieces(
+    req: Request,
+    piece: Callable[[int], bytes],
+    final_text: Callable[[], str],
+    deadline: float,
+    on_timeout: Callable[[], BaseException],
+) -> Iterator[str]:
     """Text pieces of ``req`` as its tokens arrive: whole UTF-8 characters only, never a stop string.
 
     A character split over two tokens comes out with the second; text that may begin a stop

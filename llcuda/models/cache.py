@@ -81,7 +81,7 @@ def pypi_versions(project: str) -> list[str]:
     prefix = f"{_SAFE.sub('_', project)}-"
     if not base.is_dir():
         return []
-    return [p.name[len(prefix):] for p in base.iterdir() if p.is_dir() and p.name.startswith(prefix)]
+    return [p.name[len(prefix) :] for p in base.iterdir() if p.is_dir() and p.name.startswith(prefix)]
 
 
 def pypi_path(project: str, version: str, member: str) -> Path:

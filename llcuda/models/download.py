@@ -144,8 +144,14 @@ def _retry_after(resp: Any) -> float | None:
     return min(max(delay, 0.0), RETRY_AFTER_MAX_S)
 
 
-_PERMANENT = ("NameResolutionError", "Failed to resolve", "Name or service not known", "nodename nor servname",
-              "Network is unreachable", "No route to host")
+_PERMANENT = (
+    "NameResolutionError",
+    "Failed to resolve",
+    "Name or service not known",
+    "nodename nor servname",
+    "Network is unreachable",
+    "No route to host",
+)
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -161,8 +167,9 @@ def http_error(resp: Any, url: str, what: str) -> Exception:
     """The llcuda error for a non-retryable HTTP answer; ``what`` names the thing requested."""
     code = resp.status_code
     if code == 404:
-        return ModelNotFoundError(f"{what} was not found ({redact(url)} answered HTTP 404). Check the name and "
-                                  "spelling.")
+        return ModelNotFoundError(
+            f"{what} was not found ({redact(url)} answered HTTP 404). Check the name and spelling."
+        )
     if code in (401, 403):
         return DownloadError(
             f"{what}: access denied ({_host(url)} answered HTTP {code}). If it is gated or private, accept its "

@@ -42,12 +42,32 @@ INT64_MAX = (1 << 63) - 1
 # GGUF value types: code -> (struct format or None, size in bytes)
 _STRING, _ARRAY = 8, 9
 _SCALARS = {
-    0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
-    6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
 }
 _TYPE_NAMES = {
-    0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32",
-    7: "bool", 8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64",
+    0: "uint8",
+    1: "int8",
+    2: "uint16",
+    3: "int16",
+    4: "uint32",
+    5: "int32",
+    6: "float32",
+    7: "bool",
+    8: "string",
+    9: "array",
+    10: "uint64",
+    11: "int64",
+    12: "float64",
 }
 _U64 = struct.Struct("<Q")
 _CHUNK = 1 << 20
@@ -458,8 +478,10 @@ def _check_splits(info: GGUFInfo, label: str) -> None:
         )
     for part in parts[1:]:
         if not part.is_file():
-            raise InvalidModelError(f"{label} is part 1 of {count} of a split model, and {part} is missing. "
-                                    "Put every part in the same folder.")
+            raise InvalidModelError(
+                f"{label} is part 1 of {count} of a split model, and {part} is missing. "
+                "Put every part in the same folder."
+            )
         read_gguf_info(part)  # truncated or damaged parts are reported by name
 
 

@@ -100,7 +100,7 @@ def strip_prefix(spec: str) -> str | None:
     """``spec`` without its ``hf://``, ``hf.co/`` or ``huggingface.co/`` prefix (None if it has none)."""
     for prefix in PREFIXES:
         if spec[: len(prefix)].lower() == prefix:
-            return spec[len(prefix):]
+            return spec[len(prefix) :]
     return None
 
 
@@ -261,9 +261,7 @@ def _hub_error(resp: Any, ref: HubRef, url: str) -> Exception:
     if kind == "RepoNotFound" or (code == 401 and not kind):
         return ModelNotFoundError(f"Repository {ref.repo} was not found on {config.hf_endpoint()}." + _token_note())
     if kind == "RevisionNotFound":
-        return ModelNotFoundError(
-            f"Revision {ref.revision!r} does not exist in {ref.repo}. See {where}/tree/main."
-        )
+        return ModelNotFoundError(f"Revision {ref.revision!r} does not exist in {ref.repo}. See {where}/tree/main.")
     if isinstance(ref, HubFile) and (kind == "EntryNotFound" or code == 404):
         return ModelNotFoundError(
             f"File {ref.file!r} is not in {ref.repo} at {ref.revision}. See the file list at "
@@ -286,8 +284,7 @@ def list_files(query: HubQuery, sess: requests.Session) -> tuple[list[str], str 
             names = [item["rfilename"] for item in data.get("siblings") or ()]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DownloadError(
-                f"{config.hf_endpoint()} sent an unreadable file list for {query.repo} ({exc}). "
-                "Check HF_ENDPOINT."
+                f"{config.hf_endpoint()} sent an unreadable file list for {query.repo} ({exc}). Check HF_ENDPOINT."
             ) from None
     commit = data.get("sha")
     return [n for n in names if isinstance(n, str)], commit if isinstance(commit, str) else None

@@ -47,7 +47,7 @@ class Progress:
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = interactive(self.stream) if enabled is None else enabled
-        self.label = label if len(label) <= LABEL_MAX else "…" + label[-(LABEL_MAX - 1):]
+        self.label = label if len(label) <= LABEL_MAX else "…" + label[-(LABEL_MAX - 1) :]
         self.total = total
         self.done = 0
         self._bar: Any = None
@@ -55,8 +55,15 @@ class Progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
-                total=total, desc=self.label, file=self.stream, unit="B", unit_scale=True, unit_divisor=1024,
-                mininterval=REFRESH_S, dynamic_ncols=True, leave=True,
+                total=total,
+                desc=self.label,
+                file=self.stream,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                mininterval=REFRESH_S,
+                dynamic_ncols=True,
+                leave=True,
             )
 
     def reset(self, done: int, total: int | None = None) -> None:

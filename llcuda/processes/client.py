@@ -76,7 +76,11 @@ class LlamaClient:
         for attempt in range(1, MAX_RETRIES + 2):
             try:
                 response = self._session.request(
-                    method, url, json=json_body, stream=stream, timeout=(CONNECT_TIMEOUT_S, read_timeout),
+                    method,
+                    url,
+                    json=json_body,
+                    stream=stream,
+                    timeout=(CONNECT_TIMEOUT_S, read_timeout),
                     # llama-server closes the connection after a stream although it announces keep-alive;
                     # pooled, it would fail the next request with RemoteDisconnected. Never pool it.
                     headers={"Connection": "close"} if stream else None,
@@ -152,8 +156,7 @@ class LlamaClient:
                     raise _unexpected(path, event, "a JSON object per event")
                 if isinstance(event, dict) and "error" in event:
                     message = _server_message_from(event)
-                    raise InferenceError(f"llama-server failed mid-stream on {path}: {message}",
-                                         server_message=message)
+                    raise InferenceError(f"llama-server failed mid-stream on {path}: {message}", server_message=message)
                 yield event
         except InferenceError:
             raise
@@ -196,8 +199,12 @@ class LlamaClient:
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         data = self._object("POST", "/v1/chat/completions", dict(body, stream=False))
         choices = data.get("choices")
-        if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)
-                and isinstance(choices[0].get("message"), dict)):
+        if not (
+            isinstance(choices, list)
+            and choices
+            and isinstance(choices[0], dict)
+            and isinstance(choices[0].get("message"), dict)
+        ):
             raise _unexpected("/v1/chat/completions", data, "choices[0].message")
         return data
 

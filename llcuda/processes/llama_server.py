@@ -59,8 +59,9 @@ class ServerSettings:
     extra_args: tuple[str, ...] = ()
 
     @classmethod
-    def from_options(cls, model_path: Path, options: LoadOptions, *, ctx_size: int | None = None,
-                     **server: Any) -> ServerSettings:
+    def from_options(
+        cls, model_path: Path, options: LoadOptions, *, ctx_size: int | None = None, **server: Any
+    ) -> ServerSettings:
         """Settings for ``options`` (``ctx_size``: the resolved cache size, else ``options.ctx_size``)."""
         load = {f.name: getattr(options, f.name) for f in fields(cls) if hasattr(options, f.name)}
         load["ctx_size"] = ctx_size if ctx_size is not None else options.ctx_size
@@ -127,8 +128,9 @@ def _validate(settings: ServerSettings) -> None:
         )
     if settings.port is not None and not 0 < settings.port < 65536:
         raise ConfigError(f"port={settings.port} must be between 1 and 65535.")
-    LoadOptions(**{f.name: getattr(settings, f.name) for f in fields(LoadOptions)
-                   if hasattr(settings, f.name)}).checked()
+    LoadOptions(
+        **{f.name: getattr(settings, f.name) for f in fields(LoadOptions) if hasattr(settings, f.name)}
+    ).checked()
 
 
 class LlamaServer(ManagedProcess):

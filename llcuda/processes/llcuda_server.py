@@ -22,8 +22,19 @@ class LlcudaServer(LlamaServer):
 
     def command(self, port: int) -> list[str]:
         s = self.settings
-        cmd = [sys.executable, "-m", "llcuda", "serve", "--model", str(s.model_path), "--host", s.host,
-               "--port", str(port), *to_arguments(self.load_options())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llcuda",
+            "serve",
+            "--model",
+            str(s.model_path),
+            "--host",
+            s.host,
+            "--port",
+            str(port),
+            *to_arguments(self.load_options()),
+        ]
         if s.ctx_size is not None and "--ctx-size" not in cmd:
             cmd += ["--ctx-size", str(s.ctx_size)]
         if s.alias:

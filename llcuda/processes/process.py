@@ -212,8 +212,9 @@ class ManagedProcess:
     stop_grace_s = STOP_GRACE_S
     ignore_sigpipe = False
 
-    def __init__(self, *, host: str, port: int | None, binaries: Binaries | None = None,
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self, *, host: str, port: int | None, binaries: Binaries | None = None, log_path: Path | None = None
+    ) -> None:
         self.host = host
         self.requested_port = port
         self.binaries = binaries or bootstrap.find_binaries()
@@ -364,11 +365,22 @@ class ManagedProcess:
         if process is None:
             return
         try:
-            self._record = registry.register(process.pid, kind=self.name, host=self.host, port=self._port,
-                                             log_path=self._log_path, **self.run_record())
+            self._record = registry.register(
+                process.pid,
+                kind=self.name,
+                host=self.host,
+                port=self._port,
+                log_path=self._log_path,
+                **self.run_record(),
+            )
         except OSError as exc:
-            log.warning("could not record %s %d in %s (`llcuda ps` will not list it): %s", self.name,
-                        process.pid, registry.run_dir(), exc)
+            log.warning(
+                "could not record %s %d in %s (`llcuda ps` will not list it): %s",
+                self.name,
+                process.pid,
+                registry.run_dir(),
+                exc,
+            )
 
     def _unregister(self) -> None:
         if self._record is not None:

@@ -241,8 +241,7 @@ def find(key: str) -> RunEntry:
         if key in (entry.id, str(entry.pid)):
             return entry
     listed = ", ".join(f"{e.id} ({e.kind}, pid {e.pid})" for e in entries) or "none"
-    raise ConfigError(f"no running llcuda server has the id or pid {key!r}; `llcuda ps` lists them "
-                      f"(now: {listed}).")
+    raise ConfigError(f"no running llcuda server has the id or pid {key!r}; `llcuda ps` lists them (now: {listed}).")
 
 
 def stop(key: str | RunEntry, grace: float = STOP_GRACE_S) -> RunEntry:
@@ -279,12 +278,14 @@ def stop_entries(entries: Iterable[RunEntry], grace: float = STOP_GRACE_S) -> No
         unregister(entry)
     if denied:
         raise LlcudaError(
-            "not allowed to stop " + ", ".join(f"{e.kind} pid {e.pid}" for e in denied)
+            "not allowed to stop "
+            + ", ".join(f"{e.kind} pid {e.pid}" for e in denied)
             + ": it belongs to another user; run `llcuda stop` as that user."
         )
     if left:
         raise LlcudaError(
-            "still running after SIGKILL: " + ", ".join(f"{e.kind} pid {e.pid}" for e in left)
+            "still running after SIGKILL: "
+            + ", ".join(f"{e.kind} pid {e.pid}" for e in left)
             + " (a process stuck in the kernel, e.g. in a GPU driver call); check `ps` and the driver."
         )
 

@@ -59,7 +59,6 @@ SECURITY_WARNING = (
 )
 
 
-
 @dataclass(frozen=True)
 class WorkerDevice:
     """One device a worker exposes, as rpc-server reports it at start."""
@@ -251,7 +250,8 @@ class RpcWorker(ManagedProcess):
         probe while this rpc-server is about to exit with "Failed to create server socket".
         """
         return probe(f"{connect_host(self.host)}:{self._port}", timeout=1.0) is None and self._accepted_within(
-            ACCEPT_WAIT_S)
+            ACCEPT_WAIT_S
+        )
 
     def on_ready(self) -> None:
         self._devices = parse_devices(self.new_output())
@@ -306,10 +306,14 @@ def explain_worker_crash(endpoints: Sequence[str], server_log_tail: str) -> str:
         tail = worker.log_tail(WORKER_LOG_LINES)
         hint = ""
         if _FATTN_ABORT.search(tail):
-            hint = (" Its CUDA backend has no flash-attention kernel for what it was sent (llama.cpp's RPC client"
-                    " reports every operation as supported); load the model with flash_attn='off'.")
-        parts.append(f"rpc-server at {endpoint} ({state}).{hint}\n--- last lines of the rpc-server log "
-                     f"({worker.log_path}) ---\n{tail}")
+            hint = (
+                " Its CUDA backend has no flash-attention kernel for what it was sent (llama.cpp's RPC client"
+                " reports every operation as supported); load the model with flash_attn='off'."
+            )
+        parts.append(
+            f"rpc-server at {endpoint} ({state}).{hint}\n--- last lines of the rpc-server log "
+            f"({worker.log_path}) ---\n{tail}"
+        )
     return "\n".join(parts)
 
 

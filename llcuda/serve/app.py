@@ -78,8 +78,9 @@ def load_chat_template(engine: InProcessEngine) -> ChatTemplate:
 class ModelService:
     """The engine behind the app, once loaded, and what the handlers share: names, template, metrics."""
 
-    def __init__(self, alias: str | None = None, max_tokens: int | None = None,
-                 stream_interval: float = STREAM_INTERVAL_S) -> None:
+    def __init__(
+        self, alias: str | None = None, max_tokens: int | None = None, stream_interval: float = STREAM_INTERVAL_S
+    ) -> None:
         self.alias = alias
         self.stream_interval = stream_interval
         self.max_tokens = max_tokens  # the most tokens of one answer, whatever a request asks
@@ -168,19 +169,29 @@ class ModelService:
         model = body.get("model")
         if model is None or model in DEFAULT_NAMES or model in self.names:
             return
-        raise APIError(404, f"The model {model!r} does not exist; this server serves {self.model_id!r}.",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"The model {model!r} does not exist; this server serves {self.model_id!r}.",
+            param="model",
+            code="model_not_found",
+        )
 
     # -- prompts (in a worker thread) ------------------------------------------------------------
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                    template_kwargs: Mapping[str, Any]) -> str:
+    def render_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, template_kwargs: Mapping[str, Any]
+    ) -> str:
         template = self.template
         if template is None:
             raise protocol.not_loaded()
         return template.render(messages, tools=tools, **template_kwargs)
 
-    def chat_tokens(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                    template_kwargs: Mapping[str, Any], grammar: str | None) -> list[int]:
+    def chat_tokens(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        template_kwargs: Mapping[str, Any],
+        grammar: str | None,
+    ) -> list[int]:
         engine, template = self.require(), self.template
         text = self.render_chat(messages, tools, template_kwargs)
         if grammar is not None:
@@ -200,13 +211,21 @@ class ModelService:
     def submit(self, tokens: list[int], gen: Generation, param: str, sink: AsyncSink | None) -> EngineRequest:
         engine = self.require()
         if self.stopping:
-            raise APIError(503, "The server is stopping; send the request to another one.", type="unavailable_error",
-                           code="server_stopping")
+            raise APIError(
+                503,
+                "The server is stopping; send the request to another one.",
+                type="unavailable_error",
+                code="server_stopping",
+            )
         n_ctx = engine.n_ctx_seq
         room = n_ctx - len(tokens)
         if room < 1:
-            raise bad_request(f"This model's maximum context length is {n_ctx} tokens; the prompt has {len(tokens)} "
-                              "tokens. Shorten it.", param=param, code="context_length_exceeded")
+            raise bad_request(
+                f"This model's maximum context length is {n_ctx} tokens; the prompt has {len(tokens)} "
+                "tokens. Shorten it.",
+                param=param,
+                code="context_length_exceeded",
+            )
         max_tokens = min(room, gen.max_tokens or room, self.max_tokens or room)
         req = engine.submit(tokens, stream=sink, max_tokens=max_tokens, **gen.submit_kwargs())
         self._running.add(req)
@@ -214,12 +233,17 @@ class ModelService:
 
     def _failure(self, error: BaseException) -> APIError:
         if self.stopping:
-            return APIError(503, "The server stopped before this generation finished.", type="unavailable_error",
-                            code="server_stopping")
+            return APIError(
+                503,
+                "The server stopped before this generation finished.",
+                type="unavailable_error",
+                code="server_stopping",
+            )
         return APIError(500, f"Generation failed: {error}", type="server_error")
 
-    async def generate(self, request: Request, endpoint: str, tokens: list[int], gen: Generation, *,
-                       chat: bool) -> Response:
+    async def generate(
+        self, request: Request, endpoint: str, tokens: list[int], gen: Generation, *, chat: bool
+    ) -> Response:
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
         model = self.model_id
         param = "messages" if chat else "prompt"
@@ -231,8 +255,10 @@ class ModelService:
             req = self.submit(tokens, gen, param, sink)
             writer = ChunkWriter(rid, model, chat=chat)
             outcome = _Outcome()
-            return EventStream(self._events(req, sink, writer, gen.include_usage, outcome),
-                               on_close=lambda: self._stream_closed(endpoint, req, outcome))
+            return EventStream(
+                self._events(req, sink, writer, gen.include_usage, outcome),
+                on_close=lambda: self._stream_closed(endpoint, req, outcome),
+            )
         req = self.submit(tokens, gen, param, None)
         try:
             await self._wait(request, req)
@@ -244,8 +270,17 @@ class ModelService:
         result = self.require().result(req)  # done: builds the text
         self._record(req)
         build = protocol.chat_response if chat else protocol.completion_response
-        return JSONResponse(build(rid, model, result.text, result.finish_reason, result.prompt_tokens,
-                                  result.tokens_generated, _timings(req)))
+        return JSONResponse(
+            build(
+                rid,
+                model,
+                result.text,
+                result.finish_reason,
+                result.prompt_tokens,
+                result.tokens_generated,
+                _timings(req),
+            )
+        )
 
     async def _wait(self, request: Request, req: EngineRequest) -> None:
         """Until ``req`` ends; cancels it if the client goes away first."""
@@ -263,8 +298,9 @@ class ModelService:
         if not finished:
             raise APIError(499, "The client closed the connection.", code="client_closed")
 
-    async def _events(self, req: EngineRequest, sink: AsyncSink, writer: ChunkWriter, include_usage: bool,
-                      outcome: _Outcome) -> AsyncGenerator[bytes, None]:
+    async def _events(
+        self, req: EngineRequest, sink: AsyncSink, writer: ChunkWriter, include_usage: bool, outcome: _Outcome
+    ) -> AsyncGenerator[bytes, None]:
         pieces = self.pieces
         if pieces is None:
             raise protocol.not_loaded()
@@ -417,28 +453,50 @@ async def embeddings(request: Request, service: ModelService) -> Response:
     service.check_model(body)
     inputs = protocol.embedding_inputs(body)
     if not engine.embeddings:
-        raise APIError(501, "This server does not compute embeddings: start it with `llcuda serve --embeddings`.",
-                       type="not_supported_error")
+        raise APIError(
+            501,
+            "This server does not compute embeddings: start it with `llcuda serve --embeddings`.",
+            type="not_supported_error",
+        )
     vectors, n_tokens = await run_in_threadpool(engine.embed, inputs)
     as_base64 = body.get("encoding_format") == "base64"
-    data = [{"object": "embedding", "index": i, "embedding": _float32_base64(v) if as_base64 else v}
-            for i, v in enumerate(vectors)]
-    return JSONResponse({"object": "list", "data": data, "model": service.model_id,
-                         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+    data = [
+        {"object": "embedding", "index": i, "embedding": _float32_base64(v) if as_base64 else v}
+        for i, v in enumerate(vectors)
+    ]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": service.model_id,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        }
+    )
 
 
 async def models(request: Request, service: ModelService) -> Response:
     engine = service.require()
-    meta = {"n_ctx": engine.n_ctx_seq, "n_parallel": engine.n_parallel, "n_vocab": engine.n_vocab,
-            "embeddings": engine.embeddings}
+    meta = {
+        "n_ctx": engine.n_ctx_seq,
+        "n_parallel": engine.n_parallel,
+        "n_vocab": engine.n_vocab,
+        "embeddings": engine.embeddings,
+    }
     return JSONResponse({"object": "list", "data": [protocol.model_card(service.model_id, service.loaded_at, meta)]})
 
 
 async def health(request: Request, service: ModelService) -> Response:
     engine = service.require()
     info = engine.health()  # LlcudaError (a 500) once the decode thread has stopped
-    return JSONResponse({"status": "ok", "model": service.model_id, "running": info["running"],
-                         "queued": info["queued"], "slots": info["slots"]})
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": service.model_id,
+            "running": info["running"],
+            "queued": info["queued"],
+            "slots": info["slots"],
+        }
+    )
 
 
 async def metrics(request: Request, service: ModelService) -> Response:
@@ -498,27 +556,45 @@ async def props(request: Request, service: ModelService) -> Response:
     engine = service.require()
     template = service.template
     limit = service.max_tokens or -1
-    params = {"n_predict": limit, "max_tokens": limit, "seed": -1, "temperature": protocol.DEFAULT_TEMPERATURE,
-              "top_k": protocol.DEFAULT_TOP_K, "top_p": protocol.DEFAULT_TOP_P, "min_p": protocol.DEFAULT_MIN_P,
-              "stop": [], "ignore_eos": False, "stream": True, "samplers": ["top_k", "top_p", "min_p", "temperature"],
-              "backend_sampling": True}
-    return JSONResponse({
-        "default_generation_settings": {"id": 0, "id_task": -1, "n_ctx": engine.n_ctx_seq, "speculative": False,
-                                        "is_processing": False, "params": params},
-        "total_slots": engine.n_parallel,
-        "model_alias": service.model_id,
-        "model_path": str(engine.model_path),
-        "modalities": {"vision": False, "audio": False, "video": False},
-        "endpoint_slots": False,
-        "endpoint_props": True,
-        "endpoint_metrics": True,
-        "ui": True,
-        "chat_template": template.source if template else "",
-        "bos_token": template.bos_token if template else "",
-        "eos_token": template.eos_token if template else "",
-        "build_info": f"llcuda {llcuda.__version__}",
-        "is_sleeping": False,
-    })
+    params = {
+        "n_predict": limit,
+        "max_tokens": limit,
+        "seed": -1,
+        "temperature": protocol.DEFAULT_TEMPERATURE,
+        "top_k": protocol.DEFAULT_TOP_K,
+        "top_p": protocol.DEFAULT_TOP_P,
+        "min_p": protocol.DEFAULT_MIN_P,
+        "stop": [],
+        "ignore_eos": False,
+        "stream": True,
+        "samplers": ["top_k", "top_p", "min_p", "temperature"],
+        "backend_sampling": True,
+    }
+    return JSONResponse(
+        {
+            "default_generation_settings": {
+                "id": 0,
+                "id_task": -1,
+                "n_ctx": engine.n_ctx_seq,
+                "speculative": False,
+                "is_processing": False,
+                "params": params,
+            },
+            "total_slots": engine.n_parallel,
+            "model_alias": service.model_id,
+            "model_path": str(engine.model_path),
+            "modalities": {"vision": False, "audio": False, "video": False},
+            "endpoint_slots": False,
+            "endpoint_props": True,
+            "endpoint_metrics": True,
+            "ui": True,
+            "chat_template": template.source if template else "",
+            "bos_token": template.bos_token if template else "",
+            "eos_token": template.eos_token if template else "",
+            "build_info": f"llcuda {llcuda.__version__}",
+            "is_sleeping": False,
+        }
+    )
 
 
 async def stream_sessions(request: Request, service: ModelService) -> Response:
@@ -530,8 +606,9 @@ async def stream_sessions(request: Request, service: ModelService) -> Response:
 
 async def tools(request: Request, service: ModelService) -> Response:
     """llama-server's built-in tools for the chat page, which this server does not run."""
-    raise APIError(403, "This server runs no tools; the chat works without them.", type="permission_error",
-                   code="tools_disabled")
+    raise APIError(
+        403, "This server runs no tools; the chat works without them.", type="permission_error", code="tools_disabled"
+    )
 
 
 # -- security ------------------------------------------------------------------------------------
@@ -559,8 +636,12 @@ class BearerAuth:
                     break
             scheme, _, token = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
-                error = APIError(401, "Missing or wrong API key: send the header 'Authorization: Bearer <key>' with "
-                                      "the key the server was started with.", code="invalid_api_key")
+                error = APIError(
+                    401,
+                    "Missing or wrong API key: send the header 'Authorization: Bearer <key>' with "
+                    "the key the server was started with.",
+                    code="invalid_api_key",
+                )
                 await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -568,16 +649,25 @@ class BearerAuth:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
-    message = {404: f"No such endpoint: {request.method} {request.url.path}.",
-               405: f"{request.method} is not allowed on {request.url.path}."}.get(status, str(exc))
-    return error_response(APIError(status, message, type="invalid_request_error" if status < 500 else "server_error",
-                                   code="not_found" if status == 404 else None))
+    message = {
+        404: f"No such endpoint: {request.method} {request.url.path}.",
+        405: f"{request.method} is not allowed on {request.url.path}.",
+    }.get(status, str(exc))
+    return error_response(
+        APIError(
+            status,
+            message,
+            type="invalid_request_error" if status < 500 else "server_error",
+            code="not_found" if status == 404 else None,
+        )
+    )
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(APIError(500, f"Internal server error ({type(exc).__name__}); see the server's log.",
-                                   type="server_error"))
+    return error_response(
+        APIError(500, f"Internal server error ({type(exc).__name__}); see the server's log.", type="server_error")
+    )
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -599,9 +689,16 @@ API_ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
 )
 
 
-def create_app(engine: InProcessEngine | None = None, *, api_key: str | None = None, alias: str | None = None,
-               max_tokens: int | None = None, stream_interval: float = STREAM_INTERVAL_S,
-               ui_dir: Path | None = None, ui_searched: Path | None = None) -> Starlette:
+def create_app(
+    engine: InProcessEngine | None = None,
+    *,
+    api_key: str | None = None,
+    alias: str | None = None,
+    max_tokens: int | None = None,
+    stream_interval: float = STREAM_INTERVAL_S,
+    ui_dir: Path | None = None,
+    ui_searched: Path | None = None,
+) -> Starlette:
     """The app serving ``engine`` (a loaded :class:`InProcessEngine`).
 
     Without an engine, the app answers 503 (``/health`` included) until
@@ -619,8 +716,7 @@ def create_app(engine: InProcessEngine | None = None, *, api_key: str | None = N
     if engine is not None:
         service.attach(engine)
     routes: list[Route | Mount] = [
-        Route(path, _endpoint(name, handler, service), methods=[method])
-        for path, method, handler, name in API_ROUTES
+        Route(path, _endpoint(name, handler, service), methods=[method]) for path, method, handler, name in API_ROUTES
     ]
     if ui_dir is not None:
         routes.append(Mount("/", app=StaticFiles(directory=str(ui_dir), html=True), name="ui"))
@@ -640,7 +736,11 @@ def create_app(engine: InProcessEngine | None = None, *, api_key: str | None = N
         finally:
             service.shutdown()
 
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
     app.state.service = service
     return app

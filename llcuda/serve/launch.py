@@ -61,8 +61,10 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port (0: any free "
-                          "one) or stop what uses it.") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port (0: any free "
+            "one) or stop what uses it."
+        ) from None
     sock.listen(BACKLOG)
     return sock
 
@@ -110,9 +112,14 @@ def run_server(
     validation.number(stream_interval, "stream_interval", 0.0, 10.0)
     if ui_dir is not None and not (Path(ui_dir) / INDEX).is_file():
         raise ConfigError(f"{ui_dir} has no {INDEX}: point --ui-dir at a built chat page (share/llcuda/ui).")
-    app = create_app(api_key=api_key, alias=alias, max_tokens=max_tokens, stream_interval=stream_interval,
-                     ui_dir=ui_dir or find_ui_dir(binaries),
-                     ui_searched=binaries.bin_dir.parent / UI_SUBDIR)
+    app = create_app(
+        api_key=api_key,
+        alias=alias,
+        max_tokens=max_tokens,
+        stream_interval=stream_interval,
+        ui_dir=ui_dir or find_ui_dir(binaries),
+        ui_searched=binaries.bin_dir.parent / UI_SUBDIR,
+    )
     settings = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = _Server(settings, on_exit=app.state.service.stop_soon)
     loaded: list[InProcessEngine] = []
@@ -130,13 +137,23 @@ def run_server(
         loaded.append(engine)
         app.state.service.attach(engine)
         try:  # `llcuda ps` lists it; the engine that started this process (if one did) recorded it already
-            records.append(registry.register(os.getpid(), kind="llcuda-serve", host=host,
-                                             port=sock.getsockname()[1], url=url, model=engine.model_path,
-                                             backend="inprocess"))
+            records.append(
+                registry.register(
+                    os.getpid(),
+                    kind="llcuda-serve",
+                    host=host,
+                    port=sock.getsockname()[1],
+                    url=url,
+                    model=engine.model_path,
+                    backend="inprocess",
+                )
+            )
         except OSError as exc:
             log.warning("could not record this server for `llcuda ps`: %s", exc)
-        tell(f"serving {engine.model_name} at {url} (OpenAI-compatible: /v1/chat/completions, /v1/completions"
-             f"{', /v1/embeddings' if engine.embeddings else ''}; chat page at {url}/); Ctrl-C stops.")
+        tell(
+            f"serving {engine.model_name} at {url} (OpenAI-compatible: /v1/chat/completions, /v1/completions"
+            f"{', /v1/embeddings' if engine.embeddings else ''}; chat page at {url}/); Ctrl-C stops."
+        )
 
     stopped = _quiet_signals()
     loader = threading.Thread(target=load, name="llcuda-load", daemon=True)

@@ -33,8 +33,15 @@ DONE = b"data: [DONE]\n\n"
 class APIError(Exception):
     """An error answered with OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -47,8 +54,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def not_loaded() -> APIError:
-    return APIError(503, "The model is still loading; retry in a moment.", type="unavailable_error",
-                    code="model_loading")
+    return APIError(
+        503, "The model is still loading; retry in a moment.", type="unavailable_error", code="model_loading"
+    )
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -92,15 +100,26 @@ class Generation:
     include_usage: bool = False
 
     def submit_kwargs(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
-                "seed": self.seed, "stop": self.stop, "ignore_eos": self.ignore_eos, "grammar": self.grammar}
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "seed": self.seed,
+            "stop": self.stop,
+            "ignore_eos": self.ignore_eos,
+            "grammar": self.grammar,
+        }
 
 
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     n = body.get("n")
     if n is not None and n != 1:
-        raise bad_request(f"n={n!r}: this server returns one choice per request; send n=1 (or leave it out) and "
-                          "send several requests for several answers.", param="n")
+        raise bad_request(
+            f"n={n!r}: this server returns one choice per request; send n=1 (or leave it out) and "
+            "send several requests for several answers.",
+            param="n",
+        )
     if body.get("best_of") not in (None, 1):
         raise bad_request("best_of is not supported; leave it out.", param="best_of")
     for name in ("logprobs", "top_logprobs", "echo", "suffix"):
@@ -137,11 +156,15 @@ def _grammar(body: Mapping[str, Any]) -> str | None:
             spec = fmt.get("json_schema")
             schema = spec.get("schema") if isinstance(spec, dict) else None
             if not isinstance(schema, dict):
-                raise bad_request('response_format json_schema needs {"json_schema": {"name": ..., "schema": '
-                                  '{...}}}.', param="response_format")
+                raise bad_request(
+                    'response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}.',
+                    param="response_format",
+                )
         else:
-            raise bad_request(f"response_format type {kind!r} is not one of 'text', 'json_object', 'json_schema'.",
-                              param="response_format")
+            raise bad_request(
+                f"response_format type {kind!r} is not one of 'text', 'json_object', 'json_schema'.",
+                param="response_format",
+            )
     if schema is None and isinstance(body.get("json_schema"), dict):
         schema = body["json_schema"]
     if schema is not None:
@@ -164,8 +187,9 @@ def generation(body: Mapping[str, Any]) -> Generation:
     if options is not None and not isinstance(options, dict):
         raise bad_request("stream_options must be an object.", param="stream_options")
     include_usage = bool(options and options.get("include_usage"))
-    temperature = _checked("temperature", validation.number, _get(body, "temperature", DEFAULT_TEMPERATURE),
-                           "temperature", 0.0, 100.0)
+    temperature = _checked(
+        "temperature", validation.number, _get(body, "temperature", DEFAULT_TEMPERATURE), "temperature", 0.0, 100.0
+    )
     top_p = _checked("top_p", validation.number, _get(body, "top_p", DEFAULT_TOP_P), "top_p", 0.0, 1.0)
     top_k = _checked("top_k", validation.integer, _get(body, "top_k", DEFAULT_TOP_K), "top_k", 0, 1_000_000)
     min_p = _checked("min_p", validation.number, _get(body, "min_p", DEFAULT_MIN_P), "min_p", 0.0, 1.0)
@@ -176,9 +200,19 @@ def generation(body: Mapping[str, Any]) -> Generation:
     ignore_eos = body.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise bad_request("ignore_eos must be true or false.", param="ignore_eos")
-    return Generation(max_tokens=_max_tokens(body), temperature=temperature, top_p=top_p, top_k=top_k,
-                      min_p=min_p, seed=seed, stop=stop, ignore_eos=ignore_eos, grammar=_grammar(body),
-                      stream=stream, include_usage=include_usage)
+    return Generation(
+        max_tokens=_max_tokens(body),
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        seed=seed,
+        stop=stop,
+        ignore_eos=ignore_eos,
+        grammar=_grammar(body),
+        stream=stream,
+        include_usage=include_usage,
+    )
 
 
 def _text_content(content: Any, index: int) -> str:
@@ -191,27 +225,33 @@ def _text_content(content: Any, index: int) -> str:
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise bad_request(f"messages[{index}].content has a {kind!r} part; this server takes text only.",
-                                  param=f"messages[{index}].content")
+                raise bad_request(
+                    f"messages[{index}].content has a {kind!r} part; this server takes text only.",
+                    param=f"messages[{index}].content",
+                )
             parts.append(part["text"])
         return "".join(parts)
-    raise bad_request(f"messages[{index}].content must be a string or a list of text parts.",
-                      param=f"messages[{index}].content")
+    raise bad_request(
+        f"messages[{index}].content must be a string or a list of text parts.", param=f"messages[{index}].content"
+    )
 
 
 def chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The messages, each with text content (content parts joined; None, as with tool calls, is "")."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise bad_request("messages must be a non-empty list of {'role': ..., 'content': ...} objects.",
-                          param="messages")
+        raise bad_request(
+            "messages must be a non-empty list of {'role': ..., 'content': ...} objects.", param="messages"
+        )
     out = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise bad_request(f"messages[{i}] must be an object with 'role' and 'content'.", param=f"messages[{i}]")
         if message.get("role") not in validation.VALID_ROLES:
-            raise bad_request(f"messages[{i}].role={message.get('role')!r} must be one of "
-                              f"{sorted(validation.VALID_ROLES)}.", param=f"messages[{i}].role")
+            raise bad_request(
+                f"messages[{i}].role={message.get('role')!r} must be one of {sorted(validation.VALID_ROLES)}.",
+                param=f"messages[{i}].role",
+            )
         out.append({**message, "content": _text_content(message.get("content"), i)})
     return out
 
@@ -246,35 +286,58 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
-def timings(prompt_tokens: int, generated: int, submitted: float, first_token: float | None,
-            done: float) -> dict[str, float]:
+def timings(
+    prompt_tokens: int, generated: int, submitted: float, first_token: float | None, done: float
+) -> dict[str, float]:
     """llama-server's ``timings`` of a finished request (llama.cpp's chat page shows them); the times
     are ``time.perf_counter()`` values."""
     first = first_token or done
     prompt_ms, predicted_ms = (first - submitted) * 1000.0, (done - first) * 1000.0
-    return {"prompt_n": prompt_tokens, "prompt_ms": prompt_ms,
-            "prompt_per_second": prompt_tokens / prompt_ms * 1000.0 if prompt_ms > 0 else 0.0,
-            "predicted_n": generated, "predicted_ms": predicted_ms,
-            "predicted_per_second": (generated - 1) / predicted_ms * 1000.0 if predicted_ms > 0 else 0.0}
+    return {
+        "prompt_n": prompt_tokens,
+        "prompt_ms": prompt_ms,
+        "prompt_per_second": prompt_tokens / prompt_ms * 1000.0 if prompt_ms > 0 else 0.0,
+        "predicted_n": generated,
+        "predicted_ms": predicted_ms,
+        "predicted_per_second": (generated - 1) / predicted_ms * 1000.0 if predicted_ms > 0 else 0.0,
+    }
 
 
-def chat_response(rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
-                  timing: dict[str, float]) -> dict[str, Any]:
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": finish}],
-            "usage": usage(prompt_tokens, completion_tokens), "timings": timing}
+def chat_response(
+    rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int, timing: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+        "timings": timing,
+    }
 
 
-def completion_response(rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
-                        timing: dict[str, float]) -> dict[str, Any]:
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            "usage": usage(prompt_tokens, completion_tokens), "timings": timing}
+def completion_response(
+    rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int, timing: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "usage": usage(prompt_tokens, completion_tokens),
+        "timings": timing,
+    }
 
 
 def _event(obj: Any) -> bytes:
@@ -310,14 +373,21 @@ class ChunkWriter:
         """A chat stream's first event: the assistant's role, no text yet."""
         if not self._chat:
             return None
-        return _event({**self._head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                  "logprobs": None, "finish_reason": None}]})
+        return _event(
+            {
+                **self._head,
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                ],
+            }
+        )
 
     def finish(self, reason: str, timing: dict[str, float]) -> bytes:
         """The last chunk with a choice: no text, the finish reason, and llama-server's ``timings``."""
         choice: dict[str, Any] = {"index": 0, "delta": {}} if self._chat else {"index": 0, "text": ""}
-        return _event({**self._head, "choices": [{**choice, "logprobs": None, "finish_reason": reason}],
-                       "timings": timing})
+        return _event(
+            {**self._head, "choices": [{**choice, "logprobs": None, "finish_reason": reason}], "timings": timing}
+        )
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The chunk ``stream_options.include_usage`` asks for: no choices, the usage of the whole stream."""
@@ -342,8 +412,9 @@ def embedding_inputs(body: Mapping[str, Any]) -> list[str | list[int]]:
     elif isinstance(value, list) and value:
         items = value
     else:
-        raise bad_request("input must be a non-empty string, list of strings, or list of token-id lists.",
-                          param="input")
+        raise bad_request(
+            "input must be a non-empty string, list of strings, or list of token-id lists.", param="input"
+        )
     out: list[str | list[int]] = []
     for i, item in enumerate(items):
         if isinstance(item, str) and item:
@@ -351,8 +422,7 @@ def embedding_inputs(body: Mapping[str, Any]) -> list[str | list[int]]:
         elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
             out.append(list(item))
         else:
-            raise bad_request(f"input[{i}] must be a non-empty string or a non-empty list of token ids.",
-                              param="input")
+            raise bad_request(f"input[{i}] must be a non-empty string or a non-empty list of token ids.", param="input")
     fmt = body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
         raise bad_request("encoding_format must be 'float' or 'base64'.", param="encoding_format")

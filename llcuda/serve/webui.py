@@ -45,9 +45,7 @@ def fallback_page(searched: Path | None = None) -> str:
     ``searched``, when given, is named as the folder where the page was looked for.
     The API itself works without the page; the text says so.
     """
-    where = (
-        f"<p>It was looked for in <code>{html.escape(str(searched))}</code>.</p>\n" if searched else ""
-    )
+    where = f"<p>It was looked for in <code>{html.escape(str(searched))}</code>.</p>\n" if searched else ""
     return f"""<!doctype html>
 <html lang="en">
 <head>

@@ -115,8 +115,14 @@ VERSION_TIMEOUT_S = 30.0
 @functools.lru_cache(maxsize=16)
 def _version_build(server: str, _mtime_ns: int, _size: int) -> int | None:
     try:
-        out = subprocess.run([server, "--version"], capture_output=True, text=True, errors="replace",
-                             timeout=VERSION_TIMEOUT_S, check=False)
+        out = subprocess.run(
+            [server, "--version"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=VERSION_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.debug("%s --version failed: %s", server, exc)
         return None
@@ -156,9 +162,12 @@ def check_build(binaries: Binaries) -> None:
     if found is None:
         if binaries.bin_dir not in _unknown_builds:  # once per folder, not on every load
             _unknown_builds.add(binaries.bin_dir)
-            log.warning("cannot tell which llama.cpp build %s is (no build-info.json, no build number from "
-                        "--version); llcuda is made for b%d and may fail with another", binaries.bin_dir,
-                        LLAMA_CPP_BUILD)
+            log.warning(
+                "cannot tell which llama.cpp build %s is (no build-info.json, no build number from "
+                "--version); llcuda is made for b%d and may fail with another",
+                binaries.bin_dir,
+                LLAMA_CPP_BUILD,
+            )
         return
     where = f"{binaries.bin_dir} (found through {binaries.source}; build read from {source})"
     _refuse_other_build(found, where)
@@ -238,8 +247,11 @@ def _check_bundled(binaries: Binaries) -> None:
     missing = [t for t in KNOWN_TOOLS if not _is_executable(binaries.executable(t))]
     if binaries.lib_dir is None or not any(binaries.lib_dir.glob("libllama*.so*")):
         missing.append("lib/libllama.so")
-    missing += [str(p.relative_to(BUNDLED_PREFIX)) for p in _recorded_bundle_files()
-                if not p.is_file() and p.name not in missing]
+    missing += [
+        str(p.relative_to(BUNDLED_PREFIX))
+        for p in _recorded_bundle_files()
+        if not p.is_file() and p.name not in missing
+    ]
     if missing:
         raise BinaryNotFoundError(
             f"The binaries bundled in {BUNDLED_PREFIX} are incomplete (missing or not executable: "

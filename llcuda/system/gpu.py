@@ -121,8 +121,11 @@ class _NvmlMemory(ctypes.Structure):
     _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
 
 
-_c_uint_p, _c_int_p, _handle_p = (ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_int),
-                                  ctypes.POINTER(ctypes.c_void_p))
+_c_uint_p, _c_int_p, _handle_p = (
+    ctypes.POINTER(ctypes.c_uint),
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.POINTER(ctypes.c_void_p),
+)
 # name: argtypes (every NVML function returns an nvmlReturn_t, 0 = NVML_SUCCESS)
 _NVML_FUNCTIONS: dict[str, list[Any]] = {
     "nvmlInit_v2": [],
@@ -196,10 +199,17 @@ def from_nvml() -> GPUReport:
             major, minor, memory = ctypes.c_int(), ctypes.c_int(), _NvmlMemory()
             _call(lib, "nvmlDeviceGetCudaComputeCapability", handle, ctypes.byref(major), ctypes.byref(minor))
             _call(lib, "nvmlDeviceGetMemoryInfo", handle, ctypes.byref(memory))
-            gpus.append(GPUInfo(
-                index=index, uuid=_text(lib, "nvmlDeviceGetUUID", handle), name=_text(lib, "nvmlDeviceGetName", handle),
-                compute_capability=(major.value, minor.value), memory_total_mib=memory.total // _MIB,
-                memory_free_mib=memory.free // _MIB, driver_version=driver))
+            gpus.append(
+                GPUInfo(
+                    index=index,
+                    uuid=_text(lib, "nvmlDeviceGetUUID", handle),
+                    name=_text(lib, "nvmlDeviceGetName", handle),
+                    compute_capability=(major.value, minor.value),
+                    memory_total_mib=memory.total // _MIB,
+                    memory_free_mib=memory.free // _MIB,
+                    driver_version=driver,
+                )
+            )
     finally:
         lib.nvmlShutdown()
     return GPUReport(tuple(gpus), cuda_version_text(cuda.value), source="nvml")
@@ -207,8 +217,12 @@ def from_nvml() -> GPUReport:
 
 class _NvmlProcessInfo(ctypes.Structure):
     # nvmlProcessInfo_t, as nvmlDeviceGetComputeRunningProcesses_v3 fills it
-    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong),
-                ("gpuInstanceId", ctypes.c_uint), ("computeInstanceId", ctypes.c_uint)]
+    _fields_ = [
+        ("pid", ctypes.c_uint),
+        ("usedGpuMemory", ctypes.c_ulonglong),
+        ("gpuInstanceId", ctypes.c_uint),
+        ("computeInstanceId", ctypes.c_uint),
+    ]
 
 
 _NVML_ERROR_INSUFFICIENT_SIZE = 7
@@ -263,8 +277,10 @@ def _compute_processes(lib: Any, func: Any, handle: ctypes.c_void_p) -> list[_Nv
         if code == 0:
             return list(infos[: count.value])
         if code != _NVML_ERROR_INSUFFICIENT_SIZE:
-            raise NvmlError(f"nvmlDeviceGetComputeRunningProcesses_v3 failed: "
-                            f"{(lib.nvmlErrorString(code) or b'error').decode()} ({code})")
+            raise NvmlError(
+                f"nvmlDeviceGetComputeRunningProcesses_v3 failed: "
+                f"{(lib.nvmlErrorString(code) or b'error').decode()} ({code})"
+            )
         size = count.value * 2 + 8
     return []
 

@@ -87,9 +87,7 @@ def head_sizes(info: GGUFInfo) -> tuple[int, int] | None:
     return key_length, positive("attention.value_length") or key_length
 
 
-def kv_cache(
-    info: GGUFInfo, ctx_size: int, n_parallel: int = 1, bytes_per_value: float = KV_F16_BYTES
-) -> int:
+def kv_cache(info: GGUFInfo, ctx_size: int, n_parallel: int = 1, bytes_per_value: float = KV_F16_BYTES) -> int:
     """Lower bound of the KV cache bytes for ``ctx_size`` tokens; 0 where attention is not plain
     (recurrent or hybrid layers, compressed MLA caches, per-layer head counts)."""
     arch, meta = info.architecture, info.metadata
@@ -141,9 +139,7 @@ def check_memory(
     extra = set(settings.extra_args)
     if build_info.get("backend") != "cuda" or settings.rpc or extra & _PLACEMENT_FLAGS:
         return None
-    if (
-        not info.block_count or settings.gpu_layers <= info.block_count
-    ):  # -1 is "auto"; <= n_layer leaves some on CPU
+    if not info.block_count or settings.gpu_layers <= info.block_count:  # -1 is "auto"; <= n_layer leaves some on CPU
         return None
     gpus = gpus_in_use(report or gpu.detect(), settings)
     if not gpus:
@@ -159,9 +155,7 @@ def check_memory(
             KV_QUANTIZED_MIN_BYTES if extra & _KV_TYPE_FLAGS else KV_F16_BYTES,
         )
     )
-    estimate = MemoryEstimate(
-        weights_on_gpu(info), kv_bytes, sum(g.memory_free_mib for g in gpus) * MIB, gpus
-    )
+    estimate = MemoryEstimate(weights_on_gpu(info), kv_bytes, sum(g.memory_free_mib for g in gpus) * MIB, gpus)
     if estimate.fits:
         return estimate
     free = ", ".join(f"GPU {g.index} ({g.name}) {g.memory_free_mib * MIB / GIB:.1f}" for g in gpus)

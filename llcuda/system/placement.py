@@ -143,8 +143,12 @@ def prepare(
     if local == 0 and not rpc and (split_mode or shares or main_gpu is not None):
         log.warning("split_mode, tensor_split and main_gpu have no effect with a CPU build and no rpc workers")
     elif rpc:
-        log.info("llama.cpp splits layers over %d RPC worker(s) %s%s", len(rpc), ", ".join(rpc),
-                 f" and {local} local GPU(s)" if local else "")
+        log.info(
+            "llama.cpp splits layers over %d RPC worker(s) %s%s",
+            len(rpc),
+            ", ".join(rpc),
+            f" and {local} local GPU(s)" if local else "",
+        )
     elif len(gpus) > 1 and split_mode != "none":
         how = "as tensor_split says" if shares else "in proportion to free memory (llama.cpp's default)"
         log.info("llama.cpp splits the model over %d GPUs %s: %s", len(gpus), how, describe(gpus, shares))
