@@ -15,7 +15,7 @@
 #   --no-smoke           build and inspect only
 #   --model FILE         GGUF for the smoke test (default: a tiny random-weight one, scripts/random_gguf.py)
 #   --wheelhouse DIR     the dependencies' wheels for the offline install (default: pip download them)
-# Writes to OUT: the wheel, wheel-info.json (tag, sizes, dependencies), auditwheel.txt, smoke.json.
+# Writes to DIST_DIR: the wheel, wheel-info.json (tag, sizes, dependencies), auditwheel.txt, smoke.json.
 # The smoke test installs the wheel into a new venv with `pip install --no-index`, then runs
 # scripts/wheel_smoke.py there with LLCUDA_OFFLINE=1, a minimal environment, and no network at all
 # (its own network namespace with only loopback) where `unshare -n` is allowed.
@@ -27,11 +27,11 @@ PY="${PYTHON:-}"
 if [[ -z "$PY" ]]; then
     if [[ -x "$REPO/.venv/bin/python" ]]; then PY="$REPO/.venv/bin/python"; else PY=python3; fi
 fi
-PREFIX="" OUT="$REPO/dist" CUDA_LIBS=pypi LOCAL=auto SMOKE=1 MODEL="" WHEELHOUSE="" BUILD_ARGS=() UI=1
+PREFIX="" DIST_DIR="$REPO/dist" CUDA_LIBS=pypi LOCAL=auto SMOKE=1 MODEL="" WHEELHOUSE="" BUILD_ARGS=() UI=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --prefix) PREFIX="$2"; shift 2 ;;
-        --out) OUT="$2"; shift 2 ;;
+        --out) DIST_DIR="$2"; shift 2 ;;
         --cuda-libs) CUDA_LIBS="$2"; shift 2 ;;
         --local-version) LOCAL="$2"; shift 2 ;;
         --no-isolation) BUILD_ARGS+=(--no-isolation); shift ;;
@@ -43,8 +43,8 @@ while [[ $# -gt 0 ]]; do
         *) echo "build_wheel.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
+mkdir -p "$DIST_DIR"
+DIST_DIR="$(cd "$DIST_DIR" && pwd)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/llcuda-wheel.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 say() { echo "build_wheel: $*" >&2; }
@@ -70,11 +70,11 @@ if ! (cd "$WORK" && "$PY" -m build --wheel "${BUILD_ARGS[@]}" --outdir "$WORK/di
     exit 1
 fi
 built=("$WORK"/dist/*.whl)
-WHEEL="$OUT/$(basename "${built[0]}")"
+WHEEL="$DIST_DIR/$(basename "${built[0]}")"
 cp "${built[0]}" "$WHEEL"
 
 # 3. what is in it: tag, sizes, and auditwheel's independent verdict
-"$PY" - "$WORK/src/wheel-info.json" "$WHEEL" "$OUT/wheel-info.json" <<'PY'
+"$PY" - "$WORK/src/wheel-info.json" "$WHEEL" "$DIST_DIR/wheel-info.json" <<'PY'
 import json, os, sys, zipfile
 info = json.load(open(sys.argv[1]))
 wheel = sys.argv[2]
@@ -89,8 +89,8 @@ print(f"build_wheel: {info['wheel_file']}: {info['wheel_bytes'] / 1e6:.1f} MB "
       f"libstdc++ GLIBCXX {info['needs_glibcxx']}", file=sys.stderr)
 PY
 if "$PY" -c "import auditwheel" 2>/dev/null; then
-    "$PY" -m auditwheel show "$WHEEL" >"$OUT/auditwheel.txt" 2>&1 || true
-    say "auditwheel: $(tr '\n' ' ' <"$OUT/auditwheel.txt" | grep -o 'consistent with the following platform tag: "[^"]*"' || echo 'see auditwheel.txt')"
+    "$PY" -m auditwheel show "$WHEEL" >"$DIST_DIR/auditwheel.txt" 2>&1 || true
+    say "auditwheel: $(tr '\n' ' ' <"$DIST_DIR/auditwheel.txt" | grep -o 'consistent with the following platform tag: "[^"]*"' || echo 'see auditwheel.txt')"
 fi
 echo "$WHEEL"
 [[ "$SMOKE" == 1 ]] || exit 0
@@ -125,8 +125,8 @@ offline "${clean_env[@]}" "$WORK/venv/bin/python" -m pip install --quiet --disab
 cd "$WORK"
 status=0
 offline "${clean_env[@]}" "$WORK/venv/bin/python" -I "$REPO/scripts/wheel_smoke.py" --model "$MODEL" \
-    --report "$OUT/smoke.json" "${find_links[@]}" || status=$?
-"$PY" - "$OUT/smoke.json" <<'PY'
+    --report "$DIST_DIR/smoke.json" "${find_links[@]}" || status=$?
+"$PY" - "$DIST_DIR/smoke.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 if "error" in r:
