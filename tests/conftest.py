@@ -47,7 +47,7 @@ def build_env(**extra: str) -> dict[str, str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu` tests where no NVIDIA GPU is visible (CI); they run on the lent GPU machine."""
+    """Skip `gpu` tests where no NVIDIA GPU is visible (CI); they run where one is."""
     from llcuda.system import gpu
 
     if gpu.detect().gpus:

@@ -428,7 +428,7 @@ def test_cli_infer_through_a_worker(workers, tiny_model, isolated_home, capsys):
     assert after > before + 1, "llama-server never connected to the worker given with --rpc"
 
 
-# -- several GPUs (the lent GPU machine; skipped elsewhere) ------------------------------------
+# -- several GPUs (skipped where there are fewer than two) --------------------------------------
 def _need_gpus(count: int) -> None:
     visible = len(detect().gpus)
     if visible < count:
