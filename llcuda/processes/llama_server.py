@@ -67,6 +67,10 @@ class ServerSettings:
         load["ctx_size"] = ctx_size if ctx_size is not None else options.ctx_size
         return cls(model_path=model_path, **load, **server)
 
+    def load_options(self) -> LoadOptions:
+        """The load options these settings carry (the inverse of :meth:`from_options`)."""
+        return LoadOptions(**{f.name: getattr(self, f.name) for f in fields(LoadOptions) if hasattr(self, f.name)})
+
     def __repr__(self) -> str:  # never show the API key
         shown = {k: v for k, v in self.__dict__.items() if k != "api_key"}
         shown["api_key"] = "***" if self.api_key else None
@@ -128,9 +132,7 @@ def _validate(settings: ServerSettings) -> None:
         )
     if settings.port is not None and not 0 < settings.port < 65536:
         raise ConfigError(f"port={settings.port} must be between 1 and 65535.")
-    LoadOptions(
-        **{f.name: getattr(settings, f.name) for f in fields(LoadOptions) if hasattr(settings, f.name)}
-    ).checked()
+    settings.load_options().checked()
 
 
 class LlamaServer(ManagedProcess):
@@ -192,11 +194,6 @@ class LlamaServer(ManagedProcess):
         message = f"llama-server exited with code {code} before it was ready (model: {self.settings.model_path})."
         workers = rpc_worker.explain_worker_crash(self.settings.rpc, tail) if self.settings.rpc else ""
         return f"{message}\n{workers}" if workers else message
-
-    def load_options(self) -> LoadOptions:
-        """The load options these settings carry."""
-        s = self.settings
-        return LoadOptions(**{f.name: getattr(s, f.name) for f in fields(LoadOptions) if hasattr(s, f.name)})
 
     def start(self, timeout: float | None = None) -> str:
         """Start the process and wait until ``/health`` answers 200; return the base URL."""

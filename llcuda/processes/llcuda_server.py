@@ -33,10 +33,8 @@ class LlcudaServer(LlamaServer):
             s.host,
             "--port",
             str(port),
-            *to_arguments(self.load_options()),
+            *to_arguments(s.load_options()),
         ]
-        if s.ctx_size is not None and "--ctx-size" not in cmd:
-            cmd += ["--ctx-size", str(s.ctx_size)]
         if s.alias:
             cmd += ["--alias", s.alias]
         if s.allow_unauthenticated:
