@@ -123,12 +123,9 @@ class InferenceEngine:
                 f"load_model() got unknown options: {', '.join(sorted(unknown))}. Load options are "
                 f"{', '.join(load_option_names())}."
             )
-        if "tensor_split" in load_options and load_options["tensor_split"] is not None:
-            load_options["tensor_split"] = tuple(load_options["tensor_split"])
-        elif "tensor_split" in load_options:
-            load_options["tensor_split"] = ()
-        opts = (options or LoadOptions()).replace(**load_options) if load_options else (options or LoadOptions())
-        opts = opts.checked()
+        if "tensor_split" in load_options:  # any sequence (or None) in, the options' tuple out
+            load_options["tensor_split"] = tuple(load_options["tensor_split"] or ())
+        opts = (options or LoadOptions()).replace(**load_options)  # checked
         server_only = {
             "host": host != "127.0.0.1",
             "port": port is not None,

@@ -163,7 +163,7 @@ class InProcessEngine:
 
         ``embeddings=True`` also creates an embeddings context beside the generating one, for :meth:`embed`.
         """
-        opts = (options or LoadOptions()).replace(**overrides) if overrides else (options or LoadOptions()).checked()
+        opts = (options or LoadOptions()).replace(**overrides)  # checked
         gpu_layers, n_parallel, flash_attn, threads = opts.gpu_layers, opts.n_parallel, opts.flash_attn, opts.threads
         split_mode, tensor_split, main_gpu = opts.split_mode, opts.tensor_split, opts.main_gpu
         kv_unified = opts.kv_unified
