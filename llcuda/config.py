@@ -8,6 +8,7 @@ programs see changes to ``os.environ``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from llcuda.errors import ConfigError
@@ -18,7 +19,10 @@ DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
 DEFAULT_SERVER_START_TIMEOUT_S = 120.0
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 BACKENDS = ("serve", "inprocess", "llama-server")
-DEFAULT_BACKEND = "serve"
+DEFAULT_BACKEND = "serve"  # where llama.cpp runs on a GPU
+# Where it runs on the CPU alone: the serve child's HTTP layer competes with the compute threads for the same
+# cores, and the in-process engine is the faster layout there (docs/performance.md has the measurements).
+DEFAULT_CPU_BACKEND = "inprocess"
 LOAD_MODES = ("auto", "mmap", "none", "direct_io")  # how llama.cpp reads the weights (llama_model_params.load_mode)
 DEFAULT_LOAD_MODE = "auto"
 
@@ -151,8 +155,9 @@ def request_timeout(explicit: float | None = None) -> float:
     return env_float("LLCUDA_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT_S)
 
 
-def backend(explicit: str | None = None) -> str:
-    """Which engine ``InferenceEngine`` runs: the argument, else ``LLCUDA_BACKEND``, else "serve".
+def backend(explicit: str | None = None, *, on_gpu: Callable[[], bool] | None = None) -> str:
+    """Which engine ``InferenceEngine`` runs: the argument, else ``LLCUDA_BACKEND``, else the default:
+    "serve" where llama.cpp runs on a GPU, "inprocess" where it runs on the CPU alone (``on_gpu()`` False).
 
     "serve": llcuda's engine in a ``llcuda serve`` child process (the fast engine with crash isolation);
     "inprocess": the same engine in this process (no HTTP); "llama-server": llama.cpp's own server
@@ -160,7 +165,7 @@ def backend(explicit: str | None = None) -> str:
     """
     value = explicit if explicit is not None else _env("LLCUDA_BACKEND")
     if value is None:
-        return DEFAULT_BACKEND
+        return DEFAULT_BACKEND if on_gpu is None or on_gpu() else DEFAULT_CPU_BACKEND
     name = value.strip().lower().replace("_", "-")
     name = "inprocess" if name == "in-process" else name
     if name not in BACKENDS:

@@ -4,12 +4,12 @@
     engine.load_model("gemma-3-1b-Q4_K_M")
     print(engine.infer("Hello!", max_tokens=50).text)
 
-Backends (``backend=`` or ``LLCUDA_BACKEND``): ``"serve"`` (the default: llcuda's engine in a child
-process over loopback HTTP, with crash isolation and restarts), ``"inprocess"`` (the same engine in
-this process, no HTTP) and ``"llama-server"`` (llama.cpp's own server, for its tool-call parsing,
-multimodal models and web UI). They take the same options (:class:`llcuda.options.LoadOptions`,
-:class:`llcuda.options.SamplingOptions`) with the same defaults. This module checks the arguments,
-picks the backend and keeps the request metrics.
+Backends (``backend=`` or ``LLCUDA_BACKEND``): ``"serve"`` (the default with a GPU: llcuda's engine in a
+child process over loopback HTTP, with crash isolation and restarts), ``"inprocess"`` (the same engine in
+this process, no HTTP; the default of a CPU-only build) and ``"llama-server"`` (llama.cpp's own server,
+for its tool-call parsing, multimodal models and web UI). They take the same options
+(:class:`llcuda.options.LoadOptions`, :class:`llcuda.options.SamplingOptions`) with the same defaults.
+This module checks the arguments, picks the backend and keeps the request metrics.
 """
 
 from __future__ import annotations
@@ -24,18 +24,29 @@ from llcuda import options as checks
 from llcuda.backends.base import Backend
 from llcuda.backends.inprocess import InProcessBackend
 from llcuda.backends.llama_server import ServerBackend
-from llcuda.errors import ConfigError, LlcudaError
+from llcuda.errors import BinaryNotFoundError, ConfigError, LlcudaError
 from llcuda.metrics import MetricsRecorder
 from llcuda.options import CHAT_MAX_TOKENS, LoadOptions, SamplingOptions, load_option_names, sampling_option_names
 from llcuda.processes.llama_server import LlamaServer
 from llcuda.results import InferResult, MetricsSnapshot, TokenStream
-from llcuda.system.binaries import Binaries
+from llcuda.system import gpu
+from llcuda.system.binaries import Binaries, find_binaries
 
 __all__ = ["InferenceEngine", "TokenStream"]
 
 log = logging.getLogger(__name__)
 
 _D = SamplingOptions()
+
+
+def _llama_runs_on_gpu(binaries: Binaries | None) -> bool:
+    """Whether the llama.cpp build this engine would load runs on a GPU here: not a CPU-only build, and an
+    NVIDIA GPU visible. Binaries not found count as a GPU build: ``load_model`` says where it looked."""
+    try:
+        found = binaries or find_binaries()
+    except BinaryNotFoundError:
+        return True
+    return found.build_info.get("backend") != "cpu" and bool(gpu.detect().gpus)
 
 
 class InferenceEngine:
@@ -46,7 +57,9 @@ class InferenceEngine:
             one (default: ``LLCUDA_SERVER_URL``, else none).
         backend: ``"serve"`` (llcuda's engine in a child process: crash isolation, restarts, the
             OpenAI API), ``"inprocess"`` (the same engine in this process: no HTTP) or
-            ``"llama-server"`` (llama.cpp's server); default ``LLCUDA_BACKEND``, else ``"serve"``.
+            ``"llama-server"`` (llama.cpp's server); default ``LLCUDA_BACKEND``, else ``"serve"`` where
+            llama.cpp runs on a GPU and ``"inprocess"`` on a CPU-only build (there the HTTP layer would compete
+            with the compute threads for the cores).
         api_key: key for that server, or for servers this engine starts (default: ``LLCUDA_API_KEY``).
         request_timeout: seconds one request may take in all (default: ``LLCUDA_REQUEST_TIMEOUT`` or 600).
         start_timeout: seconds to wait for a started server to become ready
@@ -63,8 +76,9 @@ class InferenceEngine:
         binaries: Binaries | None = None,
         backend: str | None = None,
     ) -> None:
-        self.backend = config.backend(backend)
         url = server_url or config.server_url()
+        # a server URL means a server backend; otherwise the default follows where llama.cpp will run
+        self.backend = config.backend(backend, on_gpu=None if url else lambda: _llama_runs_on_gpu(binaries))
         if self.backend == "inprocess":
             for name, value in (("server_url", url), ("api_key", api_key)):
                 if value:

@@ -6,7 +6,8 @@ from that venv. Writes a JSON report; the caller (and tests/test_wheel.py) judge
 1. where ``llcuda`` and its binaries come from (the bootstrap's ``source`` must be ``bundled``);
 2. the tools are executable and run from the installed layout with no LD_LIBRARY_PATH (RUNPATH),
    and ``ldd`` resolves every llama.cpp library inside the package;
-3. a real completion with the given GGUF (``LLCUDA_OFFLINE=1`` is the caller's job);
+3. a real completion with the given GGUF (``LLCUDA_OFFLINE=1`` is the caller's job) through the bundled
+   llama-server, and through llcuda's engine in this process and in a ``llcuda serve`` child;
 4. damage: a tool made non-executable, a tool deleted, a library deleted — what the bootstrap says,
    then the reinstall command from its message, run offline (``--no-index --find-links``), must repair it.
 """
@@ -169,6 +170,21 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             engine.unload()
 
+        # llcuda's own engine loads libllama with ctypes from the same folder: in this process, and in the
+        # `llcuda serve` child the default backend starts where a GPU runs the build
+        report["default_backend"] = llcuda.InferenceEngine().backend
+        report["engines"] = {}
+        for backend in ("inprocess", "serve"):
+            engine = llcuda.InferenceEngine(backend=backend)
+            try:
+                engine.load_model(args.model, ctx_size=512, n_parallel=1)
+                result = engine.infer("Hello", max_tokens=16, temperature=0.0, ignore_eos=True)
+                report["engines"][backend] = {"text": result.text, "tokens_generated": result.tokens_generated}
+            except Exception as exc:  # noqa: BLE001 - the report names what failed, the others still run
+                report["engines"][backend] = {"error": f"{type(exc).__name__}: {exc}"[-1500:]}
+            finally:
+                engine.unload()
+
         lib = binaries.lib_dir or binaries.bin_dir.parent / "lib"
         report["damage"] = (
             []
@@ -196,6 +212,9 @@ def failures(report: dict) -> list[str]:
         found.append("the smoke test raised (see error)")
     if report.get("source") != "bundled":
         found.append(f"bootstrap source is {report.get('source')!r}, not 'bundled'")
+    for backend, run in report.get("engines", {}).items():
+        if not run.get("tokens_generated"):
+            found.append(f"backend {backend!r} generated nothing: {run.get('error', run)}")
     if not str(report.get("llcuda_file", "")).startswith(report["sys_prefix"]):
         found.append("llcuda was not imported from the fresh venv")
     found += [f"{name} is not executable" for name, t in report.get("tools", {}).items() if not t["executable"]]

@@ -14,7 +14,7 @@ from llcuda.benchmark import environment, report, tools
 from llcuda.benchmark.runner import output_folder
 from llcuda.benchmark.settings import BenchSettings
 from llcuda.benchmark.systems import SYSTEMS
-from llcuda.config import DEFAULT_BACKEND
+from llcuda.config import DEFAULT_CPU_BACKEND
 from llcuda.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def test_writes_json_markdown_and_plot(run) -> None:
     assert str(folder / "report.md") in done.stdout
 
 
-def test_ceilings_and_rows(run) -> None:
+def test_ceilings_and_rows(run, binaries) -> None:
     folder, _ = run
     data = json.loads((folder / "report.json").read_text())
     summary = data["summary"]
@@ -89,7 +89,9 @@ def test_ceilings_and_rows(run) -> None:
     skipped = {k.split(":", 1)[1] for k in summary["not_run"]}
     assert set(ran) | skipped == set(SYSTEMS)
     assert {"inprocess", "engine", "llama-server", "llama-server-stream"} <= set(ran)
-    assert data["sections"]["system:engine"]["backend"] == DEFAULT_BACKEND
+    # the default of a CPU-only build (this suite runs on one)
+    assert binaries.build_info["backend"] == "cpu"
+    assert data["sections"]["system:engine"]["backend"] == DEFAULT_CPU_BACKEND
     rows = {(r["system"], r["sampling"], r["level"]) for r in summary["throughput"]}
     assert rows == {(s, p, n) for s in ran for p in SAMPLINGS for n in LEVELS}
     for row in summary["throughput"]:

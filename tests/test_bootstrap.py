@@ -129,6 +129,23 @@ def test_the_real_binaries_pass(binaries):
     bootstrap.check_library_build(binaries.lib_dir)
 
 
+def test_libraries_are_found_by_their_soname_file_where_no_link_exists(tmp_path, binaries):
+    """A wheel holds no symlinks: only libllama.so.0 (what NEEDED entries name) and no libllama.so."""
+    for name in ("libllama.so.0", "libllama.so.0.6.0", "libllama-common.so.0"):
+        (tmp_path / name).write_bytes(b"")
+    assert bootstrap.shared_library(tmp_path, "libllama") == tmp_path / "libllama.so.0"
+    (tmp_path / "libllama.so").write_bytes(b"")
+    assert bootstrap.shared_library(tmp_path, "libllama") == tmp_path / "libllama.so"
+    assert bootstrap.shared_library(tmp_path, "libmtmd") == tmp_path / "libmtmd.so"  # missing: the plain name
+    # the real libraries, copied without their links, still report their build
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for lib in binaries.lib_dir.glob("lib*.so.[0-9]"):
+        shutil.copy(lib, copy / lib.name)
+    assert not (copy / "libllama-common.so").exists()
+    assert bootstrap.library_build(copy) == 11434
+
+
 def test_a_newer_build_is_refused(clean_env, tmp_path, binaries):
     prefix = _mirror_prefix(tmp_path / "newer", binaries, 11500)
     clean_env.setenv("LLCUDA_BIN_DIR", str(prefix / "bin"))

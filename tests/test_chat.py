@@ -149,6 +149,9 @@ def test_commands_multiline_input_and_ctrl_c_at_the_prompt(smollm2_model, home, 
         assert first[2]["role"] == "assistant" and first[2]["content"].strip()
 
         chat.child.send("some text that is never sent")
+        # A person sees the line echoed before pressing Ctrl-C. Sooner, the signal can land while readline
+        # is still taking the keys, and CPython's readline only notices it at the next key it waits for.
+        chat.child.expect_exact("never sent")
         chat.child.sendintr()  # Ctrl-C at the prompt drops the line
         chat.expect_prompt()
         assert "conversation cleared" in chat.line("/clear")

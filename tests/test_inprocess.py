@@ -197,6 +197,30 @@ def test_server_only_constructor_options_and_bad_backends(binaries, monkeypatch)
         InferenceEngine()
 
 
+def test_default_backend_follows_where_llama_cpp_runs(binaries, monkeypatch):
+    """A CPU-only build defaults to the in-process engine (the HTTP child would take cores from the compute
+    threads); a build that runs on a GPU, and an engine given a server URL, default to "serve"."""
+    from dataclasses import replace
+
+    from llcuda.system import gpu
+
+    monkeypatch.delenv("LLCUDA_BACKEND", raising=False)
+    monkeypatch.delenv("LLCUDA_SERVER_URL", raising=False)
+    cpu_build = replace(binaries, build_info={**binaries.build_info, "backend": "cpu"})
+    cuda_build = replace(binaries, build_info={**binaries.build_info, "backend": "cuda"})
+    assert InferenceEngine(binaries=cpu_build).backend == "inprocess"
+    assert InferenceEngine(binaries=cpu_build, server_url="http://127.0.0.1:1").backend == "serve"
+    h100 = gpu.GPUInfo(0, "GPU-0", "NVIDIA H100 80GB HBM3", (9, 0), 81559, 81000, "580.159.04")
+    one_gpu = gpu.GPUReport(gpus=(h100,), driver_cuda_version="13.0")
+    monkeypatch.setattr(gpu, "detect", lambda: one_gpu)
+    assert InferenceEngine(binaries=cuda_build).backend == "serve"
+    assert InferenceEngine(binaries=cpu_build).backend == "inprocess"  # a GPU it cannot use changes nothing
+    monkeypatch.setattr(gpu, "detect", lambda: gpu.GPUReport(gpus=(), driver_cuda_version=None))
+    assert InferenceEngine(binaries=cuda_build).backend == "inprocess"  # a CUDA build on a machine without one
+    monkeypatch.setenv("LLCUDA_BACKEND", "serve")
+    assert InferenceEngine(binaries=cpu_build).backend == "serve"  # asked for, it is what runs
+
+
 def test_kv_unified_reaches_llama_server(binaries, tiny_model, isolated_home):
     with InferenceEngine(binaries=binaries, backend="llama-server").load_model(
         tiny_model, ctx_size=512, n_parallel=2, threads=1, kv_unified=False

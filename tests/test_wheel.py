@@ -200,6 +200,11 @@ def test_inference_offline_from_the_wheel(built):
         assert smoke["env"]["LLCUDA_NETWORK_ISOLATED"] == "1"  # no network at all, only loopback
     assert smoke["inference"]["tokens_generated"] >= 1
     assert smoke["inference"]["text"]
+    # llcuda's engine opens libllama by its SONAME file (a wheel holds no libllama.so link)
+    assert set(smoke["engines"]) == {"inprocess", "serve"}
+    for backend, run in smoke["engines"].items():
+        assert run.get("tokens_generated") == 16 and run["text"], (backend, run)
+    assert smoke["default_backend"] == "inprocess"  # a CPU-only build
 
 
 @pytest.mark.parametrize("kind", ["not-executable", "missing-tool", "missing-library"])

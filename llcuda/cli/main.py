@@ -39,7 +39,8 @@ def _add_model_options(parser: argparse.ArgumentParser, *, backend: bool = True)
             choices=config.BACKENDS,
             default=None,
             help="serve: llcuda's engine in a child process; inprocess: the same engine in this "
-            "process; llama-server: llama.cpp's server (default: LLCUDA_BACKEND, else serve)",
+            "process; llama-server: llama.cpp's server (default: LLCUDA_BACKEND, else serve with a GPU and "
+            "inprocess on a CPU-only build)",
         )
         group.add_argument("--server-url", default=None, help="use a running server instead of starting one")
     group.add_argument(

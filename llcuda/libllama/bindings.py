@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llcuda.errors import LlcudaError
-from llcuda.system.binaries import Binaries, check_library_build
+from llcuda.system.binaries import Binaries, check_library_build, shared_library
 
 c_bool, c_int32, c_uint32, c_float, c_void_p, c_char_p = (
     ctypes.c_bool,
@@ -287,7 +287,7 @@ def load_library(binaries: Binaries) -> Any:
             f"no lib/ folder with libllama next to {binaries.bin_dir}; the in-process engine needs "
             "the shared libraries of the llama.cpp build (conda/pixi and the wheel ship them)."
         )
-    path = binaries.lib_dir / "libllama.so"
+    path = shared_library(binaries.lib_dir, "libllama")
     with _lib_lock:
         if path in _libs:
             return _libs[path]

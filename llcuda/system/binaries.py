@@ -173,13 +173,23 @@ def check_build(binaries: Binaries) -> None:
     _refuse_other_build(found, where)
 
 
+def shared_library(lib_dir: Path, stem: str) -> Path:
+    """``lib_dir/<stem>.so``, or where only the SONAME file exists (a wheel holds no symlinks:
+    ``libllama.so.0``) that file; the plain name when neither is there (opening it then says so)."""
+    plain = lib_dir / f"{stem}.so"
+    if plain.exists():
+        return plain
+    versioned = sorted(lib_dir.glob(f"{stem}.so.[0-9]*"), key=lambda p: (len(p.name), p.name))
+    return versioned[0] if versioned else plain
+
+
 def library_build(lib_dir: Path) -> int | None:
     """The build number libllama-common reports (its exported ``LLAMA_BUILD_NUMBER``), or None.
 
     libllama itself exports no build number; libllama-common, built from the same tree beside it, does.
     """
     try:
-        common = ctypes.CDLL(str(lib_dir / "libllama-common.so"))
+        common = ctypes.CDLL(str(shared_library(lib_dir, "libllama-common")))
         return int(ctypes.c_int.in_dll(common, "LLAMA_BUILD_NUMBER").value)
     except (OSError, ValueError) as exc:
         log.debug("no build number from libllama-common in %s: %s", lib_dir, exc)
