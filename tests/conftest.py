@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,13 @@ def build_env(**extra: str) -> dict[str, str]:
         env["LLCUDA_HOME"] = _USER_LLCUDA_HOME
     env.update(extra)
     return env
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the programs the tests start, also where the suite itself was started with SIGINT
+    ignored (with `&` from a script): a handler, unlike SIG_IGN, is not inherited across exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
