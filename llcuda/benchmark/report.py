@@ -1,8 +1,10 @@
 """A run's summary (medians, ceilings, ratios) and its markdown report, both computed from the raw JSON.
 
-Every ratio divides a row by the ceiling measured in the same run with the same binaries and model:
-one stream (N=1) by llama-bench ``tg<max_tokens>``, N concurrent requests by llama-batched-bench S_TG at
-B=N, and time to first token by the time llama-bench ``pp<prompt_tokens>`` takes for as many tokens.
+Every ratio compares a row with the ceiling measured in the same run with the same binaries and model, so
+that 1.0 means as fast as llama.cpp's own tool: one stream (N=1) is divided by llama-bench
+``tg<max_tokens>``, N concurrent requests by llama-batched-bench S_TG at B=N; for time to first token the
+time llama-bench ``pp<prompt_tokens>`` takes for as many tokens is divided by it (ceiling ÷ TTFT: 0.91 is a
+TTFT 1.1 times the ceiling's).
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ def markdown(data: dict[str, Any]) -> str:
         "request. Load: start -> ready "
         "in the system's own process, with the benchmark's slots and context.",
         "",
-        "| system | prompt tokens | TTFT ms | ceiling ms | ratio | load s |",
+        "| system | prompt tokens | TTFT ms | ceiling ms | ceiling ÷ TTFT | load s |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in summary["first_token"]:
