@@ -489,35 +489,22 @@ def test_sigterm_ends_open_generations_and_exits_0(tiny_model: Path, tmp_path: P
 def test_serve_refuses_a_taken_port_and_a_public_host_without_a_key(tiny_model: Path, isolated_home: Path) -> None:
     env = dict(os.environ, LLCUDA_HOME=str(isolated_home))
     env.pop("LLCUDA_API_KEY", None)
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     try:
-        taken = subprocess.run(
-            [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--port", str(holder.getsockname()[1])],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        taken = serve("--port", str(holder.getsockname()[1]))
     finally:
         holder.close()
     assert taken.returncode == 1 and "pick another --port" in taken.stderr
-    public = subprocess.run(
-        [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--host", "0.0.0.0"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    public = serve("--host", "0.0.0.0")
     assert public.returncode == 1 and "--api-key" in public.stderr and "--allow-unauthenticated" in public.stderr
-    stray = subprocess.run(
-        [sys.executable, "-m", "llcuda", "serve", "-m", str(tiny_model), "--", "--slots"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    stray = serve("--", "--slots")
     assert stray.returncode == 1 and "--llama-server" in stray.stderr
 
 
