@@ -211,7 +211,7 @@ def test_reordered_outputs_keep_each_rows_sampled_entries(binaries, tiny_model: 
 
 
 def test_sampled_tokens_of_many_rows_come_in_one_call(binaries, tiny_model: Path) -> None:
-    # Patch 0005: llama_get_sampled_tokens(ctx, rows, n, out) gives what llama_get_sampled_token_ith gives
+    # llama_get_sampled_tokens(ctx, rows, n, out) gives what llama_get_sampled_token_ith gives
     # row by row, with one synchronization. Prompts of different lengths ending in one batch make llama.cpp
     # reorder the outputs, and the bulk read is the first read after the batch (the one that reorders).
     import ctypes
@@ -219,7 +219,7 @@ def test_sampled_tokens_of_many_rows_come_in_one_call(binaries, tiny_model: Path
     from llcuda.libllama import bindings as libllama
 
     lib = libllama.load_library(binaries)
-    assert hasattr(lib, "llama_get_sampled_tokens"), "the build lacks patch 0005"
+    assert hasattr(lib, "llama_get_sampled_tokens"), "not built with 0005-sampled-tokens-in-one-call.patch"
     model = lib.llama_model_load_from_file(str(tiny_model).encode(), lib.llama_model_default_params())
     assert model
     prompts = [[1, *range(300 + 40 * s, 300 + 40 * s + length)] for s, length in enumerate((11, 2, 7, 4, 9))]
@@ -254,13 +254,13 @@ def test_sampled_tokens_of_many_rows_come_in_one_call(binaries, tiny_model: Path
 
 
 def test_rows_sampled_on_the_backend_skip_their_logits_copy_when_asked(binaries, tiny_model: Path) -> None:
-    # Patch 0006: llama_set_keep_sampled_data(ctx, false) stops the copy of a row's chain logits (for a
+    # llama_set_keep_sampled_data(ctx, false) stops the copy of a row's chain logits (for a
     # greedy chain, the whole vocabulary row) when the backend chose its token; rows whose chain chose
     # none (top-k alone: the CPU finishes the sampling) still get theirs. The sampled tokens are the same.
     from llcuda.libllama import bindings as libllama
 
     lib = libllama.load_library(binaries)
-    assert hasattr(lib, "llama_set_keep_sampled_data"), "the build lacks patch 0006"
+    assert hasattr(lib, "llama_set_keep_sampled_data"), "not built with 0006-keep-sampled-data-switch.patch"
     _declare_sampled_data(lib)
     model = lib.llama_model_load_from_file(str(tiny_model).encode(), lib.llama_model_default_params())
     assert model

@@ -119,7 +119,7 @@ class Batcher:
 
     def __init__(self, lib: Any, ctx: Any, vocab: Any, chains: list[int], n_batch: int, piece: Any) -> None:
         self._lib, self._ctx, self._vocab, self._piece = lib, ctx, vocab, piece
-        bulk = hasattr(lib, "llama_get_sampled_tokens")  # llcuda's builds (patch 0005), not stock llama.cpp
+        bulk = hasattr(lib, "llama_get_sampled_tokens")  # llcuda's patched builds, not stock llama.cpp
         fast = gil_holding(lib, GIL_HELD + (("llama_get_sampled_tokens",) if bulk else ()))
         self._sampled_token, self._vocab_is_eog, self._seq_rm, self._sampler_reset = (
             fast.llama_get_sampled_token_ith,
@@ -130,8 +130,9 @@ class Batcher:
         # one call reads a step's sampled tokens (one backend synchronization instead of one per row)
         self._sampled_tokens = fast.llama_get_sampled_tokens if bulk else None
         self._mem = lib.llama_get_memory(ctx)
-        # Only the sampled tokens are read, never a chain's logits: where the build can (patch 0006), rows
-        # sampled on the backend no longer copy theirs to the host (n_vocab floats per sequence and step).
+        # Only the sampled tokens are read, never a chain's logits: where the build has
+        # llama_set_keep_sampled_data, rows sampled on the backend no longer copy theirs to the host
+        # (n_vocab floats per sequence and step).
         self.sampled_data_kept = not hasattr(lib, "llama_set_keep_sampled_data")
         if not self.sampled_data_kept:
             lib.llama_set_keep_sampled_data(ctx, False)

@@ -230,9 +230,9 @@ _FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
 # Functions that only llcuda's patched builds have (recipe/patches), declared where the library has them;
 # callers check with hasattr (a stock llama.cpp build lacks them).
 _OPTIONAL_FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
-    # patch 0005: the sampled tokens of many batch rows with one backend synchronization
+    # the sampled tokens of many batch rows with one backend synchronization
     "llama_get_sampled_tokens": (c_int32, [c_void_p, c_void_p, c_int32, c_void_p]),
-    # patch 0006: rows sampled on the backend skip copying their chain's logits (a vocabulary row each)
+    # rows sampled on the backend skip copying their chain's logits (a vocabulary row each)
     "llama_set_keep_sampled_data": (None, [c_void_p, c_bool]),
 }
 
