@@ -43,6 +43,10 @@ LLCUDA_CPU_ISA="${LLCUDA_CPU_ISA:-avx2}"
 LLCUDA_UI="${LLCUDA_UI:-OFF}"
 BUILD_DIR="${LLCUDA_BUILD_DIR:-$SRC_DIR/build-llcuda}"
 JOBS="${CPU_COUNT:-$(nproc)}"
+case "$LLCUDA_CPU_ISA" in
+    avx2|baseline) ;;
+    *) echo "build-binaries.sh: LLCUDA_CPU_ISA must be avx2 or baseline, not '$LLCUDA_CPU_ISA'" >&2; exit 2 ;;
+esac
 case "$LLCUDA_UI" in
     ON|OFF|only) ;;
     *) echo "build-binaries.sh: LLCUDA_UI must be ON, OFF or only, not '$LLCUDA_UI'" >&2; exit 2 ;;

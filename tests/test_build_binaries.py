@@ -1,11 +1,15 @@
-"""scripts/build_binaries.py: copying a build into a prefix (setup.sh does it into .venv) can be repeated."""
+"""scripts/build_binaries.py and recipe/build-binaries.sh: a prefix copy repeats; bad settings stop the build."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
+import pytest
 from build_binaries import copy_prefix
+
+BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "recipe" / "build-binaries.sh"
 
 
 def make_prefix(root: Path, version: str) -> Path:
@@ -42,3 +46,14 @@ def test_a_web_ui_only_prefix_copies_its_page_alone(tmp_path: Path) -> None:
     assert (dest / "share" / "llcuda" / "ui" / "_app" / "bundle.js").read_text() == "//"
     assert (dest / "share" / "llcuda" / "build-info.json").read_text() == '{"version": "1"}'
     assert (dest / "bin" / "rpc-server").read_text() == "rpc-server 1"
+
+
+@pytest.mark.parametrize("variable, value", [("LLCUDA_UI", "yes"), ("LLCUDA_CPU_ISA", "avx512")])
+def test_the_build_script_refuses_an_unknown_setting_before_building(tmp_path: Path, variable: str, value: str) -> None:
+    (tmp_path / "CMakeLists.txt").write_text("")  # a tree it accepts; nothing may get to cmake
+    env = dict(os.environ, PREFIX=str(tmp_path / "prefix"), SRC_DIR=str(tmp_path), LLAMA_BUILD_NUMBER="1")
+    env[variable] = value
+    run = subprocess.run(["bash", str(BUILD_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert f"{variable} must be" in run.stderr and f"not '{value}'" in run.stderr
+    assert not (tmp_path / "build-llcuda").exists() and not (tmp_path / "prefix").exists()
