@@ -162,8 +162,8 @@ def test_threads_share_the_engine(local):
     assert sorted(got) == sorted(prompts), "some threads got no answer"
     # What else runs in a step sets the batch's shape and the cache cells in use, and with them which kernels
     # run and the order of their float sums; this random-weight model has near-tied logits, so a late token
-    # can flip.
-    # Answers crossed between sequences, or a sequence reading another's cells, differ from the first tokens.
+    # can flip. Answers crossed between sequences, or a sequence reading another's cells, differ from the
+    # first tokens on.
     differing = {p: (got[p], alone[p]) for p in prompts if got[p] != alone[p]}
     assert len(differing) <= 2, f"{len(differing)} of {len(prompts)} answers changed under threads: {differing}"
     for prompt, (threaded, single) in differing.items():
